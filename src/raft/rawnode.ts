@@ -1,0 +1,292 @@
+/**
+ * rawnode: RawNode, the application's handle on the raft core (etcd's RawNode).
+ *
+ * The application drives it from one thread: tick() on its clock, step() with peer messages,
+ * propose()/readIndex() for clients, and the Ready loop: `if (hasReady()) { const rd = ready();
+ * ...handle as documented on Ready...; advance(); }`. Nothing here does I/O.
+ *
+ * Errors: propose() throws NotLeaderError (with the leader hint) on a non-leader, ChardError
+ * PROPOSAL_DROPPED during a leadership transfer, BUSY when the uncommitted tail is at its limit;
+ * proposeConfChange() throws a UsageError for an invalid change. step() never throws for a
+ * well-formed peer message: what cannot be handled is dropped (the sender retries).
+ */
+
+import { assert } from '../assert.js';
+import { ChardError, ErrorCode, NotLeaderError, UsageError } from '../errors.js';
+import { type RaftConfigInput, resolveConfig } from './config.js';
+import { encodeConfChange } from './confchange.js';
+import type { ProgressState } from './progress.js';
+import { Raft } from './raft.js';
+import {
+  type ConfChange,
+  type ConfState,
+  EntryType,
+  type HardState,
+  type Message,
+  MessageType,
+  type NodeId,
+  None,
+  type Ready,
+  type Role,
+  type SoftState,
+  isLocalMessage,
+  message,
+} from './types.js';
+
+export interface ProgressStatus {
+  match: number;
+  next: number;
+  state: ProgressState;
+  recentActive: boolean;
+  learner: boolean;
+  inflight: number;
+  snapshotSent: number;
+  snapshotAcked: number;
+}
+
+export interface Status {
+  id: NodeId;
+  term: number;
+  vote: NodeId;
+  commit: number;
+  applied: number;
+  leader: NodeId;
+  role: Role;
+  lastIndex: number;
+  leadTransferee: NodeId;
+  confState: ConfState;
+  leaseValid: boolean;
+  progress: Map<NodeId, ProgressStatus>;
+}
+
+interface InFlightReady {
+  lastEntry: { index: number; term: number } | undefined;
+  snapshotIndex: number | undefined;
+  committedTo: number | undefined;
+}
+
+export class RawNode {
+  readonly raft: Raft;
+  private previousSoftState: SoftState;
+  private previousHardState: HardState;
+  private inFlight: InFlightReady | undefined;
+  private sentEarly = 0;
+
+  constructor(input: RaftConfigInput) {
+    this.raft = new Raft(resolveConfig(input));
+    this.previousSoftState = { leader: this.raft.lead, role: this.raft.role };
+    this.previousHardState = this.raft.hardState();
+  }
+
+  get id(): NodeId {
+    return this.raft.id;
+  }
+
+  tick(): void {
+    this.raft.tick();
+  }
+
+  campaign(): void {
+    this.raft.step(message({ type: MessageType.Hup, from: this.raft.id }));
+  }
+
+  /** propose: append `data` as a new entry; returns its index. Leader only. */
+  propose(data: Uint8Array): number {
+    return this.proposeEntry(EntryType.Normal, data);
+  }
+
+  /** proposeConfChange: propose a membership change (validated against the current config). */
+  proposeConfChange(cc: ConfChange): number {
+    this.raft.validateConfChange(cc);
+    return this.proposeEntry(EntryType.ConfChange, encodeConfChange(cc));
+  }
+
+  private proposeEntry(type: EntryType, data: Uint8Array): number {
+    if (this.raft.role !== 'leader') throw new NotLeaderError(this.raft.lead);
+    this.raft.step(
+      message({ type: MessageType.Propose, from: this.raft.id, entries: [{ term: 0, index: 0, type, data }] }),
+    );
+    return this.raft.log.lastIndex();
+  }
+
+  /** applyConfChange: the application applies a committed ConfChange entry; persist the result. */
+  applyConfChange(cc: ConfChange): ConfState {
+    return this.raft.applyConfChange(cc);
+  }
+
+  /** step: deliver a message from a peer. Local-only types are refused; handling errors drop it. */
+  step(m: Message): void {
+    if (isLocalMessage(m.type) || m.type === MessageType.Propose) {
+      throw new UsageError(ErrorCode.InvalidArgument, `message type ${m.type} cannot come from a peer`);
+    }
+    if (m.from === None || m.from === this.raft.id) {
+      throw new UsageError(ErrorCode.InvalidArgument, `message from ${m.from} cannot come from a peer`);
+    }
+    if (!this.raft.progress.has(m.from) && isResponseFromNonMember(m)) return; // a response from a removed node
+    try {
+      this.raft.step(m);
+    } catch (error) {
+      if (error instanceof ChardError) return; // e.g. a read that cannot be queued: the peer retries
+      throw error;
+    }
+  }
+
+  /** readIndex: request a linearizable read; answered in Ready.readStates with this context. */
+  readIndex(context: Uint8Array): void {
+    if (this.raft.role !== 'leader' && this.raft.lead === None) throw new NotLeaderError(None);
+    this.raft.step(message({ type: MessageType.ReadIndex, from: this.raft.id, context }));
+  }
+
+  /** transferLeadership: ask the leader to hand over to `to` (must be an up-to-date voter to succeed). */
+  transferLeadership(to: NodeId): void {
+    if (this.raft.role !== 'leader' && this.raft.lead === None) throw new NotLeaderError(None);
+    if (!this.raft.progress.has(to) && this.raft.role === 'leader') {
+      throw new UsageError(ErrorCode.NotFound, `node ${to} is not a member`);
+    }
+    this.raft.step(message({ type: MessageType.TransferLeader, from: to }));
+  }
+
+  reportUnreachable(id: NodeId): void {
+    this.raft.step(message({ type: MessageType.Unreachable, from: id }));
+  }
+
+  private softState(): SoftState {
+    return { leader: this.raft.lead, role: this.raft.role };
+  }
+
+  hasReady(): boolean {
+    const raft = this.raft;
+    const soft = this.softState();
+    if (soft.leader !== this.previousSoftState.leader || soft.role !== this.previousSoftState.role) return true;
+    if (!sameHardState(raft.hardState(), this.previousHardState)) return true;
+    if (raft.log.unstableSnapshot !== undefined && this.inFlight?.snapshotIndex !== raft.log.unstableSnapshot.index) return true;
+    if (raft.log.unstableEntries.length > 0 && this.unhandedEntries().length > 0) return true;
+    if (raft.messages.length > 0 || raft.readStates.length > 0 || raft.snapshotChunks.length > 0) return true;
+    return raft.log.hasNextCommittedEntries();
+  }
+
+  private unhandedEntries() {
+    const log = this.raft.log;
+    const handed = this.inFlight?.lastEntry;
+    if (handed === undefined || !log.matchTerm(handed.index, handed.term)) return log.unstableEntries;
+    return log.unstableEntries.slice(Math.max(0, handed.index + 1 - log.unstableOffset));
+  }
+
+  /** ready: the next batch of work. Call advance() once it is fully handled. */
+  ready(): Ready {
+    assert(this.inFlight === undefined, 'ready() called twice without advance()');
+    const raft = this.raft;
+    const soft = this.softState();
+    const hard = raft.hardState();
+    const entries = raft.log.unstableEntries.slice();
+    const snapshot = raft.log.unstableSnapshot;
+    const committedEntries = raft.log.nextCommittedEntries(raft.config.committedBytesPerReadyMax);
+    const all = raft.messages;
+    raft.messages = [];
+    const isLeader = raft.role === 'leader';
+    const messagesEarly: Message[] = [];
+    const messages: Message[] = [];
+    for (const m of all) {
+      // A leader's replication traffic may leave before its own fsync (thesis §10.2.1); anything
+      // that promises durable state (votes, acks) waits for the persist.
+      if (isLeader && m.term === raft.term && (m.type === MessageType.App || m.type === MessageType.Heartbeat || m.type === MessageType.Snap || m.type === MessageType.TimeoutNow)) {
+        messagesEarly.push(m);
+      } else messages.push(m);
+    }
+    this.sentEarly += messagesEarly.length;
+    const readStates = raft.readStates;
+    raft.readStates = [];
+    const snapshotChunks = raft.snapshotChunks;
+    raft.snapshotChunks = [];
+    const hardChanged = !sameHardState(hard, this.previousHardState);
+    const rd: Ready = {
+      softState: soft.leader !== this.previousSoftState.leader || soft.role !== this.previousSoftState.role ? soft : undefined,
+      hardState: hardChanged ? hard : undefined,
+      entries,
+      snapshotChunks,
+      snapshot,
+      committedEntries,
+      messagesEarly,
+      messages,
+      readStates,
+      mustSync:
+        entries.length > 0 ||
+        snapshot !== undefined ||
+        snapshotChunks.length > 0 ||
+        hard.term !== this.previousHardState.term ||
+        hard.vote !== this.previousHardState.vote,
+    };
+    const lastEntry = entries.length > 0 ? entries[entries.length - 1]! : undefined;
+    this.inFlight = {
+      lastEntry: lastEntry === undefined ? undefined : { index: lastEntry.index, term: lastEntry.term },
+      snapshotIndex: snapshot?.index,
+      committedTo: committedEntries.length > 0 ? committedEntries[committedEntries.length - 1]!.index : undefined,
+    };
+    if (committedEntries.length > 0) raft.log.applying = this.inFlight.committedTo!;
+    this.previousSoftState = soft;
+    this.previousHardState = hard;
+    return rd;
+  }
+
+  /** advance: the last Ready was handled (persisted, sent, applied). */
+  advance(): void {
+    const inFlight = this.inFlight;
+    assert(inFlight !== undefined, 'advance() without ready()');
+    this.inFlight = undefined;
+    const raft = this.raft;
+    if (inFlight.snapshotIndex !== undefined) {
+      raft.log.stableSnapshotTo(inFlight.snapshotIndex);
+      raft.log.appliedTo(inFlight.snapshotIndex);
+    }
+    if (inFlight.lastEntry !== undefined) raft.persisted(inFlight.lastEntry.index, inFlight.lastEntry.term);
+    if (inFlight.committedTo !== undefined) raft.appliedTo(inFlight.committedTo);
+  }
+
+  status(): Status {
+    const raft = this.raft;
+    const progress = new Map<NodeId, ProgressStatus>();
+    if (raft.role === 'leader') {
+      for (const [id, pr] of raft.progress) {
+        progress.set(id, {
+          match: pr.match,
+          next: pr.next,
+          state: pr.state,
+          recentActive: pr.recentActive,
+          learner: pr.isLearner,
+          inflight: pr.inflights.count(),
+          snapshotSent: pr.snapshotSent,
+          snapshotAcked: pr.snapshotAcked,
+        });
+      }
+    }
+    return {
+      id: raft.id,
+      term: raft.term,
+      vote: raft.vote,
+      commit: raft.log.committed,
+      applied: raft.log.applied,
+      leader: raft.lead,
+      role: raft.role,
+      lastIndex: raft.log.lastIndex(),
+      leadTransferee: raft.leadTransferee,
+      confState: structuredClone(raft.confState),
+      leaseValid: raft.leaseValid(),
+      progress,
+    };
+  }
+
+  /** earlyMessageCount: messages sent before their persist (for metrics). */
+  earlyMessageCount(): number {
+    return this.sentEarly;
+  }
+}
+
+function sameHardState(a: HardState, b: HardState): boolean {
+  return a.term === b.term && a.vote === b.vote && a.commit === b.commit;
+}
+
+function isResponseFromNonMember(m: Message): boolean {
+  return m.type === MessageType.AppResp || m.type === MessageType.HeartbeatResp || m.type === MessageType.SnapResp;
+}
+
+export { ChardError, ErrorCode };
