@@ -4,7 +4,7 @@
  */
 
 import { ChardError, ErrorCode } from '../errors.js';
-import { type ConfChange, type ConfState, ConfChangeType, type NodeId } from './types.js';
+import { type ConfChange, type ConfState, ConfChangeType, type Entry, EntryType, type NodeId, emptyConfState } from './types.js';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -110,4 +110,23 @@ export function nextConfState(cs: ConfState, cc: ConfChange): ConfState {
     return { voters: next.voters, votersOutgoing: [], learners: next.learners, learnersNext: [], autoLeave: false };
   }
   return { voters: next.voters, votersOutgoing: sorted(cs.voters), learners: next.learners, learnersNext: next.learnersNext, autoLeave: true };
+}
+
+/**
+ * bootstrapEntry: the first log entry of a new cluster (index 1, term 0): a ConfChange that adds
+ * the initial voters and learners. Every initial member stores it as committed; a member added
+ * later replays it from the leader's log (or gets the configuration in a snapshot), so the
+ * configuration is always derivable from the log, as in etcd.
+ */
+export function bootstrapEntry(voters: NodeId[], learners: NodeId[] = []): Entry {
+  const changes = [
+    ...voters.map((nodeId) => ({ type: ConfChangeType.AddNode, nodeId })),
+    ...learners.map((nodeId) => ({ type: ConfChangeType.AddLearner, nodeId })),
+  ];
+  return { term: 0, index: 1, type: EntryType.ConfChange, data: encodeConfChange({ changes, context: new Uint8Array(0) }) };
+}
+
+/** bootstrapConfState: the configuration that bootstrapEntry establishes. */
+export function bootstrapConfState(voters: NodeId[], learners: NodeId[] = []): ConfState {
+  return nextConfState(emptyConfState(), decodeConfChange(bootstrapEntry(voters, learners).data));
 }

@@ -88,6 +88,8 @@ export class Raft {
   private quietTicks: number;
 
   leadTransferee: NodeId = None;
+  /** transferCampaignPending: a TimeoutNow arrived while a conf change was unapplied; campaign once applied. */
+  private transferCampaignPending = false;
   /** pendingConfIndex: index of the latest conf change appended; no new change until applied past it. */
   pendingConfIndex = 0;
   private uncommittedBytes = 0;
@@ -135,6 +137,7 @@ export class Raft {
     if (this.term !== term) {
       this.term = term;
       this.vote = None;
+      this.transferCampaignPending = false;
     }
     this.lead = None;
     this.electionElapsed = 0;
@@ -427,6 +430,10 @@ export class Raft {
   /** appliedTo: the application applied up to `index`; may trigger leaving a joint configuration. */
   appliedTo(index: number): void {
     this.log.appliedTo(index);
+    if (this.transferCampaignPending && this.role === Role.Follower && !this.hasUnappliedConfChanges()) {
+      this.transferCampaignPending = false;
+      this.hup(true);
+    }
     if (this.role === Role.Leader && this.confState.autoLeave && isJoint(this.confState) && index >= this.pendingConfIndex) {
       const leave: ConfChange = { changes: [], context: EMPTY_BYTES };
       if (this.appendEntries([{ term: 0, index: 0, type: EntryType.ConfChange, data: encodeConfChange(leave) }])) {
@@ -478,7 +485,9 @@ export class Raft {
     if (this.role === Role.Leader) return;
     if (!this.promotable()) return;
     if (this.hasUnappliedConfChanges()) {
-      this.trace('cannot campaign: unapplied configuration changes');
+      // Campaigning on a configuration older than a committed one could elect a second leader.
+      this.trace('cannot campaign yet: unapplied configuration changes');
+      if (transfer) this.transferCampaignPending = true;
       return;
     }
     if (this.config.preVote && !transfer) this.campaign('pre', false);
@@ -641,6 +650,7 @@ export class Raft {
           }
           return;
         }
+        const wasPaused = pr.isPaused();
         if (pr.maybeUpdate(m.index) || (pr.state === ProgressState.Snapshot && pr.match >= pr.pendingSnapshot)) {
           if (pr.state === ProgressState.Probe) pr.becomeReplicate();
           else if (pr.state === ProgressState.Snapshot && pr.match >= pr.pendingSnapshot) {
@@ -648,7 +658,11 @@ export class Raft {
             pr.becomeReplicate();
           } else if (pr.state === ProgressState.Replicate) pr.inflights.freeLE(m.index);
           if (this.maybeCommit()) this.bcastAppend();
-          else if (m.from !== this.id) while (this.maybeSendAppend(m.from, false)) {}
+          else if (m.from !== this.id && wasPaused) {
+            // It was paused, so it may have missed the latest commit index: send it now.
+            this.maybeSendAppend(m.from, true);
+          }
+          if (m.from !== this.id) while (this.maybeSendAppend(m.from, false)) {}
           if (m.from === this.leadTransferee && pr.match === this.log.lastIndex()) this.sendTimeoutNow(m.from);
         } else if (pr.state === ProgressState.Replicate) {
           pr.inflights.freeLE(m.index);

@@ -97,6 +97,7 @@ export class RawNode {
 
   /** proposeConfChange: propose a membership change (validated against the current config). */
   proposeConfChange(cc: ConfChange): number {
+    if (this.raft.role !== 'leader') throw new NotLeaderError(this.raft.lead);
     this.raft.validateConfChange(cc);
     return this.proposeEntry(EntryType.ConfChange, encodeConfChange(cc));
   }

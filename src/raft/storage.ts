@@ -11,6 +11,7 @@
  */
 
 import { assert } from '../assert.js';
+import { bootstrapConfState, bootstrapEntry } from './confchange.js';
 import { ChardError, ErrorCode } from '../errors.js';
 import {
   type ConfState,
@@ -78,11 +79,18 @@ export class MemoryStorage implements LogStorage {
   /** confState of the latest applied configuration; the application keeps it current. */
   confState: ConfState = emptyConfState();
 
-  static withVoters(voters: number[]): MemoryStorage {
+  /** bootstrap: a storage holding the committed bootstrap entry of a new cluster (confchange.ts). */
+  static bootstrap(voters: number[], learners: number[] = []): MemoryStorage {
     const storage = new MemoryStorage();
-    storage.confState = { ...emptyConfState(), voters: [...voters] };
-    storage.snapshotMetadata = { ...emptySnapshotMetadata(), confState: storage.confState };
+    storage.append([bootstrapEntry(voters, learners)]);
+    storage.hardState = { term: 0, vote: 0, commit: 1 };
+    storage.confState = bootstrapConfState(voters, learners);
     return storage;
+  }
+
+  /** withVoters: same as bootstrap(voters). */
+  static withVoters(voters: number[]): MemoryStorage {
+    return MemoryStorage.bootstrap(voters);
   }
 
   initialState(): InitialState {

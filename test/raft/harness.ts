@@ -17,7 +17,6 @@ import {
   type Message,
   type NodeId,
   type ReadState,
-  emptyConfState,
 } from '../../src/raft/types.js';
 
 const decoder = new TextDecoder();
@@ -52,11 +51,8 @@ export class Cluster {
 
   /** addNodes: create nodes with the given ids; voters is the initial configuration (bootstrap). */
   addNodes(ids: NodeId[], voters: NodeId[], learners: NodeId[] = [], options: NodeOptions = {}): void {
-    for (const id of ids) {
-      const storage = new MemoryStorage();
-      storage.confState = { ...emptyConfState(), voters: [...voters], learners: [...learners] };
-      this.startNode(id, storage, 0, options);
-    }
+    // Initial members start with the bootstrap entry applied: their state already holds that config.
+    for (const id of ids) this.startNode(id, MemoryStorage.bootstrap(voters, learners), 1, options);
   }
 
   /** addEmptyNode: a node that knows no configuration (it joins through the leader's messages). */
