@@ -1,9 +1,10 @@
 /**
  * sessions: exactly-once application of client requests (Raft thesis §6.3).
  *
- * Every proposal that a client may retry carries (sessionId, sequence). The state machine keeps,
- * per session, the highest sequence applied and its result; a retried request with a sequence
- * already applied is not applied again, and gets the remembered result. Sessions are evicted
+ * Every proposal that a client may retry carries (sessionId, sequence, ackedBelow). The state
+ * machine keeps, per session, the results of applied sequences the client has not yet
+ * acknowledged; a retried request with such a sequence is not applied again and gets the
+ * remembered result, and one below the watermark is refused as stale. Sessions are evicted
  * deterministically (least recently used by log index) once `sessionsMax` is exceeded, so every
  * replica evicts the same ones at the same index. Pure: no I/O; the block store persists it.
  */
@@ -24,6 +25,11 @@ export type SessionVerdict = (typeof SessionVerdict)[keyof typeof SessionVerdict
 
 export interface SessionRecord {
   sessionId: string;
+  /** ackedBelow: the client has its answers for every sequence below this; they are Stale. */
+  ackedBelow: number;
+  /** results: applied sequences at or above ackedBelow, with their results (ascending). */
+  results: Array<{ sequence: number; result: Uint8Array }>;
+  /** lastSequence / lastResult: the highest applied sequence (kept for simple callers). */
   lastSequence: number;
   lastResult: Uint8Array;
   lastIndex: number;
@@ -32,11 +38,18 @@ export interface SessionRecord {
 export interface SessionTableLimits {
   sessionsMax: number;
   sessionIdBytesMax: number;
+  /** resultsPerSessionMax: applied-but-unacknowledged results remembered per session (its window). */
+  resultsPerSessionMax: number;
 }
 
-export const defaultSessionLimits: SessionTableLimits = { sessionsMax: 4096, sessionIdBytesMax: 64 };
+export const defaultSessionLimits: SessionTableLimits = { sessionsMax: 4096, sessionIdBytesMax: 64, resultsPerSessionMax: 1024 };
 
-/** SessionTable: the replicated session state. Every replica must feed it the same calls in log order. */
+/**
+ * SessionTable: the replicated session state. Every replica must feed it the same calls in log
+ * order. A session may have many requests in flight (an NBD connection pipelines); each request
+ * carries its sequence and the client's watermark `ackedBelow` (every sequence below it has been
+ * answered), so the table keeps only the window of results the client may still retry.
+ */
 export class SessionTable {
   private readonly sessions = new Map<string, SessionRecord>();
   /** evicted: ids dropped for space; a request on them is Expired rather than silently re-applied. */
@@ -52,22 +65,50 @@ export class SessionTable {
     assert(sequence >= 1 && Number.isInteger(sequence), 'sequence is a positive integer');
     const record = this.sessions.get(sessionId);
     if (record === undefined) return this.evicted.has(sessionId) ? SessionVerdict.Expired : SessionVerdict.Apply;
-    if (sequence > record.lastSequence) return SessionVerdict.Apply;
-    if (sequence === record.lastSequence) return SessionVerdict.Duplicate;
-    return SessionVerdict.Stale;
+    if (sequence < record.ackedBelow) return SessionVerdict.Stale;
+    if (record.results.some((r) => r.sequence === sequence)) return SessionVerdict.Duplicate;
+    return SessionVerdict.Apply;
   }
 
-  /** result: the remembered result of the last applied request of a session. */
-  result(sessionId: string): Uint8Array | undefined {
-    return this.sessions.get(sessionId)?.lastResult;
+  /** result: the remembered result of (sessionId, sequence), or of its latest request when sequence is omitted. */
+  result(sessionId: string, sequence?: number): Uint8Array | undefined {
+    const record = this.sessions.get(sessionId);
+    if (record === undefined) return undefined;
+    if (sequence === undefined) return record.lastResult;
+    return record.results.find((r) => r.sequence === sequence)?.result;
   }
 
-  /** record: notes that (sessionId, sequence) was applied at log `index` with `result`. */
-  record(sessionId: string, sequence: number, index: number, result: Uint8Array): void {
+  /**
+   * record: notes that (sessionId, sequence) was applied at log `index` with `result`.
+   * `ackedBelow` defaults to `sequence` (one request at a time: everything older is answered).
+   */
+  record(sessionId: string, sequence: number, index: number, result: Uint8Array, ackedBelow: number = sequence): void {
     const existing = this.sessions.get(sessionId);
-    assert(existing === undefined || sequence > existing.lastSequence, 'session sequence increases');
+    assert(this.check(sessionId, sequence) === SessionVerdict.Apply || existing === undefined, 'record only what check allowed');
+    const record: SessionRecord = existing ?? {
+      sessionId,
+      ackedBelow: 0,
+      results: [],
+      lastSequence: 0,
+      lastResult: new Uint8Array(0),
+      lastIndex: 0,
+    };
+    record.ackedBelow = Math.max(record.ackedBelow, Math.min(ackedBelow, sequence));
+    record.results = record.results.filter((r) => r.sequence >= record.ackedBelow);
+    let at = record.results.length;
+    while (at > 0 && record.results[at - 1]!.sequence > sequence) at--;
+    record.results.splice(at, 0, { sequence, result });
+    while (record.results.length > this.limits.resultsPerSessionMax) {
+      const dropped = record.results.shift()!;
+      record.ackedBelow = dropped.sequence + 1; // forgotten: a retry of it is Stale, never re-applied
+    }
+    if (sequence >= record.lastSequence) {
+      record.lastSequence = sequence;
+      record.lastResult = result;
+    }
+    record.lastIndex = index;
     this.sessions.delete(sessionId); // re-insert to keep Map order = recency
-    this.sessions.set(sessionId, { sessionId, lastSequence: sequence, lastResult: result, lastIndex: index });
+    this.sessions.set(sessionId, record);
     while (this.sessions.size > this.limits.sessionsMax) {
       const oldest = this.sessions.keys().next().value as string;
       this.sessions.delete(oldest);
@@ -92,7 +133,10 @@ export class SessionTable {
   restore(records: SessionRecord[], evicted: string[] = []): void {
     this.sessions.clear();
     this.evicted.clear();
-    for (const record of records) this.sessions.set(record.sessionId, { ...record });
+    for (const record of records) {
+      const results = record.results ?? [{ sequence: record.lastSequence, result: record.lastResult }];
+      this.sessions.set(record.sessionId, { ...record, ackedBelow: record.ackedBelow ?? record.lastSequence, results: results.map((r) => ({ ...r })) });
+    }
     for (const id of evicted) this.evicted.add(id);
   }
 }
