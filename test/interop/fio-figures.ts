@@ -1,0 +1,189 @@
+/**
+ * fio-figures: the NBD baseline benchmark. `fioFigures(uri)` runs three fio jobs with
+ * ioengine=nbd against any NBD URI (nbd://host:port/name or nbd+unix:///name?socket=path) and
+ * returns what they measured. No timing is asserted anywhere: these are figures for a human (and
+ * for `chard bench`) to compare chard against `nbdkit file` and the bare disk.
+ *
+ * Jobs (each `runtimeSeconds`, time based, one connection, over the first `regionBytes`):
+ *   randwrite-4k-qd32   4 KiB random writes, iodepth 32
+ *   randread-4k-qd32    4 KiB random reads,  iodepth 32 (runs after randwrite, so it reads data)
+ *   seqwrite-1m-qd8     1 MiB sequential writes, iodepth 8
+ *
+ * As a script: `node dist/test/interop/fio-figures.js [--runtime S] [URI ...]` prints a table and
+ * JSON. Without a URI it measures `nbdkit file` on a temp file and the in-process chard target
+ * (test/helpers/nbd-target.ts, so CHARD_NBD_TARGET=host:port selects a real cluster).
+ */
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { startTarget } from '../helpers/nbd-target.js';
+import { run } from '../helpers/nbd-tools.js';
+
+const MiB = 1024 * 1024;
+
+/** FioJob: one fio job of the baseline. */
+export interface FioJob {
+  name: string;
+  rw: 'randwrite' | 'randread' | 'write';
+  blockBytes: number;
+  iodepth: number;
+}
+
+export const fioJobs: readonly FioJob[] = [
+  { name: 'randwrite-4k-qd32', rw: 'randwrite', blockBytes: 4096, iodepth: 32 },
+  { name: 'randread-4k-qd32', rw: 'randread', blockBytes: 4096, iodepth: 32 },
+  { name: 'seqwrite-1m-qd8', rw: 'write', blockBytes: MiB, iodepth: 8 },
+];
+
+/** FioFigure: what one job measured. Latencies are completion latencies in microseconds. */
+export interface FioFigure {
+  job: string;
+  iops: number;
+  mibPerSecond: number;
+  latencyMeanMicros: number;
+  latencyP99Micros: number;
+  ioBytes: number;
+  runtimeMs: number;
+}
+
+export interface FioFiguresOptions {
+  /** runtimeSeconds: per job (default 5). */
+  runtimeSeconds?: number;
+  /** regionBytes: the part of the export the jobs use (default 256 MiB; the export must be at least this large). */
+  regionBytes?: number;
+  /** jobTimeoutMs: kill fio if one job takes longer than this (default runtime + 60 s). */
+  jobTimeoutMs?: number;
+}
+
+interface FioSide {
+  io_bytes: number;
+  iops: number;
+  bw_bytes: number;
+  runtime: number;
+  clat_ns: { mean: number; percentile?: Record<string, number> };
+}
+
+/** fioFigures: runs the three jobs one after the other against `uri`; throws if fio reports an error. */
+export async function fioFigures(uri: string, options: FioFiguresOptions = {}): Promise<FioFigure[]> {
+  const runtimeSeconds = options.runtimeSeconds ?? 5;
+  const regionBytes = options.regionBytes ?? 256 * MiB;
+  const jobTimeoutMs = options.jobTimeoutMs ?? runtimeSeconds * 1000 + 60_000;
+  const figures: FioFigure[] = [];
+  for (const job of fioJobs) {
+    const args = [
+      `--name=${job.name}`,
+      '--ioengine=nbd',
+      `--uri=${uri}`,
+      `--rw=${job.rw}`,
+      `--bs=${job.blockBytes}`,
+      `--iodepth=${job.iodepth}`,
+      `--size=${regionBytes}`,
+      '--time_based',
+      `--runtime=${runtimeSeconds}`,
+      '--randrepeat=1',
+      '--output-format=json',
+    ];
+    const { stdout } = await run('fio', args, { timeoutMs: jobTimeoutMs });
+    const report = JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: { error: number; read: FioSide; write: FioSide }[] };
+    const result = report.jobs[0];
+    if (!result || result.error !== 0) throw new Error(`fio job ${job.name} failed: ${stdout}`);
+    const side = job.rw === 'randread' ? result.read : result.write;
+    figures.push({
+      job: job.name,
+      iops: Math.round(side.iops),
+      mibPerSecond: Math.round((side.bw_bytes / MiB) * 10) / 10,
+      latencyMeanMicros: Math.round(side.clat_ns.mean / 1000),
+      latencyP99Micros: Math.round((side.clat_ns.percentile?.['99.000000'] ?? 0) / 1000),
+      ioBytes: side.io_bytes,
+      runtimeMs: side.runtime,
+    });
+  }
+  return figures;
+}
+
+/** NbdkitFile: an `nbdkit file` server on a sparse temp file, reachable over a Unix socket. */
+export interface NbdkitFile {
+  uri: string;
+  stop(): Promise<void>;
+}
+
+/** startNbdkitFile: the baseline server (nbdkit's file plugin) on a new sparse file of `sizeBytes`. */
+export async function startNbdkitFile(sizeBytes = 512 * MiB): Promise<NbdkitFile> {
+  const dir = await mkdtemp(join(tmpdir(), 'chard-nbdkit-'));
+  const image = join(dir, 'disk.img');
+  const socket = join(dir, 'nbd.sock');
+  const pidFile = join(dir, 'nbdkit.pid');
+  const f = await open(image, 'w');
+  await f.truncate(sizeBytes);
+  await f.close();
+  const child: ChildProcess = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', socket, '-P', pidFile, 'file', image], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const stop = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      child.kill('SIGTERM');
+      await exited;
+    }
+    await rm(dir, { recursive: true, force: true });
+  };
+  const deadline = performance.now() + 15_000;
+  for (;;) {
+    const pid = await readFile(pidFile, 'utf8').catch(() => '');
+    if (pid.trim() !== '') break;
+    if (child.exitCode !== null || performance.now() > deadline) {
+      await stop();
+      throw new Error(`nbdkit file did not start: ${stderr}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return { uri: `nbd+unix:///?socket=${socket}`, stop };
+}
+
+/** formatFigures: a fixed-width table, one line per job. */
+export function formatFigures(label: string, figures: FioFigure[]): string {
+  const lines = [`${label}`, `  ${'job'.padEnd(20)}${'IOPS'.padStart(10)}${'MiB/s'.padStart(10)}${'mean us'.padStart(10)}${'p99 us'.padStart(10)}`];
+  for (const f of figures) {
+    lines.push(`  ${f.job.padEnd(20)}${String(f.iops).padStart(10)}${f.mibPerSecond.toFixed(1).padStart(10)}${String(f.latencyMeanMicros).padStart(10)}${String(f.latencyP99Micros).padStart(10)}`);
+  }
+  return lines.join('\n');
+}
+
+async function main(argv: string[]): Promise<void> {
+  let runtimeSeconds = 5;
+  const uris: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--runtime') runtimeSeconds = Number(argv[++i]);
+    else uris.push(argv[i]!);
+  }
+  if (!(runtimeSeconds > 0)) throw new Error('--runtime takes a positive number of seconds');
+  const results: Record<string, FioFigure[]> = {};
+  if (uris.length > 0) {
+    for (const uri of uris) results[uri] = await fioFigures(uri, { runtimeSeconds });
+  } else {
+    const nbdkit = await startNbdkitFile();
+    try {
+      results['nbdkit file'] = await fioFigures(nbdkit.uri, { runtimeSeconds });
+    } finally {
+      await nbdkit.stop();
+    }
+    const target = await startTarget();
+    try {
+      results['chard target'] = await fioFigures(target.uri('disk'), { runtimeSeconds });
+    } finally {
+      await target.stop();
+    }
+  }
+  for (const [label, figures] of Object.entries(results)) console.log(formatFigures(label, figures));
+  console.log(JSON.stringify(results));
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main(process.argv.slice(2)).catch((error: unknown) => {
+    console.error(error);
+    process.exitCode = 1;
+  });
+}
