@@ -38,6 +38,8 @@ export const ErrorCode = {
   Compacted: 'COMPACTED',
   SnapshotOutOfDate: 'SNAPSHOT_OUT_OF_DATE',
   LogUnavailable: 'LOG_UNAVAILABLE',
+  // sessions (appended by blockstore)
+  SessionExpired: 'SESSION_EXPIRED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
