@@ -1,0 +1,127 @@
+/**
+ * guest-scripts: builders for the shell scripts runGuest hands to the guest. They use the helpers
+ * of /lib/chard.sh (chard_step, chard_writer, chard_stop_watch, chard_result) so every step reports
+ * `CHARD-RESULT step=NAME ok=0|1 rc=N ms=N`, and they stop at the first failed step (`|| exit 1`)
+ * so a broken device never leaves the guest running into the harness timeout.
+ */
+
+import { assert } from '../../src/assert.js';
+
+/** gatewayAddress: the guest's view of the namespace's 127.0.0.1 (QEMU user networking). */
+export const gatewayAddress = '10.0.2.2';
+
+/** shellQuote: single-quotes a value for POSIX sh. */
+export function shellQuote(value: string): string {
+  return `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+export interface NbdConnectOptions {
+  /** port: TCP port on the namespace's 127.0.0.1 (reached as 10.0.2.2). */
+  port: number;
+  /** exportName: NBD export name; '' uses the server's default export. */
+  exportName?: string;
+  device?: string;
+  /** blockBytes: logical block size nbd-client sets (512..4096). */
+  blockBytes?: number;
+  /** timeoutSeconds: nbd-client -t: the kernel fails a request not answered in this time. */
+  timeoutSeconds?: number;
+  /** connections: nbd-client -C (multi-connection; the server must allow it). */
+  connections?: number;
+}
+
+/** nbdConnectCommand: the nbd-client invocation (Debian 12's 3.24 syntax) for these options. */
+export function nbdConnectCommand(options: NbdConnectOptions): string {
+  const device = options.device ?? '/dev/nbd0';
+  assert(Number.isInteger(options.port) && options.port > 0 && options.port < 65536, 'port out of range');
+  const args = ['nbd-client', gatewayAddress, String(options.port), device, '-b', String(options.blockBytes ?? 4096)];
+  if (options.timeoutSeconds !== undefined) args.push('-t', String(options.timeoutSeconds));
+  if (options.connections !== undefined) args.push('-C', String(options.connections));
+  if (options.exportName !== undefined && options.exportName !== '') args.push('-N', shellQuote(options.exportName));
+  return args.join(' ');
+}
+
+export interface SmokeFile {
+  /** name: a plain file name (letters, digits, '.', '-', '_'). */
+  name: string;
+  /** bytes: written as one dd block of random data, fsynced. At most 4 MiB. */
+  bytes: number;
+}
+
+export interface WriterOptions {
+  /** fileBytes: size of each fsynced write. */
+  fileBytes: number;
+  /** count: number of writes; 0 = until the host sends 'stop', secondsMax passes, or 20 errors in a row. */
+  count: number;
+  secondsMax: number;
+}
+
+function checkName(name: string): void {
+  assert(/^[A-Za-z0-9._-]+$/.test(name), `bad file name ${name}`);
+}
+
+function writerLines(writer: WriterOptions, dir: string): string[] {
+  assert(writer.fileBytes > 0 && writer.fileBytes <= 4 * 1024 * 1024, 'fileBytes out of range');
+  assert(Number.isInteger(writer.count) && writer.count >= 0, 'count must be a non-negative integer');
+  assert(writer.secondsMax > 0, 'secondsMax must be positive');
+  return [
+    'chard_stop_watch',
+    '_wm0=$(chard_ms)',
+    `chard_writer ${dir} ${writer.count} ${writer.fileBytes} ${Math.ceil(writer.secondsMax)}`,
+    '_wrc=$?',
+    '_wms=$(( $(chard_ms) - _wm0 ))',
+    'if [ $_wrc -eq 0 ]; then chard_result step=writer ok=1 rc=0 ms=$_wms; else chard_result step=writer ok=0 rc=$_wrc ms=$_wms; fi',
+  ];
+}
+
+/**
+ * smokeScript: connect, mkfs.ext4, mount, write `files` (fsync each), record their sha256, umount,
+ * drop caches, fsck.ext4 -fn, remount, verify the sums, optionally run the continuous writer,
+ * umount, disconnect. Each file's checksum is reported as `CHARD-RESULT file=NAME sha256=HEX`.
+ */
+export function smokeScript(connect: NbdConnectOptions, files: SmokeFile[], writer?: WriterOptions): string {
+  const device = connect.device ?? '/dev/nbd0';
+  assert(files.length > 0, 'smokeScript needs at least one file');
+  const lines = [
+    '. /lib/chard.sh',
+    `chard_step connect ${nbdConnectCommand(connect)} || exit 1`,
+    `chard_result device=${device} size_bytes=$(blockdev --getsize64 ${device})`,
+    `chard_step mkfs mkfs.ext4 -q -F ${device} || exit 1`,
+    `chard_step mount mount -t ext4 ${device} /mnt || exit 1`,
+  ];
+  for (const file of files) {
+    checkName(file.name);
+    assert(file.bytes > 0 && file.bytes <= 4 * 1024 * 1024, 'file bytes out of range');
+    lines.push(`chard_step write-${file.name} dd if=/dev/urandom of=/mnt/${file.name} bs=${file.bytes} count=1 conv=fsync || exit 1`);
+  }
+  const names = files.map((file) => file.name).join(' ');
+  lines.push(
+    `(cd /mnt && sha256sum ${names}) > /tmp/sums || exit 1`,
+    `while read -r sum name; do chard_result file=$name sha256=$sum; done < /tmp/sums`,
+    'chard_step umount umount /mnt || exit 1',
+    // Drop the page cache so the re-read below really comes over NBD from the server.
+    `chard_step drop-caches sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches' || exit 1`,
+    `chard_step fsck fsck.ext4 -fn ${device} || exit 1`,
+    `chard_step remount mount -t ext4 ${device} /mnt || exit 1`,
+    `chard_step verify sh -c 'cd /mnt && sha256sum -c /tmp/sums' || exit 1`,
+  );
+  if (writer !== undefined) lines.push(...writerLines(writer, '/mnt/writer'));
+  lines.push('chard_step umount2 umount /mnt || exit 1', `chard_step disconnect nbd-client -d ${device} || exit 1`);
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * writerScript: connect, mkfs.ext4, mount, then the continuous writer only (for failover tests):
+ * one `CHARD-RESULT write=SEQ ok=1 t0=UPTIME t1=UPTIME ms=N` per completed fsynced write and one
+ * `CHARD-IOERR write=SEQ ...` per failed write. It does not unmount: after I/O errors the device
+ * may be gone, and the guest powers off anyway.
+ */
+export function writerScript(connect: NbdConnectOptions, writer: WriterOptions): string {
+  const device = connect.device ?? '/dev/nbd0';
+  return [
+    '. /lib/chard.sh',
+    `chard_step connect ${nbdConnectCommand(connect)} || exit 1`,
+    `chard_step mkfs mkfs.ext4 -q -F ${device} || exit 1`,
+    `chard_step mount mount -t ext4 ${device} /mnt || exit 1`,
+    ...writerLines(writer, '/mnt/writer'),
+  ].join('\n') + '\n';
+}
