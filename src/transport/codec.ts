@@ -1,0 +1,359 @@
+/**
+ * codec: conversion between raft `Message`s (src/raft/types.ts) and the proto objects of
+ * proto/raft.proto as @grpc/proto-loader produces and consumes them (see proto.ts).
+ *
+ * Encoding trusts its input (it comes from our own raft core) and asserts. Decoding does not: a
+ * frame comes from the network, so every field is checked — known message type, no local-only
+ * type (isLocalMessage), integers non-negative and safe (<= 2^53 - 1), node ids non-zero, lengths
+ * within the named CodecLimits, snapshot chunks only on Snap messages and inside their snapshot —
+ * and the first violation rejects the whole frame with a FrameError (the transport counts it).
+ * Nothing is allocated from a length before it has been checked; byte fields stay views of the
+ * received buffer.
+ */
+
+import { assert } from '../assert.js';
+import { ErrorCode, UsageError } from '../errors.js';
+import {
+  type ConfState,
+  type Entry,
+  EntryType,
+  isLocalMessage,
+  type Message,
+  type MessageType,
+  type NodeId,
+  type SnapshotChunk,
+} from '../raft/types.js';
+
+/** CodecLimits: bounds on what one decoded frame may hold. */
+export interface CodecLimits {
+  /** messagesPerFrameMax: raft messages in one Envelope. */
+  messagesPerFrameMax: number;
+  /** entriesPerMessageMax: entries in one App / Propose message. */
+  entriesPerMessageMax: number;
+  /** entryBytesMax: payload bytes of one entry. */
+  entryBytesMax: number;
+  /** contextBytesMax: bytes of a message context (ReadIndex request contexts, lease marks). */
+  contextBytesMax: number;
+  /** snapshotChunkBytesMax: data bytes of one snapshot chunk. */
+  snapshotChunkBytesMax: number;
+  /** confStateMembersMax: ids in each list of a ConfState. */
+  confStateMembersMax: number;
+  /** clusterIdBytesMax: length of the cluster id string. */
+  clusterIdBytesMax: number;
+}
+
+export const defaultCodecLimits: CodecLimits = {
+  messagesPerFrameMax: 4096,
+  entriesPerMessageMax: 65_536,
+  entryBytesMax: 8 * 1024 * 1024,
+  contextBytesMax: 64 * 1024,
+  snapshotChunkBytesMax: 8 * 1024 * 1024,
+  confStateMembersMax: 1024,
+  clusterIdBytesMax: 64,
+};
+
+/** FrameError: a received frame violates the wire contract; the frame is dropped as a whole. */
+export class FrameError extends UsageError {
+  /** reason: a short stable key for counting (`transport.frame.rejected.<reason>`). */
+  readonly reason: string;
+  constructor(reason: string, detail: string) {
+    super(ErrorCode.InvalidArgument, `bad raft frame (${reason}): ${detail}`);
+    this.reason = reason;
+  }
+}
+
+// ---------------------------------------------------------------- wire shapes (proto objects)
+
+export interface WireEntry {
+  term: number;
+  index: number;
+  type: string;
+  data: Uint8Array;
+}
+export interface WireConfState {
+  voters: number[];
+  voters_outgoing: number[];
+  learners: number[];
+  learners_next: number[];
+  auto_leave: boolean;
+}
+export interface WireSnapshotMetadata {
+  index: number;
+  term: number;
+  conf_state: WireConfState | null;
+  size_bytes: number;
+}
+export interface WireSnapshotChunk {
+  metadata: WireSnapshotMetadata | null;
+  offset: number;
+  data: Uint8Array;
+  last: boolean;
+}
+export interface WireMessage {
+  type: string;
+  from: number;
+  to: number;
+  term: number;
+  log_term: number;
+  index: number;
+  entries: WireEntry[];
+  commit: number;
+  reject: boolean;
+  reject_hint: number;
+  reject_term: number;
+  context: Uint8Array;
+  snapshot: WireSnapshotChunk | null;
+}
+export interface WireEnvelope {
+  cluster_id: string;
+  from: number;
+  to: number;
+  messages: WireMessage[];
+}
+
+/** Envelope: a decoded frame. */
+export interface Envelope {
+  clusterId: string;
+  from: NodeId;
+  to: NodeId;
+  messages: Message[];
+}
+
+const wireTypeOf: Record<Exclude<MessageType, 'Hup' | 'Beat' | 'CheckQuorum' | 'Unreachable'>, string> = {
+  Propose: 'MSG_PROPOSE',
+  App: 'MSG_APP',
+  AppResp: 'MSG_APP_RESP',
+  Vote: 'MSG_VOTE',
+  VoteResp: 'MSG_VOTE_RESP',
+  PreVote: 'MSG_PRE_VOTE',
+  PreVoteResp: 'MSG_PRE_VOTE_RESP',
+  Heartbeat: 'MSG_HEARTBEAT',
+  HeartbeatResp: 'MSG_HEARTBEAT_RESP',
+  Snap: 'MSG_SNAP',
+  SnapResp: 'MSG_SNAP_RESP',
+  TransferLeader: 'MSG_TRANSFER_LEADER',
+  TimeoutNow: 'MSG_TIMEOUT_NOW',
+  ReadIndex: 'MSG_READ_INDEX',
+  ReadIndexResp: 'MSG_READ_INDEX_RESP',
+};
+const messageTypeOf = new Map<string, MessageType>(
+  Object.entries(wireTypeOf).map(([type, wire]) => [wire, type as MessageType]),
+);
+const wireEntryTypeOf: Record<EntryType, string> = { [EntryType.Normal]: 'ENTRY_NORMAL', [EntryType.ConfChange]: 'ENTRY_CONF_CHANGE' };
+const entryTypeOf = new Map<string, EntryType>([
+  ['ENTRY_NORMAL', EntryType.Normal],
+  ['ENTRY_CONF_CHANGE', EntryType.ConfChange],
+]);
+
+/** wireMessageTypes: every message type that may cross the wire. */
+export const wireMessageTypes: readonly MessageType[] = Object.keys(wireTypeOf) as MessageType[];
+
+/** messageHeaderBytes: the fixed per-message estimate used by messageBytes. */
+const messageHeaderBytes = 96;
+
+/**
+ * messageBytes: an upper-bound estimate of a message's encoded size, used to account queue and
+ * frame bytes without encoding twice.
+ */
+export function messageBytes(m: Message): number {
+  let bytes = messageHeaderBytes + m.context.length;
+  for (const entry of m.entries) bytes += entry.data.length + 32;
+  if (m.snapshot !== undefined) {
+    const cs = m.snapshot.metadata.confState;
+    bytes += 64 + m.snapshot.data.length;
+    bytes += 10 * (cs.voters.length + cs.votersOutgoing.length + cs.learners.length + cs.learnersNext.length);
+  }
+  return bytes;
+}
+
+// ---------------------------------------------------------------- encode
+
+function encodeConfState(cs: ConfState): WireConfState {
+  return {
+    voters: cs.voters,
+    voters_outgoing: cs.votersOutgoing,
+    learners: cs.learners,
+    learners_next: cs.learnersNext,
+    auto_leave: cs.autoLeave,
+  };
+}
+
+/** encodeMessage: a raft Message as a proto object. Local-only types are a programmer error. */
+export function encodeMessage(m: Message): WireMessage {
+  assert(!isLocalMessage(m.type), `local message ${m.type} given to the transport`);
+  const type = wireTypeOf[m.type as keyof typeof wireTypeOf];
+  assert(type !== undefined, `unknown message type ${m.type}`);
+  let snapshot: WireSnapshotChunk | null = null;
+  if (m.snapshot !== undefined) {
+    const s = m.snapshot;
+    snapshot = {
+      metadata: {
+        index: s.metadata.index,
+        term: s.metadata.term,
+        conf_state: encodeConfState(s.metadata.confState),
+        size_bytes: s.metadata.sizeBytes,
+      },
+      offset: s.offset,
+      data: s.data,
+      last: s.last,
+    };
+  }
+  return {
+    type,
+    from: m.from,
+    to: m.to,
+    term: m.term,
+    log_term: m.logTerm,
+    index: m.index,
+    entries: m.entries.map((e) => ({ term: e.term, index: e.index, type: wireEntryTypeOf[e.type], data: e.data })),
+    commit: m.commit,
+    reject: m.reject,
+    reject_hint: m.rejectHint,
+    reject_term: m.rejectTerm,
+    context: m.context,
+    snapshot,
+  };
+}
+
+/** encodeEnvelope: one frame of messages, all from `from` to `to`. */
+export function encodeEnvelope(clusterId: string, from: NodeId, to: NodeId, messages: readonly Message[]): WireEnvelope {
+  assert(messages.length > 0, 'empty frame');
+  assert(Number.isSafeInteger(from) && from > 0 && Number.isSafeInteger(to) && to > 0, 'node ids must be positive safe integers');
+  for (const m of messages) assert(m.from === from && m.to === to, 'frame mixes links');
+  return { cluster_id: clusterId, from, to, messages: messages.map(encodeMessage) };
+}
+
+// ---------------------------------------------------------------- decode
+
+function count(value: unknown, field: string): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new FrameError('bad-integer', `${field} = ${String(value)} is not a safe non-negative integer`);
+  }
+  return value;
+}
+
+function nodeId(value: unknown, field: string): NodeId {
+  const id = count(value, field);
+  if (id === 0) throw new FrameError('bad-node-id', `${field} is 0`);
+  return id;
+}
+
+function bytes(value: unknown, field: string, max: number): Uint8Array {
+  if (value === undefined || value === null) return new Uint8Array(0);
+  if (!(value instanceof Uint8Array)) throw new FrameError('bad-bytes', `${field} is not bytes`);
+  if (value.length > max) throw new FrameError('too-large', `${field} has ${value.length} bytes > ${max}`);
+  // A plain Uint8Array view (no copy), whatever subclass the decoder produced.
+  return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+}
+
+function bool(value: unknown, field: string): boolean {
+  if (value === undefined || value === null) return false;
+  if (typeof value !== 'boolean') throw new FrameError('bad-bool', `${field} is not a boolean`);
+  return value;
+}
+
+function list<T>(value: unknown, field: string, max: number): T[] {
+  if (value === undefined || value === null) return [];
+  if (!Array.isArray(value)) throw new FrameError('bad-list', `${field} is not a list`);
+  if (value.length > max) throw new FrameError('too-many', `${field} has ${value.length} items > ${max}`);
+  return value as T[];
+}
+
+function decodeConfState(value: WireConfState | null | undefined, limits: CodecLimits): ConfState {
+  if (value === null || value === undefined) throw new FrameError('bad-snapshot', 'snapshot metadata lacks conf_state');
+  const ids = (field: keyof WireConfState) =>
+    list<unknown>(value[field], `conf_state.${field}`, limits.confStateMembersMax).map((id) => nodeId(id, `conf_state.${field}`));
+  return {
+    voters: ids('voters'),
+    votersOutgoing: ids('voters_outgoing'),
+    learners: ids('learners'),
+    learnersNext: ids('learners_next'),
+    autoLeave: bool(value.auto_leave, 'conf_state.auto_leave'),
+  };
+}
+
+function decodeSnapshot(value: WireSnapshotChunk, limits: CodecLimits): SnapshotChunk {
+  const meta = value.metadata;
+  if (meta === null || meta === undefined) throw new FrameError('bad-snapshot', 'snapshot chunk lacks metadata');
+  const metadata = {
+    index: count(meta.index, 'snapshot.index'),
+    term: count(meta.term, 'snapshot.term'),
+    confState: decodeConfState(meta.conf_state, limits),
+    sizeBytes: count(meta.size_bytes, 'snapshot.size_bytes'),
+  };
+  const offset = count(value.offset, 'snapshot.offset');
+  const data = bytes(value.data, 'snapshot.data', limits.snapshotChunkBytesMax);
+  if (offset + data.length > metadata.sizeBytes) {
+    throw new FrameError('bad-snapshot', `chunk [${offset}, ${offset + data.length}) beyond size ${metadata.sizeBytes}`);
+  }
+  const last = bool(value.last, 'snapshot.last');
+  if (last && offset + data.length !== metadata.sizeBytes) {
+    throw new FrameError('bad-snapshot', 'last chunk does not end at the snapshot size');
+  }
+  return { metadata, offset, data, last };
+}
+
+/** decodeMessage: a validated raft Message from a proto object; throws FrameError. */
+export function decodeMessage(value: WireMessage, limits: CodecLimits = defaultCodecLimits): Message {
+  if (typeof value !== 'object' || value === null) throw new FrameError('bad-message', 'not an object');
+  const type = messageTypeOf.get(value.type);
+  if (type === undefined) throw new FrameError('unknown-type', `message type ${String(value.type)}`);
+  assert(!isLocalMessage(type), 'local types have no wire value');
+  const entries: Entry[] = list<WireEntry>(value.entries, 'entries', limits.entriesPerMessageMax).map((e) => {
+    if (typeof e !== 'object' || e === null) throw new FrameError('bad-entry', 'entry is not an object');
+    const entryType = entryTypeOf.get(e.type);
+    if (entryType === undefined) throw new FrameError('unknown-entry-type', `entry type ${String(e.type)}`);
+    return {
+      term: count(e.term, 'entry.term'),
+      index: count(e.index, 'entry.index'),
+      type: entryType,
+      data: bytes(e.data, 'entry.data', limits.entryBytesMax),
+    };
+  });
+  const m: Message = {
+    type,
+    from: nodeId(value.from, 'from'),
+    to: nodeId(value.to, 'to'),
+    term: count(value.term, 'term'),
+    logTerm: count(value.log_term, 'log_term'),
+    index: count(value.index, 'index'),
+    entries,
+    commit: count(value.commit, 'commit'),
+    reject: bool(value.reject, 'reject'),
+    rejectHint: count(value.reject_hint, 'reject_hint'),
+    rejectTerm: count(value.reject_term, 'reject_term'),
+    context: bytes(value.context, 'context', limits.contextBytesMax),
+  };
+  const snapshot = value.snapshot;
+  if (type === 'Snap') {
+    if (snapshot === null || snapshot === undefined) throw new FrameError('bad-snapshot', 'Snap message without a chunk');
+    m.snapshot = decodeSnapshot(snapshot, limits);
+  } else if (snapshot !== null && snapshot !== undefined) {
+    throw new FrameError('bad-snapshot', `snapshot chunk on a ${type} message`);
+  }
+  return m;
+}
+
+/**
+ * decodeEnvelope: a validated frame. Besides each message's own checks, every message must travel
+ * the envelope's link (same from and to), so a receiver's per-frame checks cover all of them.
+ */
+export function decodeEnvelope(value: WireEnvelope, limits: CodecLimits = defaultCodecLimits): Envelope {
+  if (typeof value !== 'object' || value === null) throw new FrameError('bad-envelope', 'not an object');
+  if (typeof value.cluster_id !== 'string' || value.cluster_id.length > limits.clusterIdBytesMax) {
+    throw new FrameError('bad-cluster-id', 'cluster_id missing or too long');
+  }
+  const from = nodeId(value.from, 'envelope.from');
+  const to = nodeId(value.to, 'envelope.to');
+  const wire = list<WireMessage>(value.messages, 'messages', limits.messagesPerFrameMax);
+  if (wire.length === 0) throw new FrameError('empty', 'frame without messages');
+  const messages = wire.map((w) => {
+    if (typeof w !== 'object' || w === null) throw new FrameError('bad-message', 'message is not an object');
+    const m = decodeMessage(w, limits);
+    if (m.from !== from || m.to !== to) {
+      throw new FrameError('link-mismatch', `message ${m.from}->${m.to} in a frame ${from}->${to}`);
+    }
+    return m;
+  });
+  return { clusterId: value.cluster_id, from, to, messages };
+}

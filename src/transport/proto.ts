@@ -1,0 +1,48 @@
+/**
+ * proto: where the .proto files live and how they are loaded. Both files are loaded at run time
+ * by @grpc/proto-loader with one set of options, so every layer sees the same object shapes:
+ * field names as written in the .proto (snake_case), 64-bit integers as JavaScript numbers
+ * (callers check Number.isSafeInteger), enums as their names, defaults and empty arrays filled in.
+ */
+
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+
+/** protoDir: the repository's proto/ folder (this file runs from dist/src/transport/). */
+export const protoDir: string = fileURLToPath(new URL('../../../proto/', import.meta.url));
+
+/** protoLoaderOptions: the one option set; see the module comment for why each is chosen. */
+export const protoLoaderOptions: protoLoader.Options = {
+  keepCase: true,
+  longs: Number,
+  enums: String,
+  defaults: true,
+  arrays: true,
+  oneofs: true,
+  includeDirs: [protoDir],
+};
+
+const cache = new Map<string, protoLoader.PackageDefinition>();
+
+/** loadProto: the package definition of one file of proto/ (cached per process). */
+export function loadProto(file: 'raft.proto' | 'chard.proto'): protoLoader.PackageDefinition {
+  let definition = cache.get(file);
+  if (definition === undefined) {
+    definition = protoLoader.loadSync(file, protoLoaderOptions);
+    cache.set(file, definition);
+  }
+  return definition;
+}
+
+/** serviceDefinition: the grpc-js service definition of `name` ("chard.raft.RaftPeer"). */
+export function serviceDefinition(file: 'raft.proto' | 'chard.proto', name: string): grpc.ServiceDefinition {
+  const definition = loadProto(file)[name];
+  if (definition === undefined || 'format' in definition) throw new Error(`proto ${file} has no service ${name}`);
+  return definition as unknown as grpc.ServiceDefinition;
+}
+
+/** clientConstructor: a generic grpc-js client class for the service `name`. */
+export function clientConstructor(file: 'raft.proto' | 'chard.proto', name: string): grpc.ServiceClientConstructor {
+  return grpc.makeClientConstructor(serviceDefinition(file, name) as grpc.ServiceDefinition<grpc.UntypedServiceImplementation>, name);
+}

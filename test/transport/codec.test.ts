@@ -1,0 +1,245 @@
+// codec: proves that every raft message type that may cross the wire — entries, contexts and
+// snapshot chunks with their metadata and ConfState included — survives encodeEnvelope → protobuf
+// bytes (the real proto/raft.proto serializer of @grpc/proto-loader) → decodeEnvelope unchanged
+// (fast-check property, 300 random frames), and that decoding rejects bad frames with a FrameError
+// naming the reason: unknown and local-only types, negative / unsafe integers, zero node ids,
+// lengths over the CodecLimits, chunks on the wrong message or outside their snapshot, and
+// messages that do not travel the envelope's link.
+import test from 'ava';
+import fc from 'fast-check';
+import { AssertionFailure } from '../../src/assert.js';
+import type { Message, SnapshotChunk } from '../../src/raft/types.js';
+import { message } from '../../src/raft/types.js';
+import {
+  type CodecLimits,
+  decodeEnvelope,
+  defaultCodecLimits,
+  encodeEnvelope,
+  encodeMessage,
+  FrameError,
+  messageBytes,
+  type WireEnvelope,
+  wireMessageTypes,
+} from '../../src/transport/codec.js';
+import { loadProto } from '../../src/transport/proto.js';
+
+const streamMethod = loadProto('raft.proto')['chard.raft.RaftPeer'] as unknown as Record<
+  string,
+  { requestSerialize(value: object): Buffer; requestDeserialize(bytes: Buffer): WireEnvelope }
+>;
+const serialize = (value: object) => streamMethod.Stream!.requestSerialize(value);
+const deserialize = (bytes: Buffer) => streamMethod.Stream!.requestDeserialize(bytes);
+const overTheWire = (value: WireEnvelope) => deserialize(serialize(value));
+
+const safe = fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER });
+const small = fc.integer({ min: 0, max: 1000 });
+const count = fc.oneof(small, safe);
+const id = fc.oneof(fc.integer({ min: 1, max: 9 }), fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }));
+const bytes = (maxLength: number) => fc.uint8Array({ maxLength });
+const ids = fc.array(id, { maxLength: 5 });
+
+const confState = fc.record({
+  voters: ids,
+  votersOutgoing: ids,
+  learners: ids,
+  learnersNext: ids,
+  autoLeave: fc.boolean(),
+});
+
+const snapshotChunk: fc.Arbitrary<SnapshotChunk> = fc
+  .record({
+    index: count,
+    term: count,
+    confState,
+    offset: fc.integer({ min: 0, max: 1 << 30 }),
+    data: bytes(256),
+    extra: fc.integer({ min: 0, max: 1 << 20 }),
+    last: fc.boolean(),
+  })
+  .map(({ index, term, confState: cs, offset, data, extra, last }) => ({
+    metadata: { index, term, confState: cs, sizeBytes: offset + data.length + (last ? 0 : extra) },
+    offset,
+    data,
+    last,
+  }));
+
+const entry = fc.record({ term: count, index: count, type: fc.constantFrom(0 as const, 1 as const), data: bytes(64) });
+
+/** link: every message of a frame travels from 3 to 7 (ids inside a frame must match). */
+const from = 3;
+const to = 7;
+const wireMessage: fc.Arbitrary<Message> = fc
+  .record({
+    type: fc.constantFrom(...wireMessageTypes),
+    term: count,
+    logTerm: count,
+    index: count,
+    entries: fc.array(entry, { maxLength: 4 }),
+    commit: count,
+    reject: fc.boolean(),
+    rejectHint: count,
+    rejectTerm: count,
+    context: bytes(32),
+    chunk: snapshotChunk,
+  })
+  .map(({ chunk, ...fields }) => {
+    const m: Message = { ...message({ type: fields.type }), ...fields, from, to };
+    if (m.type === 'Snap') m.snapshot = chunk;
+    return m;
+  });
+
+test('every wire message type round-trips through protobuf bytes unchanged (property)', (t) => {
+  const seen = new Set<string>();
+  fc.assert(
+    fc.property(fc.array(wireMessage, { minLength: 1, maxLength: 8 }), fc.stringMatching(/^[A-Za-z0-9._-]{1,64}$/), (messages, clusterId) => {
+      for (const m of messages) seen.add(m.type);
+      const decoded = decodeEnvelope(overTheWire(encodeEnvelope(clusterId, from, to, messages)));
+      t.is(decoded.clusterId, clusterId);
+      t.is(decoded.from, from);
+      t.is(decoded.to, to);
+      t.deepEqual(decoded.messages, messages);
+      for (const m of messages) t.true(messageBytes(m) >= serialize(encodeEnvelope(clusterId, from, to, [m])).length - 80);
+    }),
+    { numRuns: 300, seed: 20261124 },
+  );
+  t.deepEqual([...seen].sort(), [...wireMessageTypes].sort(), 'every wire type was generated');
+});
+
+test('a large snapshot chunk with a joint ConfState round-trips', (t) => {
+  const data = new Uint8Array(1024 * 1024).map((_, i) => i * 7);
+  const chunk: SnapshotChunk = {
+    metadata: {
+      index: 2 ** 40,
+      term: 9,
+      confState: { voters: [1, 2, 3], votersOutgoing: [1, 2, 4], learners: [5], learnersNext: [4], autoLeave: true },
+      sizeBytes: 3 * data.length,
+    },
+    offset: 2 * data.length,
+    data,
+    last: true,
+  };
+  const m = message({ type: 'Snap', from, to, term: 9, snapshot: chunk });
+  const decoded = decodeEnvelope(overTheWire(encodeEnvelope('c', from, to, [m])));
+  t.deepEqual(decoded.messages[0], m);
+});
+
+test('encoding a local-only message is a programmer error', (t) => {
+  for (const type of ['Hup', 'Beat', 'CheckQuorum', 'Unreachable'] as const) {
+    t.throws(() => encodeMessage(message({ type, from, to })), { instanceOf: AssertionFailure });
+  }
+});
+
+/** valid: a correct wire frame to mutate. */
+function valid(): WireEnvelope {
+  const m = message({ type: 'App', from, to, term: 2, index: 5, entries: [{ term: 2, index: 6, type: 0, data: new Uint8Array(4) }] });
+  return overTheWire(encodeEnvelope('c', from, to, [m]));
+}
+
+function rejects(t: import('ava').ExecutionContext, frame: WireEnvelope, reason: string, limits: CodecLimits = defaultCodecLimits): void {
+  const error = t.throws(() => decodeEnvelope(frame, limits), { instanceOf: FrameError }, reason);
+  t.is(error?.reason, reason);
+  t.is(error?.code, 'INVALID_ARGUMENT');
+}
+
+test('bad frames are rejected with a reason', (t) => {
+  t.notThrows(() => decodeEnvelope(valid()));
+
+  let f = valid();
+  f.messages[0]!.type = 'MSG_BOGUS';
+  rejects(t, f, 'unknown-type');
+
+  f = valid();
+  f.messages[0]!.type = 'Hup'; // a local-only type has no wire name at all
+  rejects(t, f, 'unknown-type');
+
+  // An enum number this build does not know arrives as a number from the protobuf decoder.
+  f = valid();
+  (f.messages[0] as unknown as { type: number }).type = 99;
+  rejects(t, overTheWire(f), 'unknown-type');
+
+  f = valid();
+  f.messages[0]!.term = -1;
+  rejects(t, f, 'bad-integer');
+
+  // 2^60 is a valid uint64 but not a safe JavaScript integer: refused after real decoding.
+  f = valid();
+  f.messages[0]!.index = 2 ** 60;
+  rejects(t, overTheWire(f), 'bad-integer');
+
+  f = valid();
+  f.messages[0]!.entries[0]!.index = 1.5;
+  rejects(t, f, 'bad-integer');
+
+  f = valid();
+  f.from = 0;
+  rejects(t, f, 'bad-node-id');
+
+  f = valid();
+  f.messages[0]!.to = 8;
+  rejects(t, f, 'link-mismatch');
+
+  f = valid();
+  f.messages = [];
+  rejects(t, f, 'empty');
+
+  f = valid();
+  f.cluster_id = 'x'.repeat(65);
+  rejects(t, f, 'bad-cluster-id');
+
+  f = valid();
+  f.messages[0]!.entries[0]!.type = 'ENTRY_WHATEVER';
+  rejects(t, f, 'unknown-entry-type');
+
+  f = valid();
+  f.messages[0]!.context = new Uint8Array(defaultCodecLimits.contextBytesMax + 1);
+  rejects(t, f, 'too-large');
+
+  const tight: CodecLimits = { ...defaultCodecLimits, messagesPerFrameMax: 2, entriesPerMessageMax: 1, entryBytesMax: 3 };
+  f = valid();
+  rejects(t, f, 'too-large', tight); // entry of 4 bytes > 3
+  f = valid();
+  f.messages[0]!.entries.push(f.messages[0]!.entries[0]!);
+  rejects(t, f, 'too-many', { ...tight, entryBytesMax: 100 });
+  f = valid();
+  f.messages = [f.messages[0]!, f.messages[0]!, f.messages[0]!];
+  rejects(t, f, 'too-many', { ...tight, entryBytesMax: 100 });
+});
+
+test('snapshot chunks are checked against their message and their snapshot', (t) => {
+  const chunk: SnapshotChunk = {
+    metadata: { index: 10, term: 2, confState: { voters: [1], votersOutgoing: [], learners: [], learnersNext: [], autoLeave: false }, sizeBytes: 8 },
+    offset: 4,
+    data: new Uint8Array(4),
+    last: true,
+  };
+  const snap = () => overTheWire(encodeEnvelope('c', from, to, [message({ type: 'Snap', from, to, snapshot: chunk })]));
+  t.notThrows(() => decodeEnvelope(snap()));
+
+  let f = snap();
+  f.messages[0]!.type = 'MSG_APP';
+  rejects(t, f, 'bad-snapshot'); // a chunk on an App message
+
+  f = snap();
+  f.messages[0]!.snapshot = null;
+  rejects(t, f, 'bad-snapshot'); // a Snap without a chunk
+
+  f = snap();
+  f.messages[0]!.snapshot!.offset = 6;
+  rejects(t, f, 'bad-snapshot'); // beyond the snapshot size
+
+  f = snap();
+  f.messages[0]!.snapshot!.offset = 0;
+  rejects(t, f, 'bad-snapshot'); // "last" but does not end at the size
+
+  f = snap();
+  f.messages[0]!.snapshot!.metadata!.conf_state!.voters = [0];
+  rejects(t, f, 'bad-node-id');
+
+  f = snap();
+  f.messages[0]!.snapshot!.metadata!.conf_state = null;
+  rejects(t, f, 'bad-snapshot');
+
+  f = snap();
+  rejects(t, f, 'too-large', { ...defaultCodecLimits, snapshotChunkBytesMax: 3 });
+  rejects(t, snap(), 'too-many', { ...defaultCodecLimits, confStateMembersMax: 0 });
+});

@@ -1,0 +1,147 @@
+// grpc-server: proves the admin/client RPC plumbing over loopback: chard.proto loads with every
+// Admin and Block method; a handler's response reaches callUnary (uint64 fields as numbers); a
+// thrown NotLeaderError arrives as UNAVAILABLE + chard-code NOT_LEADER and is rebuilt as a
+// NotLeaderError carrying the leader id and address; usage, remote, corrupt and unknown errors
+// keep their class and code; a method without a handler answers UNIMPLEMENTED; a dead address
+// becomes a RemoteError (UNAVAILABLE), never a raw gRPC error.
+import * as grpc from '@grpc/grpc-js';
+import test from 'ava';
+import {
+  ChardError,
+  CorruptError,
+  ErrorCode,
+  InternalError,
+  NotLeaderError,
+  RemoteError,
+  UsageError,
+} from '../../src/errors.js';
+import {
+  adminMethods,
+  blockMethods,
+  buildChardServer,
+  callUnary,
+  createChardClient,
+  errorToStatus,
+  listen,
+  statusToError,
+  wireInteger,
+} from '../../src/transport/grpc-server.js';
+import { loadProto } from '../../src/transport/proto.js';
+
+test('chard.proto defines every Admin and Block method', (t) => {
+  const definition = loadProto('chard.proto');
+  t.deepEqual(Object.keys(definition['chard.v1.Admin'] as object).sort(), [...adminMethods].sort());
+  t.deepEqual(Object.keys(definition['chard.v1.Block'] as object).sort(), [...blockMethods].sort());
+});
+
+test('responses and ChardErrors cross the wire with class, code and leader hint', async (t) => {
+  const internalErrors: unknown[] = [];
+  const events: string[] = [];
+  const server = buildChardServer(
+    {
+      Admin: {
+        Status: () => ({ cluster_id: 'c1', node_id: 3, role: 'leader', term: 7, commit_index: 2 ** 40 }),
+        VolumeCreate: () => {
+          throw new NotLeaderError(2, '127.0.0.1:7001');
+        },
+        VolumeDelete: async () => {
+          throw new UsageError(ErrorCode.NotFound, 'no volume "v9"');
+        },
+        VolumeList: () => {
+          throw new RemoteError(ErrorCode.Timeout, 'slow quorum');
+        },
+        Verify: () => {
+          throw new CorruptError('block 7 checksum');
+        },
+        MemberList: () => {
+          throw new TypeError('a bug');
+        },
+        LeaderTransfer: () => {
+          throw new NotLeaderError(0);
+        },
+      },
+      Block: {
+        Write: (request: { session: { session_id: string; sequence: number }; data: Uint8Array }) => ({
+          applied_index: request.session.sequence + request.data.length,
+        }),
+      },
+    },
+    { onInternalError: (error) => internalErrors.push(error), onEvent: (name) => events.push(name) },
+  );
+  const address = await listen(server, '127.0.0.1:0');
+  const admin = createChardClient('Admin', address);
+  const block = createChardClient('Block', address);
+  try {
+    const status = await callUnary<{ node_id: number; role: string; commit_index: number }>(admin, 'Status', {});
+    t.is(status.node_id, 3);
+    t.is(status.role, 'leader');
+    t.is(status.commit_index, 2 ** 40);
+
+    const write = await callUnary<{ applied_index: number }>(block, 'Write', {
+      volume: 'v',
+      session: { session_id: 's1', sequence: 5 },
+      offset: 0,
+      data: new Uint8Array(4096),
+    });
+    t.is(write.applied_index, 5 + 4096);
+
+    const notLeader = await t.throwsAsync(callUnary(admin, 'VolumeCreate', { name: 'v', size_bytes: 1 }), { instanceOf: NotLeaderError });
+    t.is(notLeader?.leaderId, 2);
+    t.is(notLeader?.leaderAddress, '127.0.0.1:7001');
+    t.is(notLeader?.code, ErrorCode.NotLeader);
+
+    const unknownLeader = await t.throwsAsync(callUnary(admin, 'LeaderTransfer', {}), { instanceOf: NotLeaderError });
+    t.is(unknownLeader?.leaderId, 0);
+    t.is(unknownLeader?.leaderAddress, undefined);
+
+    const notFound = await t.throwsAsync(callUnary(admin, 'VolumeDelete', { name: 'v9' }), { instanceOf: UsageError });
+    t.is(notFound?.code, ErrorCode.NotFound);
+    t.regex(notFound?.message ?? '', /no volume "v9"/);
+
+    const timeout = await t.throwsAsync(callUnary(admin, 'VolumeList', {}), { instanceOf: RemoteError });
+    t.is(timeout?.code, ErrorCode.Timeout);
+
+    const corrupt = await t.throwsAsync(callUnary(admin, 'Verify', {}), { instanceOf: CorruptError });
+    t.is(corrupt?.code, ErrorCode.Corrupt);
+
+    const internal = await t.throwsAsync(callUnary(admin, 'MemberList', {}), { instanceOf: InternalError });
+    t.is(internal?.code, ErrorCode.Internal);
+    t.notRegex(internal?.message ?? '', /a bug/, 'no internal detail on the wire');
+    t.is(internalErrors.length, 1);
+
+    const unimplemented = await t.throwsAsync(callUnary(admin, 'MemberAdd', { id: 4 }), { instanceOf: UsageError });
+    t.is(unimplemented?.code, ErrorCode.FailedPrecondition);
+    t.true(events.includes('grpc.Admin.Status.ok') && events.includes('grpc.Admin.VolumeCreate.error'));
+  } finally {
+    admin.close();
+    block.close();
+    server.forceShutdown();
+  }
+});
+
+test('a dead address is a RemoteError, not a raw gRPC error', async (t) => {
+  // Bind then shut down a server, so the port is known to be closed (no fixed port).
+  const server = buildChardServer({ Admin: {} });
+  const address = await listen(server, '127.0.0.1:0');
+  server.forceShutdown();
+  const admin = createChardClient('Admin', address);
+  try {
+    const error = await t.throwsAsync(callUnary(admin, 'Status', {}, { timeoutMs: 2000 }), { instanceOf: RemoteError });
+    t.true(error?.code === ErrorCode.Unavailable || error?.code === ErrorCode.Timeout, error?.code);
+  } finally {
+    admin.close();
+  }
+});
+
+test('error mapping is its own inverse for every ErrorCode', (t) => {
+  for (const code of Object.values(ErrorCode)) {
+    const original = code === ErrorCode.NotLeader ? new NotLeaderError(5, 'h:1') : new ChardError(code, `x ${code}`);
+    const status = errorToStatus(original);
+    const back = statusToError(Object.assign(new Error(status.details), status) as grpc.ServiceError);
+    t.is(back.code, code, code);
+    t.true(back instanceof ChardError);
+  }
+  t.is(wireInteger(7, 'f'), 7);
+  t.throws(() => wireInteger(-1, 'f'), { instanceOf: UsageError });
+  t.throws(() => wireInteger(2 ** 60, 'f'), { instanceOf: UsageError });
+});
