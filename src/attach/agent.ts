@@ -1,0 +1,215 @@
+/**
+ * agent: the attach agent — a local NBD server (unix socket or loopback port) whose backend is a
+ * chard cluster reached over gRPC. The kernel's nbd client (or any NBD client) talks to the
+ * agent; the agent finds the leader, follows leader changes, and retries every in-flight request
+ * against the new leader with the same client-session sequence, so a write is applied at most
+ * once and answered only once committed. The client sees a failover as a pause, never an error.
+ *
+ * If no node can serve for `unavailableTimeoutMs`, requests fail (the NBD server answers EIO),
+ * never silently dropped. Reads go to any reachable node (each serves linearizable reads),
+ * preferring the leader.
+ */
+
+import { randomBytes } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { ChardError, ErrorCode, InternalError, NotLeaderError, RemoteError, UsageError } from '../errors.js';
+import type { Extent, ReadChunk } from '../nbd/backend.js';
+import { NbdServer, type NbdListenAddress } from '../nbd/server.js';
+import { ClusterClient, type ClusterTarget } from '../cli/client.js';
+import { Counters } from '../node/metrics.js';
+import { type BlockCommand, VolumeBackend, type VolumeInfo, type VolumeService } from '../node/volume-backend.js';
+
+export interface AgentLimits {
+  /** unavailableTimeoutMs: how long a request waits for the cluster before it fails with EIO. */
+  unavailableTimeoutMs: number;
+  /** callTimeoutMs: one RPC's deadline (a dead node costs at most this before the next is tried). */
+  callTimeoutMs: number;
+}
+
+export const defaultAgentLimits: AgentLimits = {
+  unavailableTimeoutMs: 120_000,
+  callTimeoutMs: 2_000,
+};
+
+export interface AgentStatus {
+  volume: string;
+  listen: string;
+  leader: string | undefined;
+  inflight: number;
+  retries: number;
+  failovers: number;
+  lastFailoverStallMs: number;
+  longestStallMs: number;
+  stalledSinceMs: number | undefined;
+  unavailableTimeoutMs: number;
+  counters: Record<string, number>;
+}
+
+/** RemoteVolumeService: the VolumeService of the agent, over gRPC with leader following. */
+export class RemoteVolumeService implements VolumeService {
+  readonly counters = new Counters();
+  inflight = 0;
+  failovers = 0;
+  lastFailoverStallMs = 0;
+  longestStallMs = 0;
+  /** stalledSince: when the current run of failed attempts began (undefined when healthy). */
+  stalledSince: number | undefined;
+  private lastLeader: string | undefined;
+  private readonly sessionPrefix = `a-${randomBytes(6).toString('hex')}`;
+  private sessions = 0;
+
+  constructor(
+    readonly client: ClusterClient,
+    private readonly defaultVolumeName: string,
+    readonly limits: AgentLimits,
+  ) {}
+
+  newSessionId(): string {
+    return `${this.sessionPrefix}-${(++this.sessions).toString(36)}`;
+  }
+
+  defaultVolume(): string {
+    return this.defaultVolumeName;
+  }
+
+  leader(): string | undefined {
+    return this.lastLeader;
+  }
+
+  /** run: one operation, retried across nodes and leader changes until unavailableTimeoutMs. */
+  private async run<T>(what: string, leaderOnly: boolean, fn: (api: import('../cli/client.js').NodeApi) => Promise<T>): Promise<T> {
+    this.inflight++;
+    const started = performance.now();
+    let attempts = 0;
+    try {
+      const op = async (api: import('../cli/client.js').NodeApi) => {
+        attempts++;
+        try {
+          const result = await fn(api);
+          if (leaderOnly && api.address !== this.lastLeader) {
+            if (this.lastLeader !== undefined) this.failovers++;
+            this.lastLeader = api.address;
+          }
+          return result;
+        } catch (error) {
+          if (error instanceof RemoteError) this.noteStall();
+          throw error;
+        }
+      };
+      const result = leaderOnly
+        ? await this.client.leader(op, this.limits.unavailableTimeoutMs)
+        : await this.client.any(op, this.limits.unavailableTimeoutMs);
+      this.noteHealthy();
+      return result;
+    } catch (error) {
+      if (error instanceof UsageError) throw error;
+      if (error instanceof ChardError && error.code === ErrorCode.Corrupt) throw error;
+      this.counters.inc(`agent.${what}.failed`);
+      // Not served within the bound: the NBD client gets EIO (InternalError), not a hang.
+      throw new InternalError(ErrorCode.Unavailable, `${what}: cluster unavailable for ${Math.round(performance.now() - started)} ms: ${(error as Error).message}`);
+    } finally {
+      if (attempts > 1) this.counters.inc('agent.retries', attempts - 1);
+      this.inflight--;
+    }
+  }
+
+  private noteStall(): void {
+    if (this.stalledSince === undefined) this.stalledSince = performance.now();
+  }
+
+  private noteHealthy(): void {
+    if (this.stalledSince !== undefined) {
+      const stall = performance.now() - this.stalledSince;
+      this.lastFailoverStallMs = stall;
+      this.longestStallMs = Math.max(this.longestStallMs, stall);
+      this.counters.observe('agent.stall_ms', stall);
+      this.stalledSince = undefined;
+    }
+  }
+
+  async listVolumes(): Promise<VolumeInfo[]> {
+    return this.run('list', false, (api) => api.volumeList());
+  }
+
+  async read(volume: string, offset: number, length: number): Promise<ReadChunk[]> {
+    const data = await this.run('read', true, (api) => api.read(volume, offset, length));
+    return [{ offset, length, data }];
+  }
+
+  async blockStatus(volume: string, offset: number, length: number): Promise<Extent[]> {
+    return this.run('block_status', true, async (api) => {
+      const r = await api.call<{ extents: Extent[] }>('block', 'BlockStatus', { volume, offset, length });
+      return r.extents.map((e) => ({ length: e.length, hole: e.hole, zero: e.zero }));
+    });
+  }
+
+  async submit(command: BlockCommand): Promise<void> {
+    await this.run(command.kind, true, (api) => api.submit(command));
+  }
+}
+
+export interface AgentOptions {
+  cluster: ClusterTarget[];
+  volume: string;
+  listen: NbdListenAddress;
+  limits?: Partial<AgentLimits>;
+  credentials?: grpc.ChannelCredentials;
+  logger?: { info(o: object, m?: string): void; warn(o: object, m?: string): void; error(o: object, m?: string): void; debug(o: object, m?: string): void };
+}
+
+export class AttachAgent {
+  private constructor(
+    readonly service: RemoteVolumeService,
+    private readonly server: NbdServer,
+    readonly address: NbdListenAddress,
+    private readonly volume: string,
+  ) {}
+
+  static async start(options: AgentOptions): Promise<AttachAgent> {
+    const limits = { ...defaultAgentLimits, ...options.limits };
+    const client = new ClusterClient(options.cluster, options.credentials, {
+      callTimeoutMs: limits.callTimeoutMs,
+      operationTimeoutMs: limits.unavailableTimeoutMs,
+      retryBackoffMs: 10,
+      retryBackoffMaxMs: 100,
+    });
+    const service = new RemoteVolumeService(client, options.volume, limits);
+    // Fail fast on a wrong volume name or an unreachable cluster at start-up.
+    const volumes = await client.any((api) => api.volumeList(), Math.min(limits.unavailableTimeoutMs, 30_000));
+    if (!volumes.some((v) => v.name === options.volume)) {
+      client.close();
+      throw new UsageError(ErrorCode.NotFound, `no volume named "${options.volume}" (volumes: ${volumes.map((v) => v.name).join(', ') || 'none'})`);
+    }
+    const server = new NbdServer({
+      backend: new VolumeBackend(service),
+      ...(options.logger ? { logger: options.logger } : {}),
+      onEvent: (event, amount) => service.counters.inc(`nbd.${event}`, amount),
+    });
+    const address = await server.listen(options.listen);
+    return new AttachAgent(service, server, address, options.volume);
+  }
+
+  status(): AgentStatus {
+    const s = this.service;
+    return {
+      volume: this.volume,
+      listen: 'path' in this.address ? this.address.path : `${this.address.host}:${this.address.port}`,
+      leader: s.leader(),
+      inflight: s.inflight,
+      retries: s.counters.snapshot().counts['agent.retries'] ?? 0,
+      failovers: s.failovers,
+      lastFailoverStallMs: Math.round(s.lastFailoverStallMs),
+      longestStallMs: Math.round(s.longestStallMs),
+      stalledSinceMs: s.stalledSince === undefined ? undefined : Math.round(performance.now() - s.stalledSince),
+      unavailableTimeoutMs: s.limits.unavailableTimeoutMs,
+      counters: s.counters.snapshot().counts,
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.server.close();
+    this.service.client.close();
+  }
+}
+
+export { NotLeaderError };

@@ -1,0 +1,398 @@
+/**
+ * client: ClusterClient, the gRPC client of a chard cluster used by the CLI, by a follower that
+ * forwards writes, and by the attach agent. It knows a list of admin addresses, follows the
+ * NOT_LEADER hints nodes give (`chard-leader-id` / `chard-leader-addr`), and retries operations
+ * that failed for a retryable reason (no leader yet, node down, timeout) until a deadline.
+ * Usage errors come back unchanged, with their code, at once.
+ */
+
+import * as grpc from '@grpc/grpc-js';
+import { ChardError, ErrorCode, NotLeaderError, RemoteError, UsageError } from '../errors.js';
+import type { MemberReport, NodeStatusReport, VerifyReport } from '../node/admin.js';
+import type { MemberAddresses } from '../node/replica.js';
+import type { BlockCommand, VolumeInfo } from '../node/volume-backend.js';
+import { statusToError } from '../transport/grpc-server.js';
+import { clientConstructor } from '../transport/proto.js';
+import { readClusterFile } from './cluster-file.js';
+
+export interface ClusterTarget {
+  id?: number;
+  admin: string;
+}
+
+/** clusterTargets: admin addresses from --cluster A,B,C or --dir DIR (default ./data). */
+export function clusterTargets(options: { dir?: string; cluster?: string }): ClusterTarget[] {
+  if (options.cluster !== undefined) {
+    const list = options.cluster.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+    if (list.length === 0) throw new UsageError(ErrorCode.InvalidArgument, '--cluster needs HOST:PORT[,HOST:PORT...]');
+    return list.map((admin) => ({ admin }));
+  }
+  const file = readClusterFile(options.dir ?? './data');
+  return file.nodes.map((n) => ({ id: n.id, admin: n.admin }));
+}
+
+export interface ClientLimits {
+  /** callTimeoutMs: deadline of one RPC. */
+  callTimeoutMs: number;
+  /** operationTimeoutMs: how long an operation is retried across leader changes. */
+  operationTimeoutMs: number;
+  retryBackoffMs: number;
+  retryBackoffMaxMs: number;
+  /** messageBytesMax: largest gRPC message (a 4 MiB write plus headers). */
+  messageBytesMax: number;
+}
+
+export const defaultClientLimits: ClientLimits = {
+  callTimeoutMs: 15_000,
+  operationTimeoutMs: 30_000,
+  retryBackoffMs: 20,
+  retryBackoffMaxMs: 500,
+  messageBytesMax: 8 * 1024 * 1024,
+};
+
+type Unary = (request: object, metadata: grpc.Metadata, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: unknown) => void) => void;
+
+/** NodeApi: the typed operations of one node. */
+export class NodeApi {
+  private readonly admin: grpc.Client;
+  private readonly block: grpc.Client;
+  constructor(
+    readonly address: string,
+    credentials: grpc.ChannelCredentials,
+    private readonly limits: ClientLimits,
+    private readonly clusterId?: string,
+  ) {
+    const options = { 'grpc.max_receive_message_length': limits.messageBytesMax, 'grpc.max_send_message_length': limits.messageBytesMax };
+    const Admin = clientConstructor('chard.proto', 'chard.v1.Admin');
+    const Block = clientConstructor('chard.proto', 'chard.v1.Block');
+    this.admin = new Admin(address, credentials, options);
+    this.block = new Block(address, credentials, options);
+  }
+
+  call<T>(service: 'admin' | 'block', method: string, request: object, timeoutMs = this.limits.callTimeoutMs): Promise<T> {
+    const client = service === 'admin' ? this.admin : this.block;
+    const fn = (client as unknown as Record<string, Unary>)[method];
+    if (fn === undefined) throw new Error(`no RPC ${method}`);
+    return new Promise<T>((resolve, reject) => {
+      const metadata = new grpc.Metadata();
+      if (this.clusterId !== undefined) metadata.set('chard-cluster', this.clusterId);
+      fn.call(client, request, metadata, { deadline: Date.now() + timeoutMs }, (error, response) => {
+        if (error) reject(statusToError(error));
+        else resolve(response as T);
+      });
+    });
+  }
+
+  close(): void {
+    this.admin.close();
+    this.block.close();
+  }
+
+  async status(timeoutMs?: number): Promise<NodeStatusReport> {
+    const r = await this.call<Record<string, any>>('admin', 'Status', {}, timeoutMs);
+    const cs = r.conf_state ?? {};
+    return {
+      id: r.node_id,
+      role: r.role,
+      term: r.term,
+      leader: r.leader_id,
+      commitIndex: r.commit_index,
+      appliedIndex: r.applied_index,
+      lastIndex: r.last_index,
+      removed: r.removed === true,
+      leaseValid: r.lease_valid === true,
+      voters: [...new Set<number>([...(cs.voters ?? []), ...(cs.voters_outgoing ?? [])])].sort((a, b) => a - b),
+      learners: [...new Set<number>([...(cs.learners ?? []), ...(cs.learners_next ?? [])])].sort((a, b) => a - b),
+      joint: (cs.voters_outgoing ?? []).length > 0,
+      progress: (r.progress ?? []).map((p: Record<string, any>) => ({
+        id: p.id,
+        match: p.match,
+        next: p.next,
+        state: p.state,
+        learner: p.learner,
+        recentActive: p.recent_active,
+        snapshotSent: p.snapshot_sent ?? 0,
+        snapshotAcked: p.snapshot_acked ?? 0,
+      })),
+    };
+  }
+
+  async volumeCreate(name: string, sizeBytes: number): Promise<VolumeInfo> {
+    const r = await this.call<{ volume: { name: string; size_bytes: number } }>('admin', 'VolumeCreate', { name, size_bytes: sizeBytes });
+    return { name: r.volume.name, sizeBytes: r.volume.size_bytes };
+  }
+
+  async volumeList(): Promise<VolumeInfo[]> {
+    const r = await this.call<{ volumes: { name: string; size_bytes: number }[] }>('admin', 'VolumeList', {});
+    return r.volumes.map((v) => ({ name: v.name, sizeBytes: v.size_bytes }));
+  }
+
+  async volumeResize(name: string, sizeBytes: number): Promise<VolumeInfo> {
+    const r = await this.call<{ volume: { name: string; size_bytes: number } }>('admin', 'VolumeResize', { name, size_bytes: sizeBytes });
+    return { name: r.volume.name, sizeBytes: r.volume.size_bytes };
+  }
+
+  async volumeDelete(name: string): Promise<void> {
+    await this.call('admin', 'VolumeDelete', { name });
+  }
+
+  async memberList(): Promise<MemberReport[]> {
+    const r = await this.call<{ members: Record<string, any>[] }>('admin', 'MemberList', {});
+    return r.members.map((m) => ({
+      id: m.id,
+      role: m.learner ? 'learner' : 'voter',
+      raft: m.raft_address,
+      admin: m.admin_address,
+      nbd: m.nbd_address,
+      match: m.match ?? 0,
+      state: m.state ?? '',
+      snapshotSent: m.snapshot_sent ?? 0,
+      snapshotAcked: m.snapshot_acked ?? 0,
+    }));
+  }
+
+  async memberAdd(id: number, addresses: MemberAddresses, learner: boolean): Promise<void> {
+    await this.call('admin', 'MemberAdd', { id, raft_address: addresses.raft, admin_address: addresses.admin, nbd_address: addresses.nbd, learner });
+  }
+
+  async memberPromote(id: number): Promise<void> {
+    await this.call('admin', 'MemberPromote', { id });
+  }
+
+  async memberRemove(id: number): Promise<void> {
+    await this.call('admin', 'MemberRemove', { id });
+  }
+
+  async leaderTransfer(to: number): Promise<void> {
+    await this.call('admin', 'LeaderTransfer', { to });
+  }
+
+  async verify(): Promise<VerifyReport> {
+    const r = await this.call<{ node_id: number; applied_index: number; state_hash: Buffer }>('admin', 'Verify', {});
+    return { id: r.node_id, appliedIndex: r.applied_index, hash: Buffer.from(r.state_hash).toString('hex') };
+  }
+
+  /** read: a linearizable read of a volume range served by this node; holes come back as zeros. */
+  async read(volume: string, offset: number, length: number): Promise<Buffer> {
+    const r = await this.call<{ chunks: { offset: number; length: number; data: Buffer; zero: boolean }[] }>('block', 'Read', { volume, offset, length });
+    const out = Buffer.alloc(length);
+    for (const c of r.chunks) {
+      if (c.offset < offset || c.offset + c.length > offset + length) throw new RemoteError(ErrorCode.Internal, `${this.address}: read chunk out of range`);
+      if (!c.zero) Buffer.from(c.data).copy(out, c.offset - offset, 0, c.length);
+    }
+    return out;
+  }
+
+  /** submit: one write-like block command on this node (it must lead). */
+  async submit(command: BlockCommand): Promise<void> {
+    const session = { session_id: command.session.id, sequence: command.session.sequence, acked_below: command.session.ackedBelow };
+    if (command.kind === 'write') {
+      await this.call('block', 'Write', { volume: command.volume, session, offset: command.offset, data: command.data });
+    } else if (command.kind === 'trim') {
+      await this.call('block', 'Trim', { volume: command.volume, session, offset: command.offset, length: command.length });
+    } else {
+      await this.call('block', 'WriteZeroes', { volume: command.volume, session, offset: command.offset, length: command.length });
+    }
+  }
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+export interface ClusterStatusReport {
+  leader: number;
+  nodes: { id: number; address: string; reachable: boolean; role?: string; term?: number; commitIndex?: number; appliedIndex?: number; lag?: number; error?: string }[];
+}
+
+export class ClusterClient {
+  private readonly apis = new Map<string, NodeApi>();
+  private leaderAddress: string | undefined;
+  readonly limits: ClientLimits;
+  constructor(
+    readonly targets: ClusterTarget[],
+    private readonly credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(),
+    limits: Partial<ClientLimits> = {},
+  ) {
+    if (targets.length === 0) throw new UsageError(ErrorCode.InvalidArgument, 'no cluster addresses given');
+    this.limits = { ...defaultClientLimits, ...limits };
+  }
+
+  api(address: string): NodeApi {
+    let api = this.apis.get(address);
+    if (api === undefined) {
+      api = new NodeApi(address, this.credentials, this.limits);
+      this.apis.set(address, api);
+    }
+    return api;
+  }
+
+  close(): void {
+    for (const api of this.apis.values()) api.close();
+    this.apis.clear();
+  }
+
+  /**
+   * leader: run `fn` on the leader, following NOT_LEADER hints and retrying retryable failures
+   * (each target in turn) until `operationTimeoutMs`.
+   */
+  async leader<T>(fn: (api: NodeApi) => Promise<T>, timeoutMs = this.limits.operationTimeoutMs): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    let backoff = this.limits.retryBackoffMs;
+    let turn = 0;
+    let last: ChardError | undefined;
+    for (;;) {
+      const address = this.leaderAddress ?? this.targets[turn++ % this.targets.length]!.admin;
+      try {
+        const result = await fn(this.api(address));
+        this.leaderAddress = address;
+        return result;
+      } catch (error) {
+        if (!(error instanceof ChardError) || error instanceof UsageError) throw error;
+        last = error;
+        this.leaderAddress = undefined;
+        if (error instanceof NotLeaderError && error.leaderAddress !== undefined && error.leaderAddress !== address) {
+          this.leaderAddress = error.leaderAddress;
+          continue;
+        }
+      }
+      if (Date.now() + backoff > deadline) {
+        throw new RemoteError(ErrorCode.Unavailable, `no leader answered within ${timeoutMs} ms (last error: ${last?.code}: ${last?.message})`);
+      }
+      await sleep(backoff);
+      backoff = Math.min(backoff * 2, this.limits.retryBackoffMaxMs);
+    }
+  }
+
+  /** any: run `fn` on the first node that answers (retrying like leader()). */
+  async any<T>(fn: (api: NodeApi) => Promise<T>, timeoutMs = this.limits.operationTimeoutMs): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    let turn = 0;
+    let last: ChardError | undefined;
+    for (;;) {
+      const address = this.targets[turn++ % this.targets.length]!.admin;
+      try {
+        return await fn(this.api(address));
+      } catch (error) {
+        if (!(error instanceof ChardError) || error instanceof UsageError) throw error;
+        last = error;
+      }
+      if (Date.now() > deadline) throw new RemoteError(ErrorCode.Unavailable, `no node answered within ${timeoutMs} ms (last error: ${last?.code}: ${last?.message})`);
+      if (turn % this.targets.length === 0) await sleep(this.limits.retryBackoffMs * 5);
+    }
+  }
+
+  /** clusterStatus: every target's status (in parallel, short deadline), and the leader. */
+  async clusterStatus(timeoutMs = 2000): Promise<ClusterStatusReport> {
+    const results = await Promise.all(
+      this.targets.map(async (t) => {
+        try {
+          return { target: t, status: await this.api(t.admin).status(timeoutMs) };
+        } catch (error) {
+          return { target: t, error: error instanceof Error ? error.message : String(error) };
+        }
+      }),
+    );
+    const leaders = results.filter((r) => r.status?.role === 'leader').map((r) => r.status!);
+    leaders.sort((a, b) => b.term - a.term);
+    const leader = leaders[0];
+    return {
+      leader: leader?.id ?? 0,
+      nodes: results.map((r) =>
+        r.status
+          ? {
+              id: r.status.id,
+              address: r.target.admin,
+              reachable: true,
+              role: r.status.role,
+              term: r.status.term,
+              commitIndex: r.status.commitIndex,
+              appliedIndex: r.status.appliedIndex,
+              lag: leader ? Math.max(0, leader.commitIndex - r.status.appliedIndex) : 0,
+            }
+          : { id: r.target.id ?? 0, address: r.target.admin, reachable: false, error: r.error },
+      ),
+    };
+  }
+
+  /** waitForLeader: until some node reports itself leader (calls `check` each round). */
+  async waitForLeader(timeoutMs: number, check: () => void = () => {}): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      check();
+      const report = await this.clusterStatus(1000);
+      if (report.leader !== 0) {
+        this.leaderAddress = report.nodes.find((n) => n.id === report.leader)?.address;
+        return report.leader;
+      }
+      await sleep(100);
+    }
+    throw new RemoteError(ErrorCode.Timeout, `no leader elected within ${timeoutMs} ms`);
+  }
+
+  /** leaderStatus: the status report of the current leader (it alone knows followers' progress). */
+  leaderStatus(): Promise<NodeStatusReport> {
+    return this.leader(async (api) => {
+      const status = await api.status();
+      if (status.role !== 'leader') throw new NotLeaderError(status.leader);
+      return status;
+    });
+  }
+
+  /** waitCaughtUp: until member `id`'s match index reaches the leader's commit; prints progress. */
+  async waitCaughtUp(id: number, showProgress: boolean, timeoutMs = 30 * 60_000, lagMax = 16): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let lastLine = '';
+    for (;;) {
+      const status = await this.leaderStatus();
+      const p = status.progress.find((x) => x.id === id);
+      if (p === undefined) throw new UsageError(ErrorCode.NotFound, `node ${id} is not a member`);
+      const lag = Math.max(0, status.commitIndex - p.match);
+      if (showProgress) {
+        let line: string;
+        if (p.state === 'snapshot' && p.snapshotSent > 0) {
+          const width = 30;
+          const total = Math.max(p.snapshotSent, 1);
+          const done = Math.min(width, Math.round((p.snapshotAcked / total) * width));
+          line = `node ${id}: snapshot [${'#'.repeat(done)}${'.'.repeat(width - done)}] ${(p.snapshotAcked / 1048576).toFixed(1)} MiB received`;
+        } else {
+          line = `node ${id}: ${p.state}, ${lag} entries behind`;
+        }
+        if (line !== lastLine) process.stderr.write(`${line}\n`);
+        lastLine = line;
+      }
+      if (lag <= lagMax && p.state === 'replicate') return;
+      if (Date.now() > deadline) throw new RemoteError(ErrorCode.Timeout, `node ${id} did not catch up within ${timeoutMs} ms (${lag} entries behind)`);
+      await sleep(250);
+    }
+  }
+
+  /**
+   * verify: the state hash of every replica once they all report the same applied index. Under
+   * a steady write load indexes may never meet; it then fails with TIMEOUT rather than compare
+   * states at different indexes.
+   */
+  async verify(timeoutMs: number): Promise<{ equal: boolean; appliedIndex: number; replicas: VerifyReport[]; unreachable: string[] }> {
+    const deadline = Date.now() + timeoutMs;
+    let lastSeen = '';
+    for (;;) {
+      const reports = await Promise.all(
+        this.targets.map(async (t) => {
+          try {
+            return await this.api(t.admin).verify();
+          } catch (error) {
+            return { address: t.admin, error: String(error) };
+          }
+        }),
+      );
+      const ok = reports.filter((r): r is VerifyReport => 'hash' in r);
+      const unreachable = reports.filter((r): r is { address: string; error: string } => 'error' in r).map((r) => r.address);
+      const indexes = new Set(ok.map((r) => r.appliedIndex));
+      if (ok.length > 0 && indexes.size === 1 && unreachable.length === 0) {
+        const hashes = new Set(ok.map((r) => r.hash));
+        return { equal: hashes.size === 1, appliedIndex: ok[0]!.appliedIndex, replicas: ok, unreachable };
+      }
+      lastSeen = `applied indexes ${[...indexes].join(', ')}${unreachable.length ? `; unreachable: ${unreachable.join(', ')}` : ''}`;
+      if (Date.now() > deadline) throw new RemoteError(ErrorCode.Timeout, `replicas did not reach the same applied index within ${timeoutMs} ms (${lastSeen})`);
+      await sleep(100);
+    }
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * cluster: `chard cluster up | down` and `chard node start --dir DIR --id N` — a local cluster of
+ * real node processes that share one directory: `DIR/cluster.json` (who runs where) and one
+ * `DIR/nI/` per node (its node.json, SQLite files and node.log).
+ *
+ * `cluster up` on a directory that already holds a stopped cluster restarts it with its existing
+ * configuration and data (so `npm start` twice keeps what was written); on a running one it
+ * refuses. The default volume is created only when the cluster is new.
+ */
+
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { ErrorCode, RemoteError, UsageError } from '../errors.js';
+import type { NodeConfig } from '../node/config.js';
+import { ClusterClient } from './client.js';
+import { type ClusterFile, clusterFilePath, formatSize, readClusterFile, table, writeClusterFile } from './cluster-file.js';
+import { isAlive, nodeDir, planAddresses, readNodeConfigFile, spawnNode, stopProcess, writeNodeConfig } from './processes.js';
+
+export const clusterNodesMax = 7;
+export const defaultVolumeName = 'default';
+
+export interface ClusterUpOptions {
+  nodes: number;
+  dir: string;
+  basePort: number;
+  volumeSizeBytes: number;
+  detach: boolean;
+  json: boolean;
+  /** nodeOptions: extra node.json fields for every node (limits, store) — tests and tuning. */
+  nodeOptions?: Partial<NodeConfig>;
+  /** leaderTimeoutMs: how long to wait for the first leader. */
+  leaderTimeoutMs?: number;
+}
+
+export async function clusterUp(options: ClusterUpOptions): Promise<ClusterFile> {
+  if (!Number.isInteger(options.nodes) || options.nodes < 1 || options.nodes > clusterNodesMax) {
+    throw new UsageError(ErrorCode.InvalidArgument, `--nodes must be 1..${clusterNodesMax}, got ${options.nodes}`);
+  }
+  const dir = path.resolve(options.dir);
+  mkdirSync(dir, { recursive: true });
+  let cluster: ClusterFile;
+  let fresh = false;
+  if (existsSync(clusterFilePath(dir))) {
+    cluster = readClusterFile(dir);
+    const running = cluster.nodes.filter((n) => isAlive(n.pid));
+    if (running.length > 0) {
+      throw new UsageError(
+        ErrorCode.FailedPrecondition,
+        `the cluster in ${dir} is already running (node ${running.map((n) => `${n.id} pid ${n.pid}`).join(', ')}); stop it with: chard cluster down --dir ${options.dir}`,
+      );
+    }
+    if (!options.json) console.error(`restarting the existing ${cluster.nodes.length}-node cluster in ${dir}`);
+    for (const n of cluster.nodes) n.pid = spawnNode(dir, n.id);
+  } else {
+    fresh = true;
+    const ids = Array.from({ length: options.nodes }, (_, i) => i + 1);
+    const addresses = await planAddresses(ids, options.basePort);
+    const clusterId = `chard-${randomBytes(4).toString('hex')}`;
+    const initialMembers = Object.fromEntries([...addresses].map(([id, a]) => [String(id), a]));
+    for (const id of ids) {
+      const config: NodeConfig = { ...options.nodeOptions, clusterId, id, dataDir: '.', listen: addresses.get(id)!, initialMembers };
+      writeNodeConfig(dir, config);
+    }
+    cluster = {
+      clusterId,
+      nodes: ids.map((id) => ({ id, pid: spawnNode(dir, id), ...addresses.get(id)!, data: nodeDir(dir, id) })),
+    };
+  }
+  writeClusterFile(dir, cluster);
+
+  const client = new ClusterClient(cluster.nodes.map((n) => ({ id: n.id, admin: n.admin })));
+  try {
+    await client.waitForLeader(options.leaderTimeoutMs ?? 30_000, () => {
+      for (const n of cluster.nodes) {
+        if (!isAlive(n.pid)) throw new RemoteError(ErrorCode.Unavailable, `node ${n.id} exited during start-up; see ${path.join(n.data, 'node.log')}`);
+      }
+    });
+    if (fresh) await client.leader((api) => api.volumeCreate(defaultVolumeName, options.volumeSizeBytes));
+    const volumes = await client.any((api) => api.volumeList());
+    if (options.json) console.log(JSON.stringify(cluster, null, 2));
+    else printWelcome(dir, cluster, volumes);
+  } catch (error) {
+    if (!options.detach) await clusterDown(dir);
+    throw error;
+  } finally {
+    client.close();
+  }
+  if (options.detach) return cluster;
+
+  // Foreground: stay until Ctrl-C / SIGTERM, reporting nodes that exit, then stop them all.
+  await new Promise<void>((resolve) => {
+    const reported = new Set<number>();
+    const watch = setInterval(() => {
+      for (const n of cluster.nodes) {
+        if (!reported.has(n.id) && !isAlive(n.pid)) {
+          reported.add(n.id);
+          console.error(`node ${n.id} (pid ${n.pid}) is not running; restart it with: chard node start --dir ${options.dir} --id ${n.id}`);
+        }
+      }
+    }, 1000);
+    const stop = () => {
+      clearInterval(watch);
+      resolve();
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  console.error('stopping the cluster...');
+  const stopped = await clusterDown(dir);
+  for (const s of stopped) console.error(`node ${s.id}: ${s.result}`);
+  return cluster;
+}
+
+function printWelcome(dir: string, cluster: ClusterFile, volumes: { name: string; sizeBytes: number }[]): void {
+  const rows = cluster.nodes.map((n) => [n.id, n.pid, n.raft, n.admin, n.nbd]);
+  const first = cluster.nodes[0]!;
+  const lines = [
+    `chard: ${cluster.nodes.length}-node cluster ${cluster.clusterId} running in ${dir}`,
+    table(['node', 'pid', 'raft', 'admin', 'nbd'], rows),
+    '',
+    `volumes: ${volumes.map((v) => `${v.name} (${formatSize(v.sizeBytes)})`).join(', ') || 'none'}`,
+    'NBD exports (every node serves every volume; a write is answered once committed on a quorum):',
+    ...cluster.nodes.map((n) => `  nbd://${n.nbd}/${defaultVolumeName}`),
+    '',
+    'try:',
+    `  nbdinfo nbd://${first.nbd}/${defaultVolumeName}`,
+    `  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://${first.nbd}/${defaultVolumeName}`,
+    `  chard status --dir ${dir}`,
+    'a block device without the nbd kernel module (root):',
+    `  mkdir -p /tmp/chard-fuse && nbdfuse /tmp/chard-fuse/disk nbd://${first.nbd}/${defaultVolumeName} &`,
+    '  losetup -f --show /tmp/chard-fuse/disk      # then mkfs.ext4 / mount the loop device',
+    'with the nbd kernel module: chard attach (follows the leader across failovers) — see docs/operations.md',
+    '',
+    'Ctrl-C stops the cluster (data stays in the directory; run the same command to restart it).',
+  ];
+  console.log(lines.join('\n'));
+}
+
+export async function clusterDown(dirOption: string): Promise<{ id: number; result: string }[]> {
+  const dir = path.resolve(dirOption);
+  const cluster = readClusterFile(dir);
+  const results = await Promise.all(cluster.nodes.map(async (n) => ({ id: n.id, result: await stopProcess(n.pid) })));
+  return results;
+}
+
+/** nodeStartFromDir: (re)start node `id` of the local cluster in `dir`. */
+export async function nodeStartFromDir(dirOption: string, id: number, foreground: boolean): Promise<{ pid: number } | undefined> {
+  const dir = path.resolve(dirOption);
+  const cluster = readClusterFile(dir);
+  const entry = cluster.nodes.find((n) => n.id === id);
+  readNodeConfigFile(dir, id); // clear error when the node has no configuration
+  if (entry !== undefined && isAlive(entry.pid)) {
+    throw new UsageError(ErrorCode.FailedPrecondition, `node ${id} is already running (pid ${entry.pid})`);
+  }
+  if (foreground) {
+    const { runNodeProcess } = await import('../node/process.js');
+    await runNodeProcess(path.join(nodeDir(dir, id), 'node.json'));
+    return undefined;
+  }
+  const pid = spawnNode(dir, id);
+  const updated = readClusterFile(dir);
+  const target = updated.nodes.find((n) => n.id === id);
+  if (target !== undefined) target.pid = pid;
+  writeClusterFile(dir, updated);
+  return { pid };
+}
+
+/**
+ * nodeInit: prepare a NEW node for the local cluster in `dir` (a joining node: no bootstrap),
+ * with free ports, and list it in cluster.json (not running yet). The operator then starts it and
+ * adds it with `chard member add`.
+ */
+export async function nodeInit(dirOption: string, id: number, basePort = 0): Promise<{ id: number; raft: string; admin: string; nbd: string; data: string }> {
+  const dir = path.resolve(dirOption);
+  const cluster = readClusterFile(dir);
+  if (cluster.nodes.some((n) => n.id === id) || existsSync(path.join(nodeDir(dir, id), 'node.json'))) {
+    throw new UsageError(ErrorCode.AlreadyExists, `node ${id} already exists in ${dir}`);
+  }
+  const addresses = (await planAddresses([id], basePort)).get(id)!;
+  const template = readNodeConfigFile(dir, cluster.nodes[0]!.id);
+  const config: NodeConfig = {
+    clusterId: cluster.clusterId,
+    id,
+    dataDir: '.',
+    listen: addresses,
+    join: true,
+    ...(template.limits ? { limits: template.limits } : {}),
+    ...(template.store ? { store: template.store } : {}),
+  };
+  writeNodeConfig(dir, config);
+  const entry = { id, pid: 0, ...addresses, data: nodeDir(dir, id) };
+  cluster.nodes.push(entry);
+  writeClusterFile(dir, cluster);
+  return entry;
+}

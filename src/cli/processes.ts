@@ -1,0 +1,129 @@
+/**
+ * processes: starting and stopping the node processes of a local cluster (`chard cluster up`,
+ * `chard cluster down`, `chard node start --dir`). Each node is a real OS process running
+ * `chard node start --config DIR/nI/node.json`, in its own process group, with its output
+ * appended to `DIR/nI/node.log`.
+ */
+
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ErrorCode, RemoteError, UsageError } from '../errors.js';
+import type { NodeConfig } from '../node/config.js';
+import type { MemberAddresses } from '../node/replica.js';
+
+/** mainScript: the compiled CLI entry point (dist/src/cli/main.js). */
+export const mainScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.js');
+
+export function nodeDir(dir: string, id: number): string {
+  return path.join(dir, `n${id}`);
+}
+
+export function nodeConfigPath(dir: string, id: number): string {
+  return path.join(nodeDir(dir, id), 'node.json');
+}
+
+/** freePorts: ask the OS for `count` distinct free loopback ports. */
+export async function freePorts(count: number, host = '127.0.0.1'): Promise<number[]> {
+  const servers: net.Server[] = [];
+  const ports: number[] = [];
+  try {
+    for (let i = 0; i < count; i++) {
+      const server = net.createServer();
+      servers.push(server);
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(0, host, () => resolve());
+      });
+      ports.push((server.address() as net.AddressInfo).port);
+    }
+  } finally {
+    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  }
+  return ports;
+}
+
+/** planAddresses: raft/admin/nbd addresses for nodes 1..n (base port, or free ports when 0). */
+export async function planAddresses(ids: number[], basePort: number, host = '127.0.0.1'): Promise<Map<number, MemberAddresses>> {
+  if (!Number.isInteger(basePort) || basePort < 0 || basePort + ids.length * 3 > 65535) {
+    throw new UsageError(ErrorCode.InvalidArgument, `--base-port ${basePort} leaves no room for ${ids.length} nodes (3 ports each)`);
+  }
+  const ports = basePort === 0 ? await freePorts(ids.length * 3, host) : ids.map((_, i) => [0, 1, 2].map((k) => basePort + i * 3 + k)).flat();
+  const result = new Map<number, MemberAddresses>();
+  ids.forEach((id, i) => {
+    result.set(id, { raft: `${host}:${ports[i * 3]}`, admin: `${host}:${ports[i * 3 + 1]}`, nbd: `${host}:${ports[i * 3 + 2]}` });
+  });
+  return result;
+}
+
+/** writeNodeConfig: DIR/nI/node.json (created once; an existing one is kept). */
+export function writeNodeConfig(dir: string, config: NodeConfig): void {
+  mkdirSync(nodeDir(dir, config.id), { recursive: true });
+  writeFileSync(nodeConfigPath(dir, config.id), `${JSON.stringify(config, null, 2)}\n`);
+}
+
+export function readNodeConfigFile(dir: string, id: number): NodeConfig {
+  const file = nodeConfigPath(dir, id);
+  if (!existsSync(file)) throw new UsageError(ErrorCode.NotFound, `node ${id} has no configuration in ${file}`);
+  return JSON.parse(readFileSync(file, 'utf8')) as NodeConfig;
+}
+
+/** spawnNode: start `chard node start --config FILE` detached; returns its pid. */
+export function spawnNode(dir: string, id: number, extraEnv: Record<string, string> = {}): number {
+  const log = openSync(path.join(nodeDir(dir, id), 'node.log'), 'a');
+  try {
+    const child = spawn(process.execPath, [mainScript, 'node', 'start', '--config', nodeConfigPath(dir, id)], {
+      detached: true,
+      stdio: ['ignore', log, log],
+      env: { ...process.env, ...extraEnv },
+    });
+    if (child.pid === undefined) throw new RemoteError(ErrorCode.Unavailable, `could not start node ${id}`);
+    child.unref();
+    return child.pid;
+  } finally {
+    closeSync(log);
+  }
+}
+
+/** isAlive: the process exists and runs a chard node (not a recycled pid). */
+export function isAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    if (cmdline.length > 0 && !cmdline.includes('node\0start')) return false;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z';
+  } catch {
+    return true;
+  }
+}
+
+/** stopProcess: SIGTERM, wait up to `graceMs`, then SIGKILL. Resolves when it is gone. */
+export async function stopProcess(pid: number, graceMs = 15_000): Promise<'stopped' | 'killed' | 'absent'> {
+  if (!isAlive(pid)) return 'absent';
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return 'absent';
+  }
+  const deadline = Date.now() + graceMs;
+  while (Date.now() < deadline) {
+    if (!isAlive(pid)) return 'stopped';
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    /* gone meanwhile */
+  }
+  while (isAlive(pid)) await new Promise((r) => setTimeout(r, 20));
+  return 'killed';
+}

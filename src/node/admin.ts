@@ -1,0 +1,259 @@
+/**
+ * admin: NodeAdmin, the operator operations of one node (served over gRPC as chard.v1.Admin).
+ *
+ * Operations that change the cluster (volumes, members, leadership) run on the leader only; a
+ * follower answers NOT_LEADER with the leader's id and admin address, and the client follows it.
+ * Every operation validates its input before proposing anything, so bad input changes nothing;
+ * a command that passes validation here is checked again when applied (a concurrent change may
+ * have made it invalid), and that deterministic result is what the caller gets.
+ */
+
+import { ErrorCode, RemoteError, UsageError } from '../errors.js';
+import { encodeCommand, isValidVolumeName, type Command } from '../blockstore/commands.js';
+import { validateConfChange } from '../raft/confchange.js';
+import { type ConfChange, ConfChangeType, type ConfState, None, type NodeId } from '../raft/types.js';
+import type { Clock } from './clock.js';
+import { validateNodeId } from './config.js';
+import { encodeMembersContext, type MemberAddresses, type Replica } from './replica.js';
+import type { VolumeInfo } from './volume-backend.js';
+
+export interface NodeStatusReport {
+  id: number;
+  role: string;
+  term: number;
+  leader: number;
+  commitIndex: number;
+  appliedIndex: number;
+  lastIndex: number;
+  removed: boolean;
+  leaseValid: boolean;
+  voters: number[];
+  learners: number[];
+  joint: boolean;
+  progress: { id: number; match: number; next: number; state: string; learner: boolean; recentActive: boolean; snapshotSent: number; snapshotAcked: number }[];
+}
+
+export interface MemberReport {
+  id: number;
+  role: 'voter' | 'learner';
+  raft: string;
+  admin: string;
+  nbd: string;
+  match: number;
+  state: string;
+  snapshotSent: number;
+  snapshotAcked: number;
+}
+
+export interface VerifyReport {
+  id: number;
+  appliedIndex: number;
+  hash: string;
+}
+
+/** AdminStore: the parts of the block store the admin operations read. */
+export interface AdminStore {
+  listVolumes(): VolumeInfo[];
+  members(): Map<NodeId, MemberAddresses>;
+  stateHash(): { appliedIndex: number; hash: string };
+}
+
+export const volumeSizeMax = 2 ** 50; // 1 PiB: far beyond what a SQLite store should hold
+export const blockSize = 4096;
+
+export class NodeAdmin {
+  constructor(
+    private readonly replica: Replica,
+    private readonly store: AdminStore,
+    private readonly clock: Clock,
+  ) {}
+
+  status(): NodeStatusReport {
+    const s = this.replica.status();
+    const progress = [...s.progress].map(([id, p]) => ({
+      id,
+      match: p.match,
+      next: p.next,
+      state: p.state,
+      learner: p.learner,
+      recentActive: p.recentActive,
+      snapshotSent: p.snapshotSent,
+      snapshotAcked: p.snapshotAcked,
+    }));
+    return {
+      id: s.id,
+      role: s.role,
+      term: s.term,
+      leader: s.leader,
+      commitIndex: s.commit,
+      appliedIndex: s.applied,
+      lastIndex: s.lastIndex,
+      removed: s.removed,
+      leaseValid: s.leaseValid,
+      voters: [...new Set([...s.confState.voters, ...s.confState.votersOutgoing])].sort((a, b) => a - b),
+      learners: [...new Set([...s.confState.learners, ...s.confState.learnersNext])].sort((a, b) => a - b),
+      joint: s.confState.votersOutgoing.length > 0,
+      progress,
+    };
+  }
+
+  private requireLeader(): void {
+    if (!this.replica.isLeader()) throw this.replica.notLeaderError();
+  }
+
+  private async propose(command: Command): Promise<void> {
+    this.requireLeader();
+    await this.replica.propose(encodeCommand(command));
+  }
+
+  async volumeList(): Promise<VolumeInfo[]> {
+    await this.replica.readBarrier();
+    return this.store.listVolumes();
+  }
+
+  async volumeCreate(name: string, sizeBytes: number): Promise<VolumeInfo> {
+    checkVolumeName(name);
+    checkVolumeSize(sizeBytes);
+    this.requireLeader();
+    if (this.store.listVolumes().some((v) => v.name === name)) {
+      throw new UsageError(ErrorCode.AlreadyExists, `volume "${name}" already exists`);
+    }
+    await this.propose({ kind: 'createVolume', name, sizeBytes });
+    return { name, sizeBytes };
+  }
+
+  async volumeResize(name: string, sizeBytes: number): Promise<VolumeInfo> {
+    checkVolumeName(name);
+    checkVolumeSize(sizeBytes);
+    this.requireLeader();
+    this.requireVolume(name);
+    await this.propose({ kind: 'resizeVolume', name, sizeBytes });
+    return { name, sizeBytes };
+  }
+
+  async volumeDelete(name: string): Promise<void> {
+    checkVolumeName(name);
+    this.requireLeader();
+    this.requireVolume(name);
+    await this.propose({ kind: 'deleteVolume', name });
+  }
+
+  private requireVolume(name: string): void {
+    if (!this.store.listVolumes().some((v) => v.name === name)) throw new UsageError(ErrorCode.NotFound, `no volume named "${name}"`);
+  }
+
+  memberList(): MemberReport[] {
+    const s = this.replica.status();
+    const addresses = this.store.members();
+    const ids = new Set([...s.confState.voters, ...s.confState.votersOutgoing, ...s.confState.learners, ...s.confState.learnersNext]);
+    return [...ids]
+      .sort((a, b) => a - b)
+      .map((id) => {
+        const a = addresses.get(id);
+        const p = s.progress.get(id);
+        const learner = s.confState.learners.includes(id) || (s.confState.learnersNext.includes(id) && !s.confState.voters.includes(id));
+        return {
+          id,
+          role: learner ? 'learner' : 'voter',
+          raft: a?.raft ?? '',
+          admin: a?.admin ?? '',
+          nbd: a?.nbd ?? '',
+          match: p?.match ?? 0,
+          state: p?.state ?? '',
+          snapshotSent: p?.snapshotSent ?? 0,
+          snapshotAcked: p?.snapshotAcked ?? 0,
+        } satisfies MemberReport;
+      });
+  }
+
+  private async changeMembers(cc: ConfChange): Promise<void> {
+    this.requireLeader();
+    const reason = validateConfChange(this.replica.status().confState, cc);
+    if (reason !== undefined) throw new UsageError(ErrorCode.FailedPrecondition, reason);
+    await this.replica.proposeConfChange(cc);
+  }
+
+  async memberAdd(id: number, addresses: MemberAddresses, learner: boolean): Promise<void> {
+    validateNodeId(id);
+    if (addresses.raft === '') throw new UsageError(ErrorCode.InvalidArgument, 'member add needs the raft address of the new node');
+    this.requireLeader();
+    const cs = this.replica.status().confState;
+    if ([...cs.voters, ...cs.votersOutgoing, ...cs.learners, ...cs.learnersNext].includes(id)) {
+      throw new UsageError(ErrorCode.AlreadyExists, `node ${id} is already a member`);
+    }
+    const type = learner ? ConfChangeType.AddLearner : ConfChangeType.AddNode;
+    await this.changeMembers({ changes: [{ type, nodeId: id }], context: encodeMembersContext({ [id]: addresses }) });
+  }
+
+  /** memberPromote: a learner becomes a voter once it has caught up with the leader's log. */
+  async memberPromote(id: number, caughtUpLagMax = 1000): Promise<void> {
+    validateNodeId(id);
+    this.requireLeader();
+    const s = this.replica.status();
+    if (s.confState.voters.includes(id)) throw new UsageError(ErrorCode.AlreadyExists, `node ${id} is already a voter`);
+    if (!s.confState.learners.includes(id)) throw new UsageError(ErrorCode.NotFound, `node ${id} is not a learner`);
+    const progress = s.progress.get(id);
+    const lag = s.lastIndex - (progress?.match ?? 0);
+    if (lag > caughtUpLagMax || progress?.state !== 'replicate') {
+      throw new UsageError(ErrorCode.FailedPrecondition, `learner ${id} is ${lag} entries behind (promote once within ${caughtUpLagMax})`);
+    }
+    await this.changeMembers({ changes: [{ type: ConfChangeType.AddNode, nodeId: id }], context: new Uint8Array(0) });
+  }
+
+  async memberRemove(id: number): Promise<void> {
+    validateNodeId(id);
+    this.requireLeader();
+    const cs = this.replica.status().confState;
+    if (![...cs.voters, ...cs.learners].includes(id)) throw new UsageError(ErrorCode.NotFound, `node ${id} is not a member`);
+    await this.changeMembers({ changes: [{ type: ConfChangeType.RemoveNode, nodeId: id }], context: new Uint8Array(0) });
+  }
+
+  /** leaderTransfer: hand leadership to voter `id`; resolves once it leads (bounded). */
+  async leaderTransfer(id: number, timeoutMs = 5000): Promise<void> {
+    validateNodeId(id);
+    this.requireLeader();
+    const s = this.replica.status();
+    if (id === s.id) return;
+    if (!s.confState.voters.includes(id)) throw new UsageError(ErrorCode.FailedPrecondition, `node ${id} is not a voter`);
+    this.replica.transferLeadership(id);
+    const deadline = this.clock.now() + timeoutMs;
+    while (this.clock.now() < deadline) {
+      const leader = this.replica.leaderId();
+      if (leader === id) return;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    throw new RemoteError(ErrorCode.Timeout, `node ${id} did not take over within ${timeoutMs} ms (it may lag or be down)`);
+  }
+
+  verify(): VerifyReport {
+    const { appliedIndex, hash } = this.store.stateHash();
+    return { id: this.replica.id, appliedIndex, hash };
+  }
+
+  /** replicaStatus: raw raft details the RPC status reports. */
+  replicaStatus(): { vote: number; snapshotIndex: number; leadTransferee: number; confState: ConfState } {
+    const s = this.replica.status();
+    return { vote: s.vote, snapshotIndex: this.replica.snapshotIndex(), leadTransferee: s.leadTransferee, confState: s.confState };
+  }
+
+  addressOf(id: NodeId): MemberAddresses | undefined {
+    return this.store.members().get(id);
+  }
+
+  leaderHint(): NodeId {
+    const leader = this.replica.leaderId();
+    return leader === None ? None : leader;
+  }
+}
+
+export function checkVolumeName(name: string): void {
+  if (!isValidVolumeName(name)) {
+    throw new UsageError(ErrorCode.InvalidArgument, `bad volume name "${name}": 1..64 characters of [A-Za-z0-9._-]`);
+  }
+}
+
+export function checkVolumeSize(sizeBytes: number): void {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes > volumeSizeMax || sizeBytes % blockSize !== 0) {
+    throw new UsageError(ErrorCode.InvalidArgument, `bad volume size ${sizeBytes}: a positive multiple of ${blockSize} bytes up to 1 PiB`);
+  }
+}

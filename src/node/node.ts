@@ -1,0 +1,138 @@
+/**
+ * node: ChardNode, one chard node assembled from its layers —
+ *   BlockStore (SQLite log + block state) ← Replica (raft Ready loop) → Transport (gRPC peers)
+ *   NodeAdmin + LocalVolumeService → gRPC Admin/Block server (admin address)
+ *   VolumeBackend → NbdServer (nbd address)
+ * Start order: store (and bootstrap on first start), peer transport, replica, RPC, NBD. Stop order
+ * is the reverse, after handing leadership away when `transfer` is asked (SIGTERM).
+ */
+
+import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { BlockStore } from '../blockstore/index.js';
+import { NbdServer } from '../nbd/server.js';
+import { SeededRandom } from '../raft/random.js';
+import type { Random } from '../raft/types.js';
+import { GrpcTransport, type TransportCredentials } from '../transport/transport.js';
+import type { Transport } from '../transport/transport.js';
+import { NodeAdmin } from './admin.js';
+import { type Clock, systemClock } from './clock.js';
+import { type NodeConfig, parseHostPort } from './config.js';
+import { Counters } from './metrics.js';
+import { type MemberAddresses, Replica } from './replica.js';
+import { BlockForwarder, encodeBlockCommand, startNodeRpcServer, type RpcServerHandle } from './rpc.js';
+import { VolumeBackend } from './volume-backend.js';
+import { LocalVolumeService } from './volume-service.js';
+
+export interface Logger {
+  info(o: object, m?: string): void;
+  warn(o: object, m?: string): void;
+  error(o: object, m?: string): void;
+  debug(o: object, m?: string): void;
+}
+
+const silent: Logger = { info() {}, warn() {}, error() {}, debug() {} };
+
+export interface ChardNodeOptions {
+  config: NodeConfig;
+  clock?: Clock;
+  random?: Random;
+  logger?: Logger;
+  /** credentials: TLS seam for every listener and client of this node (default: insecure). */
+  credentials?: TransportCredentials;
+  /** transport: replace the gRPC peer transport (tests, the chaos harness's faulty transport). */
+  transport?: (defaults: { clusterId: string; nodeId: number; listen: string }) => Transport;
+  defaultVolume?: string;
+}
+
+export class ChardNode {
+  readonly counters = new Counters();
+  private constructor(
+    readonly config: NodeConfig,
+    readonly store: BlockStore,
+    readonly transport: Transport,
+    readonly replica: Replica,
+    readonly admin: NodeAdmin,
+    readonly volumes: LocalVolumeService,
+    private readonly rpc: RpcServerHandle,
+    private readonly nbd: NbdServer,
+    private readonly forwarder: BlockForwarder,
+    readonly addresses: MemberAddresses,
+    private readonly logger: Logger,
+  ) {}
+
+  static async start(options: ChardNodeOptions): Promise<ChardNode> {
+    const { config } = options;
+    const clock = options.clock ?? systemClock;
+    const logger = options.logger ?? silent;
+    const random = options.random ?? new SeededRandom(randomBytes(4).readUInt32LE(0));
+    const counters = new Counters();
+    mkdirSync(config.dataDir, { recursive: true });
+
+    const store = BlockStore.open(config.dataDir, { limits: config.store ?? {} });
+    if (store.logStorage.lastIndex() === 0 && !config.join) {
+      const members = new Map(Object.entries(config.initialMembers ?? {}).map(([id, a]) => [Number(id), a]));
+      store.bootstrap([...members.keys()].sort((a, b) => a - b), [], members);
+      logger.info({ voters: [...members.keys()] }, 'bootstrapped a new cluster');
+    }
+
+    const transport =
+      options.transport?.({ clusterId: config.clusterId, nodeId: config.id, listen: config.listen.raft }) ??
+      new GrpcTransport({
+        clusterId: config.clusterId,
+        nodeId: config.id,
+        listen: config.listen.raft,
+        ...(options.credentials ? { credentials: options.credentials } : {}),
+        onEvent: counters.onEvent,
+      });
+    await transport.start();
+
+    let volumes: LocalVolumeService | undefined;
+    const replica = new Replica({
+      id: config.id,
+      store,
+      transport,
+      clock,
+      random,
+      limits: config.limits ?? {},
+      counters,
+      logger,
+    });
+    const admin = new NodeAdmin(replica, store, clock);
+    const forwarder = new BlockForwarder((id) => replica.addressOf(id)?.admin, config.clusterId, options.credentials);
+    volumes = new LocalVolumeService(replica, store, encodeBlockCommand, forwarder, clock, options.defaultVolume ?? 'default', {}, counters);
+    const rpc = await startNodeRpcServer({
+      listen: config.listen.admin,
+      clusterId: config.clusterId,
+      admin,
+      volumes,
+      ...(options.credentials ? { credentials: options.credentials } : {}),
+    });
+    const nbd = new NbdServer({
+      backend: new VolumeBackend(volumes),
+      logger,
+      onEvent: (event, amount) => counters.inc(`nbd.${event}`, amount),
+    });
+    const nbdListen = parseHostPort(config.listen.nbd, 'listen.nbd');
+    const nbdBound = await nbd.listen({ host: nbdListen.host, port: nbdListen.port });
+    const nbdAddress = 'port' in nbdBound ? `${nbdListen.host}:${nbdBound.port}` : config.listen.nbd;
+    replica.start();
+    const addresses = { raft: transport.address(), admin: rpc.address, nbd: nbdAddress };
+    logger.info({ id: config.id, cluster: config.clusterId, ...addresses }, 'node started');
+    const node = new ChardNode(config, store, transport, replica, admin, volumes, rpc, nbd, forwarder, addresses, logger);
+    (node as { counters: Counters }).counters = counters;
+    return node;
+  }
+
+  /** stop: hand leadership away (when asked), stop serving, close everything. */
+  async stop(options: { transfer?: boolean } = {}): Promise<void> {
+    this.logger.info({ transfer: options.transfer === true }, 'node stopping');
+    await this.replica.close({ transfer: options.transfer === true });
+    await this.nbd.close();
+    await this.rpc.close();
+    this.forwarder.close();
+    await this.transport.close();
+    this.store.close();
+    this.logger.info({}, 'node stopped');
+  }
+}

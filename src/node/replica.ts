@@ -1,0 +1,501 @@
+/**
+ * replica: Replica, the runtime of one chard node — it owns the RawNode, drives it with ticks from
+ * a monotonic clock, runs the Ready loop against durable storage and the peer transport, and
+ * offers the operations the rest of the node needs: propose (leader), linearizable read barrier
+ * (any node), membership changes, leadership transfer, status.
+ *
+ * The Ready loop (docs/design.md): send messagesEarly → persist (one fsynced transaction) → send
+ * messages → apply committed entries (one transaction) → advance. Ready handling is coalesced with
+ * setImmediate, so every proposal and message that arrives in one turn of the event loop shares
+ * one fsync (group commit).
+ */
+
+import { assert } from '../assert.js';
+import { ChardError, ErrorCode, NotLeaderError, RemoteError, UsageError } from '../errors.js';
+import type { ReadOnlyOption } from '../raft/config.js';
+import { decodeConfChange } from '../raft/confchange.js';
+import { RawNode, type Status } from '../raft/rawnode.js';
+import type { LogStorage } from '../raft/storage.js';
+import {
+  type ConfChange,
+  type ConfState,
+  type Entry,
+  EntryType,
+  type Message,
+  type NodeId,
+  None,
+  type Random,
+  type Ready,
+  type SnapshotMetadata,
+} from '../raft/types.js';
+import type { Transport } from '../transport/transport.js';
+import { type Clock, Ticker } from './clock.js';
+import type { Counters } from './metrics.js';
+import { ProposalWaiters, ReadWaiters } from './waiters.js';
+
+/** MemberAddresses: where a member listens (carried in ConfChange contexts, kept in the store). */
+export interface MemberAddresses {
+  raft: string;
+  admin: string;
+  nbd: string;
+}
+
+/** ApplyOutcome: what the state machine answered for one entry (bytes, or a usage error code). */
+export type ApplyOutcome = { ok: true; value: Uint8Array } | { ok: false; code: ErrorCode; message: string };
+
+/** ReplicaStore: what the replica needs from durable storage (implemented by src/blockstore). */
+export interface ReplicaStore {
+  readonly logStorage: LogStorage;
+  /** persist: make the Ready's chunks, snapshot, entries and hard state durable (one fsync). */
+  persist(ready: Ready): void;
+  /** installSnapshot: replace the state machine with the staged snapshot. */
+  installSnapshot(metadata: SnapshotMetadata): void;
+  /** apply: apply committed entries in one transaction; ConfChange entries call onConfChange. */
+  apply(entries: Entry[], onConfChange: (cc: ConfChange, index: number) => ConfState): Map<number, ApplyOutcome>;
+  appliedIndex(): number;
+  /** createSnapshot: snapshot the state at the applied index and compact the log behind it. */
+  createSnapshot(): SnapshotMetadata | undefined;
+  /** createSnapshotAsync: the same, with the copy made off the event loop (preferred when present). */
+  createSnapshotAsync?(): Promise<SnapshotMetadata | undefined>;
+  members(): Map<NodeId, MemberAddresses>;
+  setMember(id: NodeId, addresses: MemberAddresses | undefined): void;
+}
+
+export interface ReplicaLimits {
+  tickIntervalMs: number;
+  electionTimeoutTicks: number;
+  heartbeatIntervalTicks: number;
+  requestTimeoutMs: number;
+  proposalsInflightMax: number;
+  readsInflightMax: number;
+  /** snapshotEveryEntries: take a snapshot (and compact) after this many applied entries. */
+  snapshotEveryEntries: number;
+  readOnlyOption: ReadOnlyOption;
+  appendBytesMax: number;
+  snapshotChunkBytes: number;
+}
+
+/** stalledFollowerTicksMax: ticks a non-leader takes at once after a stall (see catchUpTicks). */
+export const stalledFollowerTicksMax = 2;
+
+export const defaultReplicaLimits: ReplicaLimits = {
+  tickIntervalMs: 25,
+  electionTimeoutTicks: 16,
+  heartbeatIntervalTicks: 2,
+  requestTimeoutMs: 10_000,
+  proposalsInflightMax: 4096,
+  readsInflightMax: 8192,
+  snapshotEveryEntries: 20_000,
+  readOnlyOption: 'lease',
+  appendBytesMax: 1024 * 1024,
+  snapshotChunkBytes: 1024 * 1024,
+};
+
+export interface ReplicaOptions {
+  id: NodeId;
+  store: ReplicaStore;
+  transport: Transport;
+  clock: Clock;
+  random: Random;
+  limits?: Partial<ReplicaLimits>;
+  counters?: Counters;
+  logger?: { info(o: object, m?: string): void; warn(o: object, m?: string): void; error(o: object, m?: string): void };
+  /** onApplied: called after each applied batch (e.g. to wake waiters of the NBD layer). */
+  onApplied?: (appliedIndex: number) => void;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** encodeMembersContext / decodeMembersContext: addresses carried by a ConfChange. */
+export function encodeMembersContext(members: Record<number, MemberAddresses>): Uint8Array {
+  return encoder.encode(JSON.stringify(members));
+}
+export function decodeMembersContext(context: Uint8Array): Record<number, MemberAddresses> {
+  if (context.length === 0) return {};
+  try {
+    return JSON.parse(decoder.decode(context)) as Record<number, MemberAddresses>;
+  } catch {
+    return {};
+  }
+}
+
+export class Replica {
+  readonly id: NodeId;
+  readonly raw: RawNode;
+  readonly limits: ReplicaLimits;
+  private readonly store: ReplicaStore;
+  private readonly transport: Transport;
+  private readonly clock: Clock;
+  private readonly ticker: Ticker;
+  private readonly proposals: ProposalWaiters<Uint8Array>;
+  private readonly reads: ReadWaiters;
+  private readonly counters: Counters | undefined;
+  private readonly logger: ReplicaOptions['logger'];
+  private readonly onApplied: ReplicaOptions['onApplied'];
+  private tickTimer: NodeJS.Timeout | undefined;
+  private readyScheduled = false;
+  private closed = false;
+  private appliedSinceSnapshot = 0;
+  private snapshotting = false;
+  private leaderSince = 0;
+  /** removed: this node applied a configuration without itself. */
+  removed = false;
+  private readonly readPrefix: string;
+
+  constructor(options: ReplicaOptions) {
+    this.id = options.id;
+    this.store = options.store;
+    this.transport = options.transport;
+    this.clock = options.clock;
+    this.counters = options.counters;
+    this.logger = options.logger;
+    this.onApplied = options.onApplied;
+    this.limits = { ...defaultReplicaLimits, ...options.limits };
+    this.ticker = new Ticker(this.clock, this.limits.tickIntervalMs);
+    this.proposals = new ProposalWaiters(this.limits.proposalsInflightMax);
+    this.reads = new ReadWaiters(this.limits.readsInflightMax);
+    this.readPrefix = `${this.id}-${options.random.int(2 ** 31)}`;
+    this.raw = new RawNode({
+      id: this.id,
+      storage: this.store.logStorage,
+      random: options.random,
+      applied: this.store.appliedIndex(),
+      electionTimeoutTicks: this.limits.electionTimeoutTicks,
+      heartbeatIntervalTicks: this.limits.heartbeatIntervalTicks,
+      readOnlyOption: this.limits.readOnlyOption,
+      checkQuorum: true,
+      preVote: true,
+      appendBytesMax: this.limits.appendBytesMax,
+      snapshotChunkBytes: this.limits.snapshotChunkBytes,
+    });
+    for (const [id, addresses] of this.store.members()) if (id !== this.id) this.transport.addPeer(id, addresses.raft);
+    this.transport.onMessage((m) => this.receive(m));
+    this.transport.onUnreachable((peer) => {
+      if (this.closed) return;
+      this.raw.reportUnreachable(peer);
+      this.schedule();
+    });
+  }
+
+  start(): void {
+    assert(this.tickTimer === undefined, 'replica started twice');
+    this.tickTimer = setInterval(() => this.onTick(), this.limits.tickIntervalMs);
+    this.tickTimer.unref?.();
+    this.schedule();
+  }
+
+  private onTick(): void {
+    if (this.closed) return;
+    this.catchUpTicks();
+    const now = this.clock.now();
+    this.proposals.expire(now);
+    this.reads.retryInFlight(now, this.limits.tickIntervalMs * this.limits.electionTimeoutTicks);
+    this.reads.expire(now);
+    this.issueReadIndex();
+    this.schedule();
+  }
+
+  /**
+   * catchUpTicks: deliver the ticks that elapsed since the last call. A LEADER gets every one, so
+   * its lease and CheckQuorum see real time (a paused leader must not serve a lease read on time
+   * that did not pass for the others). A follower or candidate that stalled (a long fsync, a
+   * snapshot, GC) gets at most `stalledFollowerTicksMax`: the heartbeats that queued up while it
+   * was stalled are handled before it may time out, instead of it calling an election against a
+   * healthy leader. Counting less time only delays a follower's election and prolongs its vote
+   * refusal (the lease side), so it never weakens safety.
+   */
+  private catchUpTicks(): void {
+    const due = this.ticker.due();
+    const ticks = this.raw.raft.role === 'leader' ? due : Math.min(due, stalledFollowerTicksMax);
+    if (ticks < due) this.counters?.inc('raft.ticks_dropped_after_stall', due - ticks);
+    for (let i = 0; i < ticks; i++) this.raw.tick();
+  }
+
+  private receive(m: Message): void {
+    if (this.closed) return;
+    // Catch up on ticks first: a process that was paused must see elapsed time before messages.
+    this.catchUpTicks();
+    try {
+      this.raw.step(m);
+    } catch (error) {
+      this.counters?.inc('raft.message.refused');
+      this.logger?.warn({ err: String(error), type: m.type, from: m.from }, 'refused peer message');
+      return;
+    }
+    this.schedule();
+  }
+
+  /** schedule: handle Readys soon, once per turn of the event loop (group commit). */
+  private schedule(): void {
+    if (this.readyScheduled || this.closed) return;
+    this.readyScheduled = true;
+    setImmediate(() => {
+      this.readyScheduled = false;
+      this.handleReadys();
+    });
+  }
+
+  private handleReadys(): void {
+    let rounds = 0;
+    while (!this.closed && this.raw.hasReady() && rounds++ < 64) this.handleReady(this.raw.ready());
+    if (this.raw.hasReady()) this.schedule();
+  }
+
+  private handleReady(rd: Ready): void {
+    if (rd.messagesEarly.length > 0) this.transport.send(rd.messagesEarly);
+    const persistStart = this.clock.now();
+    this.store.persist(rd);
+    if (rd.mustSync) {
+      this.counters?.inc('store.fsync');
+      this.counters?.inc('store.entries', rd.entries.length);
+      this.counters?.observe('store.persist_ms', this.clock.now() - persistStart);
+    }
+    if (rd.snapshot !== undefined) {
+      this.store.installSnapshot(rd.snapshot);
+      this.counters?.inc('snapshot.installed');
+      this.logger?.info({ index: rd.snapshot.index }, 'installed snapshot');
+      this.refreshPeers();
+    }
+    if (rd.messages.length > 0) this.transport.send(rd.messages);
+    if (rd.committedEntries.length > 0) this.applyEntries(rd.committedEntries);
+    for (const rs of rd.readStates) this.reads.readState(rs.requestContext, rs.index);
+    if (rd.softState !== undefined) this.onSoftState(rd.softState.role, rd.softState.leader);
+    this.raw.advance();
+    this.reads.applied(this.raw.raft.log.applied);
+    this.issueReadIndex();
+    this.maybeSnapshot();
+  }
+
+  private applyEntries(entries: Entry[]): void {
+    const outcomes = this.store.apply(entries, (cc, index) => this.applyConfChange(cc, index));
+    for (const entry of entries) {
+      this.proposals.applied(entry.index, entry.term, () => {
+        const outcome = outcomes.get(entry.index);
+        if (outcome === undefined) return new Uint8Array(0);
+        if (outcome.ok) return outcome.value;
+        return new UsageError(outcome.code, outcome.message);
+      });
+    }
+    const last = entries[entries.length - 1]!.index;
+    this.appliedSinceSnapshot += entries.length;
+    this.counters?.inc('raft.applied', entries.length);
+    this.counters?.set('raft.applied_index', last);
+    this.onApplied?.(last);
+  }
+
+  private applyConfChange(cc: ConfChange, index: number): ConfState {
+    const members = decodeMembersContext(cc.context);
+    for (const change of cc.changes) {
+      if (change.type === 'remove-node') {
+        this.store.setMember(change.nodeId, undefined);
+        if (change.nodeId !== this.id) this.transport.removePeer(change.nodeId);
+      } else {
+        const addresses = members[change.nodeId];
+        if (addresses !== undefined) {
+          this.store.setMember(change.nodeId, addresses);
+          if (change.nodeId !== this.id) this.transport.addPeer(change.nodeId, addresses.raft);
+        }
+      }
+    }
+    const cs = this.raw.applyConfChange(cc);
+    const member = cs.voters.includes(this.id) || cs.votersOutgoing.includes(this.id) || cs.learners.includes(this.id) || cs.learnersNext.includes(this.id);
+    if (!member && !this.removed && (cs.voters.length > 0)) {
+      this.removed = true;
+      this.logger?.warn({ index }, 'this node was removed from the cluster');
+    }
+    this.counters?.inc('raft.conf_change');
+    return cs;
+  }
+
+  private refreshPeers(): void {
+    for (const [id, addresses] of this.store.members()) if (id !== this.id) this.transport.addPeer(id, addresses.raft);
+  }
+
+  private onSoftState(role: string, leader: NodeId): void {
+    this.counters?.set('raft.leader', leader);
+    this.logger?.info({ role, leader, term: this.raw.raft.term }, 'role changed');
+    if (role === 'leader') {
+      this.leaderSince = this.clock.now();
+      this.counters?.inc('raft.became_leader');
+    } else {
+      // Outcome unknown: the entries may still commit under the next leader. The client retries
+      // with the same session sequence and the session table answers it without applying twice.
+      this.proposals.failAll(() => new NotLeaderError(leader, this.addressOf(leader)?.admin));
+    }
+  }
+
+  private maybeSnapshot(): void {
+    if (this.appliedSinceSnapshot < this.limits.snapshotEveryEntries || this.snapshotting) return;
+    this.appliedSinceSnapshot = 0;
+    const started = this.clock.now();
+    const done = (metadata: SnapshotMetadata | undefined) => {
+      if (metadata === undefined) return;
+      this.counters?.inc('snapshot.created');
+      this.counters?.observe('snapshot.create_ms', this.clock.now() - started);
+      this.logger?.info({ index: metadata.index, bytes: metadata.sizeBytes, ms: Math.round(this.clock.now() - started) }, 'snapshot created');
+    };
+    if (this.store.createSnapshotAsync === undefined) {
+      done(this.store.createSnapshot());
+      return;
+    }
+    // The copy runs off the event loop, so heartbeats keep flowing while a large state is copied.
+    this.snapshotting = true;
+    this.store
+      .createSnapshotAsync()
+      .then(done, (error: unknown) => {
+        this.counters?.inc('snapshot.failed');
+        this.logger?.error({ err: String(error) }, 'snapshot failed');
+      })
+      .finally(() => {
+        this.snapshotting = false;
+      });
+  }
+
+  private issueReadIndex(): void {
+    if (this.closed) return;
+    const status = this.raw.raft;
+    if (status.lead === None && status.role !== 'leader') return;
+    const context = this.reads.nextRequest(this.clock.now(), this.readPrefix);
+    if (context === undefined) return;
+    try {
+      this.raw.readIndex(context);
+    } catch (error) {
+      if (!(error instanceof ChardError)) throw error;
+      this.reads.retryInFlight(this.clock.now(), 0);
+    }
+    this.schedule();
+  }
+
+  // ---------------------------------------------------------------- operations
+
+  /** snapshotIndex: index of the latest durable snapshot. */
+  snapshotIndex(): number {
+    return this.store.logStorage.snapshot().index;
+  }
+
+  /** closing: close() was called; nothing new is accepted. */
+  get closing(): boolean {
+    return this.closed;
+  }
+
+  addressOf(id: NodeId): MemberAddresses | undefined {
+    return this.store.members().get(id);
+  }
+
+  leaderId(): NodeId {
+    return this.raw.raft.lead;
+  }
+
+  isLeader(): boolean {
+    return this.raw.raft.role === 'leader';
+  }
+
+  notLeaderError(): NotLeaderError {
+    const leader = this.raw.raft.lead;
+    return new NotLeaderError(leader, leader === None ? undefined : this.addressOf(leader)?.admin);
+  }
+
+  /** propose: replicate `data` and resolve with the state machine's result once applied here. */
+  propose(data: Uint8Array): Promise<Uint8Array> {
+    if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
+    if (!this.isLeader()) return Promise.reject(this.notLeaderError());
+    let index: number;
+    try {
+      index = this.raw.propose(data);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const waiter = this.proposals.add(index, this.raw.raft.term, this.clock.now() + this.limits.requestTimeoutMs);
+    this.counters?.inc('raft.proposed');
+    this.schedule();
+    return waiter;
+  }
+
+  /** proposeConfChange: a membership change; resolves once applied here. */
+  proposeConfChange(cc: ConfChange): Promise<Uint8Array> {
+    if (!this.isLeader()) return Promise.reject(this.notLeaderError());
+    let index: number;
+    try {
+      index = this.raw.proposeConfChange(cc);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const waiter = this.proposals.add(index, this.raw.raft.term, this.clock.now() + this.limits.requestTimeoutMs);
+    this.schedule();
+    return waiter;
+  }
+
+  /**
+   * readBarrier: resolves once the local state machine reflects every write acknowledged before
+   * the call (ReadIndex, or the lease on a leader). Works on followers (forwarded ReadIndex).
+   */
+  readBarrier(): Promise<void> {
+    if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
+    if (this.raw.raft.lead === None) return Promise.reject(this.notLeaderError());
+    const waiter = this.reads.wait(this.clock.now() + this.limits.requestTimeoutMs);
+    this.issueReadIndex();
+    return waiter;
+  }
+
+  transferLeadership(to: NodeId): void {
+    if (!this.isLeader()) throw this.notLeaderError();
+    this.raw.transferLeadership(to);
+    this.schedule();
+  }
+
+  status(): Status & { removed: boolean; leaderForMs: number } {
+    return { ...this.raw.status(), removed: this.removed, leaderForMs: this.isLeader() ? this.clock.now() - this.leaderSince : 0 };
+  }
+
+  /** waitForLeader: resolves with the leader id once one is known (bounded by timeoutMs). */
+  async waitForLeader(timeoutMs: number): Promise<NodeId> {
+    const deadline = this.clock.now() + timeoutMs;
+    while (this.clock.now() < deadline) {
+      if (this.raw.raft.lead !== None) return this.raw.raft.lead;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    throw new RemoteError(ErrorCode.Timeout, `no leader within ${timeoutMs} ms`);
+  }
+
+  /** isConfEntry: helper for callers inspecting entries. */
+  static isConfEntry(entry: Entry): boolean {
+    return entry.type === EntryType.ConfChange;
+  }
+
+  static decodeConfChange = decodeConfChange;
+
+  /**
+   * close: stop ticking and serving. When `transfer` and this node leads, first hand leadership
+   * to the most caught-up voter and wait (bounded) for it to take over.
+   */
+  async close(options: { transfer?: boolean; transferTimeoutMs?: number } = {}): Promise<void> {
+    if (this.closed) return;
+    if (options.transfer && this.isLeader()) {
+      const status = this.raw.status();
+      let best: NodeId = None;
+      let bestMatch = -1;
+      for (const [id, pr] of status.progress) {
+        if (id === this.id || pr.learner) continue;
+        if (pr.match > bestMatch) {
+          best = id;
+          bestMatch = pr.match;
+        }
+      }
+      if (best !== None) {
+        try {
+          this.transferLeadership(best);
+          const deadline = this.clock.now() + (options.transferTimeoutMs ?? 3000);
+          while (this.isLeader() && this.clock.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        } catch (error) {
+          this.logger?.warn({ err: String(error) }, 'leadership transfer on shutdown failed');
+        }
+      }
+    }
+    this.closed = true;
+    if (this.tickTimer !== undefined) clearInterval(this.tickTimer);
+    const closing = () => new RemoteError(ErrorCode.Closed, 'node is shutting down');
+    this.proposals.failAll(closing);
+    this.reads.failAll(closing);
+  }
+}

@@ -1,0 +1,140 @@
+/**
+ * volume-service: LocalVolumeService, the VolumeService a node offers its own NBD server.
+ *
+ * Writes: on the leader, the command is proposed and answered once applied here (which implies
+ * committed on a quorum). On a follower it is forwarded to the leader's Block service. Either way
+ * a failure that says "not now" (RemoteError: no leader, leader changed, timeout) is retried,
+ * with the SAME session stamp, until `submitTimeoutMs`: the session table applies a sequence at
+ * most once, so a retry of a write that did commit returns its original result instead of
+ * writing again. Usage errors (unknown volume, out of range) are answered at once.
+ *
+ * Reads: a linearizable read barrier (lease on the leader, ReadIndex elsewhere), retried the same
+ * way, then the local state machine. A node cut off from the quorum never gets the barrier, so it
+ * serves nothing (the request fails with UNAVAILABLE after the timeout and the NBD server closes
+ * that connection instead of answering stale data).
+ */
+
+import { ErrorCode, RemoteError, UsageError } from '../errors.js';
+import type { Extent, ReadChunk } from '../nbd/backend.js';
+import { None, type NodeId } from '../raft/types.js';
+import type { Clock } from './clock.js';
+import type { Counters } from './metrics.js';
+import type { Replica } from './replica.js';
+import type { BlockCommand, VolumeInfo, VolumeService } from './volume-backend.js';
+
+/** VolumeStateView: the local, already-applied state a read is served from. */
+export interface VolumeStateView {
+  read(volume: string, offset: number, length: number): ReadChunk[];
+  blockStatus(volume: string, offset: number, length: number): Extent[];
+  listVolumes(): VolumeInfo[];
+}
+
+/** LeaderForwarder: sends a command to the leader's Block service (gRPC). */
+export interface LeaderForwarder {
+  submit(leader: NodeId, command: BlockCommand): Promise<void>;
+}
+
+export interface VolumeServiceLimits {
+  /** submitTimeoutMs: how long a write is retried across leader changes before UNAVAILABLE. */
+  submitTimeoutMs: number;
+  /** readTimeoutMs: how long a read waits for a linearizable barrier. */
+  readTimeoutMs: number;
+  /** retryBackoffMs / retryBackoffMaxMs: pause between attempts (doubling). */
+  retryBackoffMs: number;
+  retryBackoffMaxMs: number;
+}
+
+export const defaultVolumeServiceLimits: VolumeServiceLimits = {
+  submitTimeoutMs: 30_000,
+  readTimeoutMs: 30_000,
+  retryBackoffMs: 10,
+  retryBackoffMaxMs: 200,
+};
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+export class LocalVolumeService implements VolumeService {
+  private readonly limits: VolumeServiceLimits;
+  private sessions = 0;
+  constructor(
+    private readonly replica: Replica,
+    private readonly state: VolumeStateView,
+    private readonly encode: (command: BlockCommand) => Uint8Array,
+    private readonly forwarder: LeaderForwarder,
+    private readonly clock: Clock,
+    private readonly defaultVolumeName: string,
+    limits: Partial<VolumeServiceLimits> = {},
+    private readonly counters?: Counters,
+  ) {
+    this.limits = { ...defaultVolumeServiceLimits, ...limits };
+  }
+
+  newSessionId(): string {
+    // Unique across restarts and nodes: node id, process start, counter.
+    return `n${this.replica.id}-${process.pid.toString(36)}-${Math.floor(performance.timeOrigin).toString(36)}-${(++this.sessions).toString(36)}`;
+  }
+
+  defaultVolume(): string {
+    return this.defaultVolumeName;
+  }
+
+  async listVolumes(): Promise<VolumeInfo[]> {
+    await this.barrier();
+    return this.state.listVolumes();
+  }
+
+  async read(volume: string, offset: number, length: number): Promise<ReadChunk[]> {
+    await this.barrier();
+    return this.state.read(volume, offset, length);
+  }
+
+  async blockStatus(volume: string, offset: number, length: number): Promise<Extent[]> {
+    await this.barrier();
+    return this.state.blockStatus(volume, offset, length);
+  }
+
+  /** barrier: a linearizable read point, retried across leader changes. */
+  async barrier(): Promise<void> {
+    await this.retrying(this.limits.readTimeoutMs, 'read', () => this.replica.readBarrier());
+  }
+
+  async submit(command: BlockCommand): Promise<void> {
+    await this.retrying(this.limits.submitTimeoutMs, 'write', async () => {
+      if (this.replica.isLeader()) {
+        await this.replica.propose(this.encode(command));
+        return;
+      }
+      const leader = this.replica.leaderId();
+      if (leader === None || leader === this.replica.id) throw new RemoteError(ErrorCode.Unavailable, 'no leader known');
+      this.counters?.inc('volume.forwarded');
+      await this.forwarder.submit(leader, command);
+    });
+  }
+
+  /** submitLocal: a command forwarded from another node: propose here only if leading. */
+  async submitLocal(command: BlockCommand): Promise<void> {
+    await this.replica.propose(this.encode(command));
+  }
+
+  private async retrying(timeoutMs: number, what: string, attempt: () => Promise<void>): Promise<void> {
+    const deadline = this.clock.now() + timeoutMs;
+    let backoff = this.limits.retryBackoffMs;
+    for (let tries = 0; ; tries++) {
+      try {
+        await attempt();
+        if (tries > 0) this.counters?.inc(`volume.${what}.retried_ok`);
+        return;
+      } catch (error) {
+        if (error instanceof UsageError || !(error instanceof RemoteError)) throw error;
+        if (error.code === ErrorCode.Closed && this.replica.closing) throw error;
+        if (this.clock.now() + backoff >= deadline) {
+          this.counters?.inc(`volume.${what}.gave_up`);
+          throw new RemoteError(ErrorCode.Unavailable, `${what} not served within ${timeoutMs} ms: ${error.message}`);
+        }
+        this.counters?.inc(`volume.${what}.retry`);
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, this.limits.retryBackoffMaxMs);
+      }
+    }
+  }
+}
