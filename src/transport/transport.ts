@@ -105,7 +105,7 @@ export const defaultTransportLimits: TransportLimits = {
   snapInflightFramesMax: 1,
   probeTimeoutMs: 2000,
   reconnectBackoffMsMin: 50,
-  reconnectBackoffMsMax: 2000,
+  reconnectBackoffMsMax: 500,
   keepaliveTimeMs: 5000,
   keepaliveTimeoutMs: 5000,
   ackEveryFrames: 256,
@@ -404,9 +404,10 @@ export class GrpcTransport implements Transport {
         continue;
       }
       if (peer.state === 'backoff') {
-        this.event('transport.send.dropped.disconnected');
+        // Keep it (bounded by the lane) for the reconnect when the backoff ends: dropping here
+        // would lose, for instance, the first PreVote to a peer that restarted meanwhile.
+        this.event('transport.send.queued.disconnected');
         this.reportUnreachable(peer);
-        continue;
       }
       const lane = m.type === 'Snap' ? peer.lanes.snap : peer.lanes.regular;
       if (!lane.fits(bytes)) {
@@ -574,10 +575,18 @@ export class GrpcTransport implements Transport {
     peer.backoffTimer = setTimeout(() => {
       peer.backoffTimer = undefined;
       if (peer.state !== 'backoff') return;
-      peer.state = 'idle';
-      peer.unreachableReported = false;
+      this.endBackoff(peer);
     }, delayMs);
     peer.backoffTimer.unref?.();
+  }
+
+  /** endBackoff: the peer may be tried again; reconnect now if messages wait for it. */
+  private endBackoff(peer: Peer): void {
+    if (peer.backoffTimer !== undefined) clearTimeout(peer.backoffTimer);
+    peer.backoffTimer = undefined;
+    peer.state = 'idle';
+    peer.unreachableReported = false;
+    if (Object.values(peer.lanes).some((lane) => lane.length > 0)) this.connect(peer);
   }
 
   private shutPeer(peer: Peer): void {
@@ -613,6 +622,13 @@ export class GrpcTransport implements Transport {
       return;
     }
     callback(null, { cluster_id: this.clusterId, node_id: this.nodeId });
+    // The peer just reached us, so it is up: stop backing off from it.
+    const peer = this.peers.get(request.from);
+    if (peer !== undefined && peer.state === 'backoff') {
+      this.event('transport.peer.backoff-ended-by-probe');
+      peer.failures = 0;
+      this.endBackoff(peer);
+    }
   }
 
   private serveStream(call: grpc.ServerDuplexStream<WireEnvelope, { frames: number }>): void {

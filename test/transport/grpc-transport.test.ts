@@ -107,9 +107,13 @@ test.serial('a peer of another cluster is refused and counted; nothing is delive
     t.true((a.transport.counts()['transport.peer.refused.wrong-cluster'] ?? 0) >= 1);
     t.true((x.transport.counts()['transport.probe.refused'] ?? 0) >= 1);
     t.is(x.received.length, 0);
-    // While backing off, further sends are dropped (counted), not queued.
+    // While backing off, further sends wait (bounded) for the next attempt, which is refused again:
+    // still nothing reaches the other cluster.
     a.transport.send([app(1, 2, 2)]);
-    t.true((a.transport.counts()['transport.send.dropped.disconnected'] ?? 0) >= 1);
+    t.true((a.transport.counts()['transport.send.queued.disconnected'] ?? 0) >= 1);
+    await sleep(1200);
+    t.is(x.received.length, 0);
+    t.true((a.transport.counts()['transport.peer.refused.wrong-cluster'] ?? 0) >= 2);
   } finally {
     await a.transport.close();
     await x.transport.close();
