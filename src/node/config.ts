@@ -34,6 +34,18 @@ export interface NodeConfig {
   store?: Partial<BlockStoreLimits>;
   /** logLevel: pino level (default info). */
   logLevel?: string;
+  /** testing: fault injection and deliberately broken behaviour for the chaos harness's own tests. */
+  testing?: NodeTesting;
+}
+
+export interface NodeTesting {
+  /**
+   * faultsFile: a JSON file `{"blocked": [[from, to], ...], "dropProbability": 0.1}` polled every
+   * 100 ms; the peer transport drops messages on blocked directed links (non-root chaos mode).
+   */
+  faultsFile?: string;
+  /** unsafeLocalReads: serve reads from local state WITHOUT a linearizable barrier (broken on purpose). */
+  unsafeLocalReads?: boolean;
 }
 
 /** nodeIdMax: node ids are small positive integers (they travel as uint64; kept in safe range). */
@@ -80,6 +92,18 @@ function plainObject(value: unknown, what: string): Record<string, number | stri
   return value as Record<string, number | string>;
 }
 
+function validateTesting(value: unknown, baseDir: string): NodeTesting {
+  if (typeof value !== 'object' || value === null) throw bad('testing must be an object');
+  const v = value as Record<string, unknown>;
+  const out: NodeTesting = {};
+  if (v.faultsFile !== undefined) {
+    if (typeof v.faultsFile !== 'string') throw bad('testing.faultsFile must be a path');
+    out.faultsFile = path.resolve(baseDir, v.faultsFile);
+  }
+  if (v.unsafeLocalReads !== undefined) out.unsafeLocalReads = v.unsafeLocalReads === true;
+  return out;
+}
+
 /** validateNodeConfig: checks every field; returns a normalized copy (absolute dataDir). */
 export function validateNodeConfig(value: unknown, baseDir = process.cwd()): NodeConfig {
   if (typeof value !== 'object' || value === null) throw bad('node config must be a JSON object');
@@ -115,6 +139,7 @@ export function validateNodeConfig(value: unknown, baseDir = process.cwd()): Nod
     limits: plainObject(v.limits, 'limits') as Partial<ReplicaLimits>,
     store: plainObject(v.store, 'store') as Partial<BlockStoreLimits>,
     logLevel: typeof v.logLevel === 'string' ? v.logLevel : 'info',
+    ...(v.testing !== undefined ? { testing: validateTesting(v.testing, baseDir) } : {}),
   };
 }
 

@@ -15,6 +15,8 @@ import { SeededRandom } from '../raft/random.js';
 import type { Random } from '../raft/types.js';
 import { GrpcTransport, type TransportCredentials } from '../transport/transport.js';
 import type { Transport } from '../transport/transport.js';
+import { Faults, FaultyTransport } from '../transport/faulty.js';
+import { FaultsFileWatcher } from './faults-file.js';
 import { NodeAdmin } from './admin.js';
 import { type Clock, systemClock } from './clock.js';
 import { type NodeConfig, parseHostPort } from './config.js';
@@ -59,6 +61,7 @@ export class ChardNode {
     private readonly forwarder: BlockForwarder,
     readonly addresses: MemberAddresses,
     private readonly logger: Logger,
+    private readonly faultsWatcher: FaultsFileWatcher | undefined,
   ) {}
 
   static async start(options: ChardNodeOptions): Promise<ChardNode> {
@@ -76,7 +79,7 @@ export class ChardNode {
       logger.info({ voters: [...members.keys()] }, 'bootstrapped a new cluster');
     }
 
-    const transport =
+    let transport: Transport =
       options.transport?.({ clusterId: config.clusterId, nodeId: config.id, listen: config.listen.raft }) ??
       new GrpcTransport({
         clusterId: config.clusterId,
@@ -85,6 +88,13 @@ export class ChardNode {
         ...(options.credentials ? { credentials: options.credentials } : {}),
         onEvent: counters.onEvent,
       });
+    let faultsWatcher: FaultsFileWatcher | undefined;
+    if (config.testing?.faultsFile !== undefined) {
+      const faults = new Faults(new SeededRandom(config.id * 7919));
+      transport = new FaultyTransport(transport, faults);
+      faultsWatcher = new FaultsFileWatcher(config.testing.faultsFile, faults, logger);
+      logger.warn({ file: config.testing.faultsFile }, 'TESTING: peer traffic follows the faults file');
+    }
     await transport.start();
 
     let volumes: LocalVolumeService | undefined;
@@ -101,6 +111,10 @@ export class ChardNode {
     const admin = new NodeAdmin(replica, store, clock);
     const forwarder = new BlockForwarder((id) => replica.addressOf(id)?.admin, config.clusterId, options.credentials);
     volumes = new LocalVolumeService(replica, store, encodeBlockCommand, forwarder, clock, options.defaultVolume ?? 'default', {}, counters);
+    if (config.testing?.unsafeLocalReads === true) {
+      volumes.unsafeLocalReads = true;
+      logger.warn({}, 'TESTING: reads are served from local state without a linearizable barrier (may be stale)');
+    }
     const rpc = await startNodeRpcServer({
       listen: config.listen.admin,
       clusterId: config.clusterId,
@@ -119,7 +133,7 @@ export class ChardNode {
     replica.start();
     const addresses = { raft: transport.address(), admin: rpc.address, nbd: nbdAddress };
     logger.info({ id: config.id, cluster: config.clusterId, ...addresses }, 'node started');
-    const node = new ChardNode(config, store, transport, replica, admin, volumes, rpc, nbd, forwarder, addresses, logger);
+    const node = new ChardNode(config, store, transport, replica, admin, volumes, rpc, nbd, forwarder, addresses, logger, faultsWatcher);
     (node as { counters: Counters }).counters = counters;
     return node;
   }
@@ -127,6 +141,7 @@ export class ChardNode {
   /** stop: hand leadership away (when asked), stop serving, close everything. */
   async stop(options: { transfer?: boolean } = {}): Promise<void> {
     this.logger.info({ transfer: options.transfer === true }, 'node stopping');
+    this.faultsWatcher?.close();
     await this.replica.close({ transfer: options.transfer === true });
     await this.nbd.close();
     await this.rpc.close();

@@ -93,8 +93,12 @@ export class LocalVolumeService implements VolumeService {
     return this.state.blockStatus(volume, offset, length);
   }
 
+  /** unsafeLocalReads: testing only (NodeTesting) — skip the barrier, so reads may be stale. */
+  unsafeLocalReads = false;
+
   /** barrier: a linearizable read point, retried across leader changes. */
   async barrier(): Promise<void> {
+    if (this.unsafeLocalReads) return;
     await this.retrying(this.limits.readTimeoutMs, 'read', () => this.replica.readBarrier());
   }
 
