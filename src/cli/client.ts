@@ -167,6 +167,12 @@ export class NodeApi {
     await this.call('admin', 'LeaderTransfer', { to });
   }
 
+  async metrics(): Promise<{ counts: Record<string, number>; gauges: Record<string, number>; quantiles: Record<string, { p50: number; p99: number; max: number; count: number }>; rssBytes: number }> {
+    const r = await this.call<{ json: string; rss_bytes: number }>('admin', 'Metrics', {});
+    const parsed = JSON.parse(r.json || '{}') as { counts?: Record<string, number>; gauges?: Record<string, number>; quantiles?: Record<string, { p50: number; p99: number; max: number; count: number }> };
+    return { counts: parsed.counts ?? {}, gauges: parsed.gauges ?? {}, quantiles: parsed.quantiles ?? {}, rssBytes: r.rss_bytes };
+  }
+
   async verify(): Promise<VerifyReport> {
     const r = await this.call<{ node_id: number; applied_index: number; state_hash: Buffer }>('admin', 'Verify', {});
     return { id: r.node_id, appliedIndex: r.applied_index, hash: Buffer.from(r.state_hash).toString('hex') };

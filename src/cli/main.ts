@@ -268,6 +268,23 @@ targetOptions(program.command('verify').description('compare a hash of every rep
     });
   });
 
+// ------------------------------------------------------------------ bench
+
+program
+  .command('bench')
+  .description('measure fio figures of a local 3-node cluster next to nbdkit file (same run), group commit and memory')
+  .option('--runtime <s>', 'seconds per fio job', '5')
+  .option('--nodes <n>', 'cluster size', '3')
+  .option('--keep', 'keep the cluster directory')
+  .option('--json', 'print JSON')
+  .action(async (options) => {
+    const { runBench, formatBench } = await import('../bench/bench.js');
+    const runtimeSeconds = Number(options.runtime);
+    if (!(runtimeSeconds > 0 && runtimeSeconds <= 600)) throw new UsageError(ErrorCode.InvalidArgument, '--runtime must be 1..600 seconds');
+    const result = await runBench({ runtimeSeconds, nodes: Number(options.nodes), json: options.json === true, keep: options.keep === true });
+    print(options, result, () => formatBench(result));
+  });
+
 // ------------------------------------------------------------------ attach
 
 program

@@ -120,6 +120,7 @@ export class ChardNode {
       clusterId: config.clusterId,
       admin,
       volumes,
+      counters,
       ...(options.credentials ? { credentials: options.credentials } : {}),
     });
     const nbd = new NbdServer({

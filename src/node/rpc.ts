@@ -18,6 +18,7 @@ import type { TransportCredentials } from '../transport/transport.js';
 import { errorToStatus } from '../transport/grpc-server.js';
 import { serviceDefinition } from '../transport/proto.js';
 import type { NodeAdmin } from './admin.js';
+import type { Counters } from './metrics.js';
 import { checkVolumeName } from './admin.js';
 import { parseHostPort } from './config.js';
 import type { BlockCommand, SessionStamp } from './volume-backend.js';
@@ -84,6 +85,7 @@ export interface RpcServerOptions {
   admin: NodeAdmin;
   volumes: LocalVolumeService;
   credentials?: TransportCredentials;
+  counters?: Counters;
 }
 
 export interface RpcServerHandle {
@@ -194,6 +196,7 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
       await admin.leaderTransfer(uint(r.to, 'to'));
       return { leader_id: admin.leaderHint() };
     }),
+    Metrics: guarded(() => ({ json: JSON.stringify(options.counters?.snapshot() ?? {}), rss_bytes: process.memoryUsage().rss })),
     Verify: guarded(() => {
       const v = admin.verify();
       return { node_id: v.id, applied_index: v.appliedIndex, state_hash: Buffer.from(v.hash, 'hex') };

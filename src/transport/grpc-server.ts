@@ -39,6 +39,7 @@ export const adminMethods = [
   'MemberRemove',
   'LeaderTransfer',
   'Verify',
+  'Metrics',
 ] as const;
 export type AdminMethod = (typeof adminMethods)[number];
 

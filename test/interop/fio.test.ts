@@ -1,12 +1,12 @@
 // Proves the chard NBD server serves concurrent random writes correctly: fio with ioengine=nbd runs
 // 2 jobs (each its own connection and 32 MiB region) of 4 KiB random writes at iodepth 16 with
 // verify=crc32c, which reads every block back and checks its checksum. Also runs the fio baseline
-// of fio-figures.ts (1 s per job) against `nbdkit file` and the chard target: no timing asserted,
+// of src/bench/fio.ts (1 s per job) against `nbdkit file` and the chard target: no timing asserted,
 // only that every job moved data without an error; the figures are logged for the lead.
 
 import test from 'ava';
 import { startTarget } from '../helpers/nbd-target.js';
-import { fioFigures, formatFigures, startNbdkitFile } from './fio-figures.js';
+import { fioFigures, formatFigures, startNbdkitFile } from '../../src/bench/fio.js';
 import { requireTools, run, timed } from '../helpers/nbd-tools.js';
 
 test('fio ioengine=nbd randwrite + verify=crc32c, 2 jobs', async (t) => {
@@ -41,7 +41,7 @@ test('fio ioengine=nbd randwrite + verify=crc32c, 2 jobs', async (t) => {
   }
 });
 
-test('fio baseline figures (fio-figures.ts, 1 s per job): nbdkit file and the chard target', async (t) => {
+test('fio baseline figures (src/bench/fio.ts, 1 s per job): nbdkit file and the chard target', async (t) => {
   if (!requireTools(t, ['fio', 'nbdkit'])) return;
   const nbdkit = await startNbdkitFile();
   try {

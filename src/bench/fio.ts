@@ -1,5 +1,5 @@
 /**
- * fio-figures: the NBD baseline benchmark. `fioFigures(uri)` runs three fio jobs with
+ * fio: the NBD baseline benchmark. `fioFigures(uri)` runs three fio jobs with
  * ioengine=nbd against any NBD URI (nbd://host:port/name or nbd+unix:///name?socket=path) and
  * returns what they measured. No timing is asserted anywhere: these are figures for a human (and
  * for `chard bench`) to compare chard against `nbdkit file` and the bare disk.
@@ -9,18 +9,27 @@
  *   randread-4k-qd32    4 KiB random reads,  iodepth 32 (runs after randwrite, so it reads data)
  *   seqwrite-1m-qd8     1 MiB sequential writes, iodepth 8
  *
- * As a script: `node dist/test/interop/fio-figures.js [--runtime S] [URI ...]` prints a table and
- * JSON. Without a URI it measures `nbdkit file` on a temp file and the in-process chard target
- * (test/helpers/nbd-target.ts, so CHARD_NBD_TARGET=host:port selects a real cluster).
+ * `chard bench` (src/bench/bench.ts) runs them against a 3-node cluster and `nbdkit file` in the
+ * same run; test/interop/fio.test.ts runs them briefly so they keep working.
  */
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { startTarget } from '../helpers/nbd-target.js';
-import { run } from '../helpers/nbd-tools.js';
+import { promisify } from 'node:util';
+
+const execFileAsync = promisify(execFile);
+
+async function run(command: string, args: string[], options: { timeoutMs: number }): Promise<{ stdout: string }> {
+  try {
+    const { stdout } = await execFileAsync(command, args, { timeout: options.timeoutMs, maxBuffer: 64 * 1024 * 1024 });
+    return { stdout };
+  } catch (error) {
+    const e = error as { stderr?: string; message: string };
+    throw new Error(`${command} ${args.join(' ')} failed: ${e.stderr?.trim() || e.message}`);
+  }
+}
 
 const MiB = 1024 * 1024;
 
@@ -150,40 +159,4 @@ export function formatFigures(label: string, figures: FioFigure[]): string {
     lines.push(`  ${f.job.padEnd(20)}${String(f.iops).padStart(10)}${f.mibPerSecond.toFixed(1).padStart(10)}${String(f.latencyMeanMicros).padStart(10)}${String(f.latencyP99Micros).padStart(10)}`);
   }
   return lines.join('\n');
-}
-
-async function main(argv: string[]): Promise<void> {
-  let runtimeSeconds = 5;
-  const uris: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === '--runtime') runtimeSeconds = Number(argv[++i]);
-    else uris.push(argv[i]!);
-  }
-  if (!(runtimeSeconds > 0)) throw new Error('--runtime takes a positive number of seconds');
-  const results: Record<string, FioFigure[]> = {};
-  if (uris.length > 0) {
-    for (const uri of uris) results[uri] = await fioFigures(uri, { runtimeSeconds });
-  } else {
-    const nbdkit = await startNbdkitFile();
-    try {
-      results['nbdkit file'] = await fioFigures(nbdkit.uri, { runtimeSeconds });
-    } finally {
-      await nbdkit.stop();
-    }
-    const target = await startTarget();
-    try {
-      results['chard target'] = await fioFigures(target.uri('disk'), { runtimeSeconds });
-    } finally {
-      await target.stop();
-    }
-  }
-  for (const [label, figures] of Object.entries(results)) console.log(formatFigures(label, figures));
-  console.log(JSON.stringify(results));
-}
-
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main(process.argv.slice(2)).catch((error: unknown) => {
-    console.error(error);
-    process.exitCode = 1;
-  });
 }
