@@ -135,6 +135,8 @@ export class Replica {
   private readonly onApplied: ReplicaOptions['onApplied'];
   private tickTimer: NodeJS.Timeout | undefined;
   private readyScheduled = false;
+  /** readyInFlight: a Ready was taken and is not yet advanced (its persist is pending). */
+  private readyInFlight = false;
   private closed = false;
   private appliedSinceSnapshot = 0;
   private snapshotting = false;
@@ -236,14 +238,34 @@ export class Replica {
     });
   }
 
+  /**
+   * handleReadys: one Ready at a time. When a Ready has messages that may go out before its own
+   * fsync (a leader's appends: messagesEarly) and must be synced, the messages are sent and the
+   * rest (persist, apply, advance) continues in the next turn of the event loop, after the
+   * transport has written them to the sockets: followers receive and fsync the entries while the
+   * leader fsyncs its own copy (SQLite's fsync blocks this thread).
+   */
   private handleReadys(): void {
     let rounds = 0;
-    while (!this.closed && this.raw.hasReady() && rounds++ < 64) this.handleReady(this.raw.ready());
-    if (this.raw.hasReady()) this.schedule();
+    while (!this.closed && !this.readyInFlight && this.raw.hasReady() && rounds++ < 64) {
+      const rd = this.raw.ready();
+      if (rd.messagesEarly.length > 0) this.transport.send(rd.messagesEarly);
+      if (rd.messagesEarly.length > 0 && rd.mustSync) {
+        this.readyInFlight = true;
+        setImmediate(() => {
+          this.readyInFlight = false;
+          if (this.closed) return;
+          this.finishReady(rd);
+          this.schedule();
+        });
+        return;
+      }
+      this.finishReady(rd);
+    }
+    if (!this.readyInFlight && this.raw.hasReady()) this.schedule();
   }
 
-  private handleReady(rd: Ready): void {
-    if (rd.messagesEarly.length > 0) this.transport.send(rd.messagesEarly);
+  private finishReady(rd: Ready): void {
     const persistStart = this.clock.now();
     this.store.persist(rd);
     if (rd.mustSync) {
