@@ -106,7 +106,8 @@ export function nextConfState(cs: ConfState, cc: ConfChange): ConfState {
   }
   const next = applyChanges(cs, cc);
   const votersChanged = next.voters.join(',') !== sorted(cs.voters).join(',');
-  if (!votersChanged) {
+  // No joint phase when nothing is outgoing (the bootstrap configuration, built from nothing).
+  if (!votersChanged || cs.voters.length === 0) {
     return { voters: next.voters, votersOutgoing: [], learners: next.learners, learnersNext: [], autoLeave: false };
   }
   return { voters: next.voters, votersOutgoing: sorted(cs.voters), learners: next.learners, learnersNext: next.learnersNext, autoLeave: true };

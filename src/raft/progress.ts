@@ -50,6 +50,14 @@ export class Inflights {
     }
   }
 
+  /** freeFirstOne: releases the oldest message (it may be lost); lets a full window make progress. */
+  freeFirstOne(): void {
+    if (this.indexes.length === 0) return;
+    this.bytes -= this.sizes[0]!;
+    this.indexes.shift();
+    this.sizes.shift();
+  }
+
   full(): boolean {
     return this.indexes.length >= this.countMax || (this.bytesMax > 0 && this.bytes >= this.bytesMax);
   }

@@ -231,24 +231,54 @@ export class Raft {
     this.applyConfStateToProgress(this.confState);
     if (this.role !== Role.Leader) return;
     if (!allVoters(this.confState).includes(this.id)) {
-      // The leader was removed (or demoted): hand over to the most caught-up voter, then step down.
-      let best: NodeId = None;
-      let bestMatch = -1;
-      for (const id of allVoters(this.confState)) {
-        const pr = this.progress.get(id);
-        if (pr !== undefined && pr.match > bestMatch) {
-          best = id;
-          bestMatch = pr.match;
-        }
-      }
-      if (best !== None && bestMatch === this.log.lastIndex()) this.send(message({ type: MessageType.TimeoutNow, to: best }));
-      this.trace('removed from the configuration; stepping down');
-      this.becomeFollower(this.term, None);
+      this.handOverAfterRemoval();
       return;
     }
     if (this.leadTransferee !== None && !allVoters(this.confState).includes(this.leadTransferee)) this.abortLeaderTransfer();
     if (this.maybeCommit()) this.bcastAppend();
     else for (const id of this.progress.keys()) if (id !== this.id) this.maybeSendAppend(id, false);
+  }
+
+  /**
+   * handOverAfterRemoval: the leader was removed (or demoted): hand over to the most caught-up
+   * voter with TimeoutNow, then step down. If no voter holds its whole log yet, it keeps leading
+   * (refusing proposals, as during a transfer) until one does: stepping down at once can leave
+   * the remaining voters unable to elect anyone, when they still need this node's vote (they have
+   * not yet applied the leave-joint entry) and its log is ahead of theirs (found by the
+   * simulator: `--seed 161 --knob commitOldTermEntries`, a liveness failure).
+   */
+  private handOverAfterRemoval(): void {
+    let best: NodeId = None;
+    let bestMatch = -1;
+    for (const id of allVoters(this.confState)) {
+      const pr = this.progress.get(id);
+      if (pr !== undefined && pr.match > bestMatch) {
+        best = id;
+        bestMatch = pr.match;
+      }
+    }
+    if (best !== None && bestMatch < this.log.lastIndex()) {
+      this.trace(`removed from the configuration; handing over to ${best} once it has the whole log`);
+      this.leadTransferee = best;
+      this.maybeSendAppend(best, true);
+      return;
+    }
+    if (best !== None) this.send(message({ type: MessageType.TimeoutNow, to: best }));
+    this.trace('removed from the configuration; stepping down');
+    this.becomeFollower(this.term, None);
+  }
+
+  /**
+   * learnCommit: a peer reports that (index, term) is committed. Commitment is permanent and a
+   * matching (index, term) means an identical prefix (log matching), so we may commit it too.
+   * This lets a voter that has not learned that the leave-joint entry committed — and needs the
+   * vote of a removed node whose log is longer — apply it and campaign in the new configuration
+   * (found by the simulator: `--seed 641 --ticks 1500`, a liveness failure).
+   */
+  private learnCommit(index: number, term: number): void {
+    if (index <= this.log.committed || term === 0 || !this.log.matchTerm(index, term)) return;
+    this.trace(`learned commit ${index} from a vote rejection`);
+    this.log.commitTo(index);
   }
 
   /** applyConfChange: called by the application when it applies a committed ConfChange entry. */
@@ -470,6 +500,7 @@ export class Raft {
       if (this.role === Role.Leader && this.leadTransferee !== None) {
         this.trace(`leadership transfer to ${this.leadTransferee} timed out`);
         this.abortLeaderTransfer();
+        if (!allVoters(this.confState).includes(this.id)) this.handOverAfterRemoval();
       }
     }
     if (this.role !== Role.Leader) return;
@@ -542,6 +573,7 @@ export class Raft {
   // ---------------------------------------------------------------- step
 
   step(m: Message): void {
+    if ((m.type === MessageType.VoteResp || m.type === MessageType.PreVoteResp) && m.reject) this.learnCommit(m.commit, m.logTerm);
     if (m.term === 0) {
       // local message, or a forwarded proposal / read
     } else if (m.term > this.term) {
@@ -564,9 +596,11 @@ export class Raft {
         this.becomeFollower(m.term, leader);
       }
     } else if (m.term < this.term) {
-      if ((this.config.checkQuorum || this.config.preVote) && (m.type === MessageType.Heartbeat || m.type === MessageType.App)) {
-        // A stale leader: tell it our term so it steps down (needed with CheckQuorum/PreVote,
-        // where it might otherwise never learn of the new term).
+      if (m.type === MessageType.Heartbeat || m.type === MessageType.App) {
+        // A stale leader: tell it our term so it steps down (§5.1). Needed with CheckQuorum/PreVote,
+        // where it might otherwise never learn of the new term, and also without them: a stale
+        // node campaigning with an old configuration can raise our term while its votes never
+        // reach the leader (found by the simulator: `--seed 681 --ticks 1500`).
         this.send(message({ type: MessageType.AppResp, to: m.from }));
       } else if (m.type === MessageType.PreVote) {
         this.send(message({ type: MessageType.PreVoteResp, to: m.from, term: this.term, reject: true }));
@@ -594,7 +628,11 @@ export class Raft {
             this.vote = m.from;
           }
         } else {
-          this.send(message({ type: respType, to: m.from, term: this.term, reject: true }));
+          // The rejection carries what we know is committed (index and its term), so a candidate
+          // stuck in a joint configuration it does not know was left can learn it (see step()).
+          // A node still at term 0 (fresh bootstrap) answers in the candidate's term: a vote
+          // response must carry a term, and a rejection in that term is counted as one.
+          this.send(message({ type: respType, to: m.from, term: this.term === 0 ? m.term : this.term, reject: true, commit: this.log.committed, logTerm: this.log.termOr(this.log.committed, 0) }));
         }
         return;
       }
@@ -617,9 +655,13 @@ export class Raft {
 
   private stepLeader(m: Message): void {
     switch (m.type) {
-      case MessageType.Beat:
-        this.bcastHeartbeat(EMPTY_BYTES);
+      case MessageType.Beat: {
+        // Carry the newest pending read's context (etcd's lastPendingRequestCtx): if its own round
+        // was lost, this heartbeat's quorum of answers still confirms it and every read before it.
+        const last = this.readRequests[this.readRequests.length - 1];
+        this.bcastHeartbeat(last?.context ?? EMPTY_BYTES);
         return;
+      }
       case MessageType.CheckQuorum:
         if (!this.quorumActive()) {
           this.trace('lost quorum contact; stepping down');
@@ -676,8 +718,11 @@ export class Raft {
           if (pr.snapshotAcked === pr.snapshotAckedAtLastHeartbeat) pr.snapshotSent = pr.snapshotAcked; // stalled: resend
           pr.snapshotAckedAtLastHeartbeat = pr.snapshotAcked;
           this.sendSnapshotChunks(m.from, pr);
-        } else if (pr.match < this.log.lastIndex()) {
-          this.maybeSendAppend(m.from, true);
+        } else {
+          // App messages of a full window may have been lost: free one slot so the follower's
+          // answer (or reject) restarts the flow, as etcd does (found by the simulator, seed 10).
+          if (pr.state === ProgressState.Replicate && pr.inflights.full()) pr.inflights.freeFirstOne();
+          if (pr.match < this.log.lastIndex()) this.maybeSendAppend(m.from, true);
         }
         if (m.context.length > 0) this.ackRead(m.from, m.context);
         return;
@@ -933,7 +978,10 @@ export class Raft {
       this.send(message({ type: MessageType.AppResp, to: m.from, index: this.log.committed }));
       return;
     }
-    if (this.log.unstableSnapshot !== undefined && this.log.unstableSnapshot.index === metadata.index) {
+    if (this.log.unstableSnapshot !== undefined) {
+      // A snapshot is being installed (in the pending Ready): staging another one now would put
+      // its chunk before that install in the same Ready and replace the staged bytes it needs
+      // (found by the simulator, seed 1883). The leader resends once we have advanced.
       this.send(message({ type: MessageType.AppResp, to: m.from, index: this.log.lastIndex() }));
       return;
     }
@@ -962,6 +1010,11 @@ export class Raft {
   /** restore: adopt a fully received snapshot; false if our log already covers it. */
   private restore(metadata: SnapshotMetadata): boolean {
     if (metadata.index <= this.log.committed) return false;
+    // Committed entries handed out in a Ready are still being applied: installing now would
+    // switch the configuration under them (their ConfChanges would apply on top of the
+    // snapshot's) and the application would see a snapshot overtake entries it is applying
+    // (found by the simulator, seed 3752). Refuse; the staged bytes stay and the leader resends.
+    if (this.log.applying > this.log.applied) return false;
     if (this.log.matchTerm(metadata.index, metadata.term)) {
       // We already have the entries; just commit up to the snapshot (etcd does the same).
       this.log.commitTo(metadata.index);
