@@ -21,7 +21,8 @@ tee(child.stderr, process.stderr);
 child.on('close', (code) => {
   const plain = output.replace(/\x1b\[[0-9;]*m/g, '');
   const count = (re) => { const m = plain.match(re); return m ? Number(m[1]) : 0; };
-  const passed = count(/(\d+) tests? passed/);
+  // ava prints "N tests passed" only when nothing failed; count the ticks otherwise.
+  const passed = count(/(\d+) tests? passed/) || (plain.match(/^\s*✔/gm) ?? []).length;
   const failed = count(/(\d+) tests? failed/) + count(/(\d+) uncaught exceptions?/) + count(/(\d+) unhandled rejections?/);
   const skipped = count(/(\d+) tests? skipped/);
   const known = count(/(\d+) known failures?/);

@@ -86,7 +86,7 @@ export class RemoteVolumeService implements VolumeService {
         attempts++;
         try {
           const result = await fn(api);
-          if (leaderOnly && api.address !== this.lastLeader) {
+          if (leaderOnly && what !== 'read' && what !== 'block_status' && api.address !== this.lastLeader) {
             if (this.lastLeader !== undefined) this.failovers++;
             this.lastLeader = api.address;
           }
@@ -97,7 +97,7 @@ export class RemoteVolumeService implements VolumeService {
         }
       };
       const result = leaderOnly
-        ? await this.client.leader(op, this.limits.unavailableTimeoutMs)
+        ? await this.client.leader(op, this.limits.unavailableTimeoutMs, { remember: what !== 'read' && what !== 'block_status' })
         : await this.client.any(op, this.limits.unavailableTimeoutMs);
       this.noteHealthy();
       return result;

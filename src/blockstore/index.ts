@@ -13,13 +13,16 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { assert } from '../assert.js';
-import { CorruptError } from '../errors.js';
+import { CorruptError, ErrorCode, InternalError } from '../errors.js';
 import type { Extent, ReadChunk } from '../nbd/backend.js';
 import type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../node/replica.js';
 import { bootstrapConfState, bootstrapEntry } from '../raft/confchange.js';
 import type { ConfChange, ConfState, Entry, NodeId, Ready, SnapshotMetadata } from '../raft/types.js';
-import { type LogStoreLimits, SqliteLogStorage, defaultLogStoreLimits, fsyncDirectory } from './log-store.js';
+import { type LogStoreLimits, SNAPSHOT_DIR, SqliteLogStorage, defaultLogStoreLimits, fsyncDirectory } from './log-store.js';
+import { type SnapshotCopy, copyStateSnapshot } from './snapshot-copy.js';
+import type { SnapshotWorkerData, SnapshotWorkerResult } from './snapshot-worker.js';
 import { BlockStateMachine, type StateStoreLimits, type VolumeRecord, defaultStateStoreLimits } from './state-store.js';
 
 export { SqliteLogStorage } from './log-store.js';
@@ -39,6 +42,18 @@ export const defaultBlockStoreLimits: BlockStoreLimits = {
 
 export const STATE_DB_FILE = 'state.db';
 
+/** mirrorCopyBytesMax: buffer size of one read+write while extending the incoming mirror. */
+const mirrorCopyBytesMax = 4 * 1024 * 1024;
+
+/** IncomingMirror: state.db.incoming holding the first `bytes` bytes of a staged snapshot (fsynced). */
+interface IncomingMirror {
+  metadata: SnapshotMetadata;
+  /** generation: SqliteLogStorage.stagingGeneration() when the mirror started. */
+  generation: number;
+  bytes: number;
+  fd: number;
+}
+
 /** BlockStore: log + state machine + snapshots of one node; the node's ReplicaStore. */
 export class BlockStore implements ReplicaStore {
   readonly dir: string;
@@ -46,6 +61,14 @@ export class BlockStore implements ReplicaStore {
   readonly logStorage: SqliteLogStorage;
   readonly state: BlockStateMachine;
   private closed = false;
+  /** snapshotInFlight: the running createSnapshotAsync() (at most one), undefined when none. */
+  private snapshotInFlight: Promise<SnapshotMetadata | undefined> | undefined;
+  /** snapshotSequence: numbers the temp files of async snapshots (unique within this process's store). */
+  private snapshotSequence = 0;
+  /** mirror: state.db.incoming being filled with the staged snapshot's bytes (advanceMirror). */
+  private mirror: IncomingMirror | undefined;
+  /** installStats: how installSnapshot() swapped state.db — by renaming the mirror, or by a copy. */
+  readonly installStats = { renamed: 0, copied: 0 };
 
   private constructor(dir: string, limits: BlockStoreLimits) {
     this.dir = dir;
@@ -53,6 +76,8 @@ export class BlockStore implements ReplicaStore {
     assert(Number.isInteger(limits.compactionTrailingEntries) && limits.compactionTrailingEntries >= 0, 'compactionTrailingEntries >= 0');
     // A copy a crash interrupted before its rename is garbage (restoreFrom makes a new one).
     fs.rmSync(path.join(dir, `${STATE_DB_FILE}.incoming`), { force: true });
+    // Likewise the extra link restoreFrom keeps to a replaced state.db while it is unlinked in the background.
+    fs.rmSync(path.join(dir, `${STATE_DB_FILE}.old`), { force: true });
     this.state = BlockStateMachine.open(path.join(dir, STATE_DB_FILE), limits);
     try {
       this.logStorage = SqliteLogStorage.open(dir, { limits, confStateSource: () => this.state.confState() });
@@ -103,22 +128,114 @@ export class BlockStore implements ReplicaStore {
 
   // ------------------------------------------------------------------ ReplicaStore
 
-  /** persist: snapshot chunks, snapshot bookkeeping, entries and hard state in one fsynced transaction. */
+  /**
+   * persist: snapshot chunks, snapshot bookkeeping, entries and hard state in one fsynced
+   * transaction (SqliteLogStorage.persist); then, if the Ready carried snapshot chunks or a
+   * snapshot, the newly durable staged bytes are appended to the incoming mirror (advanceMirror).
+   */
   persist(ready: Ready): void {
     this.logStorage.persist(ready);
+    if (ready.snapshotChunks.length > 0 || ready.snapshot !== undefined) this.advanceMirror(ready.snapshot);
+  }
+
+  /**
+   * advanceMirror: keeps `state.db.incoming` a byte-identical, fsynced prefix of the staged
+   * snapshot, so that installSnapshot() is a rename instead of a copy of the whole file on the
+   * event loop. Each Ready appends only the bytes its chunks added (read back from staging.bin, or
+   * from the snapshot file once persist renamed staging into it), so the copy is spread over the
+   * transfer. The mirror is an optimization, never trusted across processes: open() deletes it,
+   * a staging restart (stagingGeneration) or any mismatch drops it, and installSnapshot then
+   * falls back to the copy. Its own errors (e.g. ENOSPC) drop it too instead of failing persist.
+   */
+  private advanceMirror(installed: SnapshotMetadata | undefined): void {
+    const log = this.logStorage;
+    const pending = log.pendingSnapshot();
+    const target =
+      installed !== undefined
+        ? { metadata: installed, bytes: installed.sizeBytes, file: log.snapshotFilePath() }
+        : pending !== undefined
+          ? { metadata: pending.metadata, bytes: pending.bytesReceived, file: log.stagingFilePath() }
+          : undefined;
+    const generation = log.stagingGeneration();
+    let mirror = this.mirror;
+    if (
+      mirror !== undefined &&
+      (target === undefined ||
+        mirror.generation !== generation ||
+        mirror.metadata.index !== target.metadata.index ||
+        mirror.metadata.term !== target.metadata.term ||
+        mirror.metadata.sizeBytes !== target.metadata.sizeBytes ||
+        mirror.bytes > target.bytes)
+    ) {
+      this.dropMirror();
+      mirror = undefined;
+    }
+    // A snapshot completed in the Ready that started it has no mirror: install copies (it is small or rare).
+    if (target === undefined || target.file === undefined || (mirror === undefined && installed !== undefined)) return;
+    let source: number | undefined;
+    try {
+      if (mirror === undefined) {
+        const incoming = this.state.incomingPath();
+        mirror = { metadata: structuredClone(target.metadata), generation, bytes: 0, fd: fs.openSync(incoming, 'w+') };
+        this.mirror = mirror;
+      }
+      if (target.bytes > mirror.bytes) {
+        source = fs.openSync(target.file, 'r');
+        const buffer = Buffer.allocUnsafe(Math.min(mirrorCopyBytesMax, target.bytes - mirror.bytes));
+        while (mirror.bytes < target.bytes) {
+          const n = fs.readSync(source, buffer, 0, Math.min(buffer.length, target.bytes - mirror.bytes), mirror.bytes);
+          if (n === 0) throw new InternalError(ErrorCode.Internal, `${target.file} ends before ${target.bytes} bytes`);
+          let at = 0;
+          while (at < n) at += fs.writeSync(mirror.fd, buffer, at, n - at, mirror.bytes + at);
+          mirror.bytes += n;
+        }
+        fs.fsyncSync(mirror.fd);
+      }
+    } catch {
+      this.dropMirror();
+    } finally {
+      if (source !== undefined) fs.closeSync(source);
+    }
+  }
+
+  /** dropMirror: closes and deletes the incoming mirror (if any). */
+  private dropMirror(): void {
+    if (this.mirror === undefined) return;
+    fs.closeSync(this.mirror.fd);
+    this.mirror = undefined;
+    fs.rmSync(this.state.incomingPath(), { force: true });
   }
 
   /**
    * installSnapshot: after persist() recorded a received snapshot (the log now starts behind it),
-   * swap state.db for a copy of the snapshot file. Idempotent with crash recovery in open().
+   * swap state.db for the snapshot's state. With a complete mirror of it (advanceMirror) the swap
+   * is a rename (`installStats.renamed`); otherwise the snapshot file is copied first
+   * (`installStats.copied`). Idempotent with crash recovery in open().
    */
   installSnapshot(metadata: SnapshotMetadata): void {
     const current = this.logStorage.snapshot();
     assert(current.index === metadata.index && current.term === metadata.term, 'installSnapshot after persist recorded it');
-    if (this.state.appliedIndex() >= metadata.index) return;
+    const mirror = this.mirror;
+    const prepared =
+      mirror !== undefined &&
+      mirror.metadata.index === metadata.index &&
+      mirror.metadata.term === metadata.term &&
+      mirror.bytes === metadata.sizeBytes &&
+      mirror.generation === this.logStorage.stagingGeneration();
+    if (mirror !== undefined) {
+      fs.closeSync(mirror.fd);
+      this.mirror = undefined;
+      if (!prepared) fs.rmSync(this.state.incomingPath(), { force: true });
+    }
+    if (this.state.appliedIndex() >= metadata.index) {
+      fs.rmSync(this.state.incomingPath(), { force: true });
+      return;
+    }
     const file = this.logStorage.snapshotFilePath();
     assert(file !== undefined, 'snapshot file present');
-    this.state.restoreFrom(file, fsyncDirectory);
+    this.state.restoreFrom(file, fsyncDirectory, { prepared });
+    if (prepared) this.installStats.renamed += 1;
+    else this.installStats.copied += 1;
     if (this.state.appliedIndex() !== metadata.index) {
       throw new CorruptError(`snapshot ${metadata.index} holds a state applied to ${this.state.appliedIndex()}`);
     }
@@ -133,20 +250,95 @@ export class BlockStore implements ReplicaStore {
   }
 
   /**
-   * createSnapshot: snapshot the state at the applied index (VACUUM INTO a temp file, fsync,
-   * rename, record in log.db), then compact the log up to `compactionTrailingEntries` behind it.
+   * createSnapshot: snapshot the state at the applied index on the calling thread (copy with
+   * copyStateSnapshot — VACUUM INTO a temp file, fsync — then adoptSnapshot: rename, record in
+   * log.db, compact the log up to `compactionTrailingEntries` behind it). Blocks the event loop
+   * for the whole copy (seconds for a few hundred MiB): a node uses createSnapshotAsync().
    * Returns undefined when nothing was applied since the latest snapshot.
    */
   createSnapshot(): SnapshotMetadata | undefined {
+    assert(!this.closed, 'store open');
     const applied = this.state.appliedIndex();
     if (applied <= this.logStorage.snapshot().index) return undefined;
     const temp = this.logStorage.snapshotTempPath(applied);
-    const index = this.state.snapshotInto(temp);
-    assert(index === applied, 'snapshot at the applied index');
-    const metadata = this.logStorage.recordSnapshotFile(index, this.state.confState(), temp);
-    const compactIndex = index - this.limits.compactionTrailingEntries;
-    if (compactIndex >= this.logStorage.firstIndex()) this.logStorage.compact(compactIndex);
-    return metadata;
+    const copy = copyStateSnapshot(this.state.file, temp);
+    assert(copy.index === applied, 'a synchronous copy is at the applied index');
+    return this.adoptSnapshot(temp, copy);
+  }
+
+  /**
+   * createSnapshotAsync: createSnapshot with the copy made in a worker thread (snapshot-worker.js,
+   * one per snapshot) that opens its own read-only connection to state.db; the main thread keeps
+   * applying meanwhile (WAL), and the snapshot's index and configuration are the ones INSIDE the
+   * copy. Only adoptSnapshot (fsync of an already-synced file, rename, one log.db transaction,
+   * compaction) runs on the event loop.
+   *
+   * At most one is in flight: a call while one runs returns the SAME promise. Resolves undefined
+   * when nothing was applied since the latest snapshot, when the store was closed before the copy
+   * finished, or when a newer snapshot (a received one, or a createSnapshot() meanwhile) was
+   * recorded while copying (the copy is then obsolete and deleted). Rejects on any error; its temp
+   * file is deleted first (a crash instead leaves it to log-store's orphan sweep on open).
+   */
+  createSnapshotAsync(): Promise<SnapshotMetadata | undefined> {
+    if (this.snapshotInFlight !== undefined) return this.snapshotInFlight;
+    if (this.closed || this.state.appliedIndex() <= this.logStorage.snapshot().index) return Promise.resolve(undefined);
+    this.snapshotSequence += 1;
+    const temp = path.join(this.dir, SNAPSHOT_DIR, `snap-async-${this.snapshotSequence}.tmp`);
+    const workerData: SnapshotWorkerData = { source: this.state.file, target: temp };
+    const running = new Promise<SnapshotMetadata | undefined>((resolve, reject) => {
+      let result: SnapshotWorkerResult | undefined;
+      let failure: unknown;
+      const worker = new Worker(new URL('./snapshot-worker.js', import.meta.url), { workerData });
+      worker.on('message', (message: SnapshotWorkerResult) => {
+        result = message;
+      });
+      worker.on('error', (error) => {
+        failure = error;
+      });
+      // Settle on exit, so the thread (and its connection to state.db) is gone when the promise settles.
+      worker.on('exit', (exitCode) => {
+        try {
+          if (result === undefined || !result.ok) {
+            const why = result !== undefined && !result.ok ? result.message : failure !== undefined ? String(failure) : `worker exited with code ${exitCode}`;
+            throw new InternalError(ErrorCode.Internal, `snapshot copy failed: ${why}`, { cause: failure });
+          }
+          resolve(this.closed ? undefined : this.adoptSnapshot(temp, result.copy));
+        } catch (error) {
+          reject(error);
+        } finally {
+          // adoptSnapshot renamed it on success; anything else must not leave a stray file.
+          fs.rmSync(temp, { force: true });
+        }
+      });
+    }).finally(() => {
+      this.snapshotInFlight = undefined;
+    });
+    this.snapshotInFlight = running;
+    return running;
+  }
+
+  /**
+   * adoptSnapshot: makes the complete, fsynced copy at `temp` (holding `copy.index`) the latest
+   * snapshot and compacts the log behind it. An obsolete copy — not newer than the recorded
+   * snapshot, or outside the log (a received snapshot replaced it meanwhile) — is deleted and
+   * undefined returned. Cheap: no data is copied.
+   */
+  private adoptSnapshot(temp: string, copy: SnapshotCopy): SnapshotMetadata | undefined {
+    try {
+      const log = this.logStorage;
+      if (copy.index <= log.snapshot().index || copy.index > log.lastIndex() || copy.index < log.firstIndex() - 1) {
+        fs.rmSync(temp, { force: true });
+        return undefined;
+      }
+      const metadata = log.recordSnapshotFile(copy.index, copy.confState, temp);
+      assert(metadata.sizeBytes === copy.sizeBytes, 'the recorded file is the copy');
+      const compactIndex = copy.index - this.limits.compactionTrailingEntries;
+      if (compactIndex >= log.firstIndex()) log.compact(compactIndex);
+      return metadata;
+    } catch (error) {
+      fs.rmSync(temp, { force: true });
+      throw error;
+    }
   }
 
   members(): Map<NodeId, MemberAddresses> {
@@ -178,6 +370,7 @@ export class BlockStore implements ReplicaStore {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.dropMirror();
     this.logStorage.close();
     this.state.close();
   }

@@ -147,6 +147,8 @@ export class SqliteLogStorage implements LogStorage {
   private snapFd: number | undefined;
   private staged: PendingSnapshot | undefined;
   private stagingFd: number | undefined;
+  /** stagingResets: how often staging.bin was truncated to 0 for a new snapshot (stagingGeneration). */
+  private stagingResets = 0;
   private storedConfState: ConfState = emptyConfState();
 
   /** cache: the log tail [cacheFirst, last], contiguous; empty when cacheFirst > last. */
@@ -348,6 +350,21 @@ export class SqliteLogStorage implements LogStorage {
     return this.staged === undefined ? undefined : { metadata: this.staged.metadata, bytesReceived: this.staged.bytesReceived };
   }
 
+  /**
+   * stagingGeneration: changes whenever staging.bin restarts from 0 (a chunk of another snapshot).
+   * While it is unchanged, staging.bin only grows and bytes below pendingSnapshot().bytesReceived
+   * never change — also across the rename into the snapshot file by persist(Ready.snapshot). The
+   * block store relies on this to mirror the staged bytes (BlockStore.persist).
+   */
+  stagingGeneration(): number {
+    return this.stagingResets;
+  }
+
+  /** stagingFilePath: the file receiving the staged snapshot's bytes. */
+  stagingFilePath(): string {
+    return path.join(this.snapshotDir, STAGING_FILE);
+  }
+
   // ------------------------------------------------------------------ the application's writes
 
   hardState(): HardState {
@@ -500,6 +517,7 @@ export class SqliteLogStorage implements LogStorage {
       if (this.stagingFd === undefined) this.stagingFd = fs.openSync(stagingPath, 'w+');
       fs.ftruncateSync(this.stagingFd, 0);
       reset = true;
+      this.stagingResets += 1;
     }
     if (chunk.offset !== staged.bytesReceived || staged.bytesReceived + chunk.data.length > staged.metadata.sizeBytes) {
       return { staged, written: 0, reset };
@@ -625,8 +643,24 @@ export class SqliteLogStorage implements LogStorage {
     this.snapFd = undefined;
   }
 
+  /**
+   * removeSnapshotFile: deletes a superseded snapshot file without blocking the event loop.
+   * Unlinking a few hundred MiB frees its extents (with online discard) and was measured at
+   * 220-340 ms for 271 MiB — a stall close to the election timeout. So the file is renamed to
+   * `<file>.deleted` here (cheap: no blocks are freed while the target name is new) and unlinked
+   * on the libuv thread pool. Its fd is already closed (closeSnapshotFd), so nothing else holds
+   * it. A failed or crash-interrupted unlink leaves an unrecorded file, which the orphan sweep in
+   * open() deletes; the recorded snapshot never has that name, so it is never touched.
+   */
   private removeSnapshotFile(file: string): void {
-    fs.rmSync(path.join(this.snapshotDir, file), { force: true });
+    const trash = path.join(this.snapshotDir, `${file}.deleted`);
+    try {
+      fs.renameSync(path.join(this.snapshotDir, file), trash);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw error;
+    }
+    void fs.promises.unlink(trash).catch(() => undefined);
   }
 
   /** cachedEntryCount: entries currently served from memory (for tests and metrics). */

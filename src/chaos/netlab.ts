@@ -84,6 +84,14 @@ export interface NetLabOptions {
   subnet?: string;
 }
 
+/** NetLabDescriptor: enough to re-open a live lab from another process (NetLab.attach). */
+export interface NetLabDescriptor {
+  prefix: string;
+  labId: string;
+  nodes: number[];
+  subnetBase: string;
+}
+
 /** Endpoint: a member of the lab: a node id, or the client namespace. */
 export type Endpoint = number | 'client';
 
@@ -111,6 +119,8 @@ export class NetLab {
   private cuts = new Map<string, FaultLink>();
   private changes: Promise<unknown> = Promise.resolve();
   private destroyed = false;
+  /** attached: this handle came from NetLab.attach (another process owns the lab). */
+  private attached = false;
 
   private constructor(prefix: string, labId: string, nodes: number[], subnetBase: string) {
     this.prefix = prefix;
@@ -225,6 +235,47 @@ export class NetLab {
       if (stateFile !== undefined) await rm(stateFile, { force: true });
     }
     return removed;
+  }
+
+  /**
+   * descriptor: what another process needs to drive this lab (see NetLab.attach): its prefix, id,
+   * nodes and subnet. Plain JSON.
+   */
+  descriptor(): NetLabDescriptor {
+    return { prefix: this.prefix, labId: this.labId, nodes: [...this.nodes], subnetBase: this.subnetBase };
+  }
+
+  /**
+   * NetLab.attach: a handle on a lab that ANOTHER process created (e.g. a process re-executed
+   * inside the lab's client namespace), from its descriptor(). It spawns, execs and changes faults
+   * like the creator's handle (fault changes replace the whole table, so the handle that changes
+   * last wins; use one handle for faults). It does not own the lab: the creator destroys it. Its
+   * fault view starts empty. Throws UsageError(INVALID_ARGUMENT) for a malformed descriptor and
+   * UsageError(NOT_FOUND) when the lab's namespaces do not exist.
+   */
+  static async attach(descriptor: NetLabDescriptor): Promise<NetLab> {
+    const d = descriptor as Partial<NetLabDescriptor>;
+    if (typeof d.prefix !== 'string' || !prefixPattern.test(d.prefix)) throw new UsageError(ErrorCode.InvalidArgument, 'netlab: descriptor has a bad prefix');
+    if (typeof d.labId !== 'string' || !/^\d+-[0-9a-f]{8}$/.test(d.labId)) throw new UsageError(ErrorCode.InvalidArgument, 'netlab: descriptor has a bad labId');
+    if (!Array.isArray(d.nodes) || d.nodes.length === 0 || d.nodes.length > nodesMax || !d.nodes.every((n) => Number.isInteger(n) && n >= 1 && n <= nodeIdMax)) {
+      throw new UsageError(ErrorCode.InvalidArgument, 'netlab: descriptor has bad nodes');
+    }
+    if (typeof d.subnetBase !== 'string' || !/^\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(d.subnetBase)) throw new UsageError(ErrorCode.InvalidArgument, 'netlab: descriptor has a bad subnet');
+    const lab = new NetLab(d.prefix, d.labId, d.nodes, d.subnetBase);
+    const existing = new Set(await listNamespaces());
+    const missing = lab.namespaces().filter((name) => !existing.has(name));
+    if (missing.length > 0) throw new UsageError(ErrorCode.NotFound, `netlab: lab ${d.labId} has no namespace ${missing.join(', ')}`);
+    lab.attached = true;
+    return lab;
+  }
+
+  /**
+   * release: for an attached handle: SIGKILLs the children it spawned and marks it unusable,
+   * without deleting anything (the creator's destroy() does that).
+   */
+  release(): void {
+    for (const child of this.children) child.kill('SIGKILL');
+    this.destroyed = true;
   }
 
   /** address: the node's IPv4 address inside the lab, e.g. `10.213.7.11` for node 1. */
@@ -349,6 +400,7 @@ export class NetLab {
    * deletes the namespaces; the veths, the bridge and the nftables table go with them. Idempotent.
    */
   async destroy(): Promise<void> {
+    assert(!this.attached, 'netlab: an attached handle does not own the lab; use release()');
     if (this.destroyed) return;
     this.destroyed = true;
     await this.changes.catch(() => undefined);

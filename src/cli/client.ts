@@ -104,6 +104,7 @@ export class NodeApi {
       voters: [...new Set<number>([...(cs.voters ?? []), ...(cs.voters_outgoing ?? [])])].sort((a, b) => a - b),
       learners: [...new Set<number>([...(cs.learners ?? []), ...(cs.learners_next ?? [])])].sort((a, b) => a - b),
       joint: (cs.voters_outgoing ?? []).length > 0,
+      snapshotBytes: r.snapshot_bytes ?? 0,
       progress: (r.progress ?? []).map((p: Record<string, any>) => ({
         id: p.id,
         match: p.match,
@@ -240,7 +241,7 @@ export class ClusterClient {
    * leader: run `fn` on the leader, following NOT_LEADER hints and retrying retryable failures
    * (each target in turn) until `operationTimeoutMs`.
    */
-  async leader<T>(fn: (api: NodeApi) => Promise<T>, timeoutMs = this.limits.operationTimeoutMs): Promise<T> {
+  async leader<T>(fn: (api: NodeApi) => Promise<T>, timeoutMs = this.limits.operationTimeoutMs, options: { remember?: boolean } = {}): Promise<T> {
     const deadline = Date.now() + timeoutMs;
     let backoff = this.limits.retryBackoffMs;
     let turn = 0;
@@ -249,7 +250,8 @@ export class ClusterClient {
       const address = this.leaderAddress ?? this.targets[turn++ % this.targets.length]!.admin;
       try {
         const result = await fn(this.api(address));
-        this.leaderAddress = address;
+        // A read also succeeds on a follower: only operations that need the leader teach us who it is.
+        if (options.remember !== false) this.leaderAddress = address;
         return result;
       } catch (error) {
         if (!(error instanceof ChardError) || error instanceof UsageError) throw error;
@@ -347,6 +349,8 @@ export class ClusterClient {
   async waitCaughtUp(id: number, showProgress: boolean, timeoutMs = 30 * 60_000, lagMax = 16): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     let lastLine = '';
+    let firstSnapshot: { at: number; acked: number } | undefined;
+    let lastSnapshot: { at: number; acked: number } | undefined;
     for (;;) {
       const status = await this.leaderStatus();
       const p = status.progress.find((x) => x.id === id);
@@ -354,20 +358,33 @@ export class ClusterClient {
       const lag = Math.max(0, status.commitIndex - p.match);
       if (showProgress) {
         let line: string;
+        if (p.state === 'snapshot') {
+          const seen = { at: performance.now(), acked: p.snapshotAcked };
+          firstSnapshot ??= seen;
+          lastSnapshot = seen;
+        }
         if (p.state === 'snapshot' && p.snapshotSent > 0) {
           const width = 30;
-          const total = Math.max(p.snapshotSent, 1);
+          const total = Math.max(status.snapshotBytes, p.snapshotSent, 1);
           const done = Math.min(width, Math.round((p.snapshotAcked / total) * width));
-          line = `node ${id}: snapshot [${'#'.repeat(done)}${'.'.repeat(width - done)}] ${(p.snapshotAcked / 1048576).toFixed(1)} MiB received`;
+          line = `node ${id}: snapshot [${'#'.repeat(done)}${'.'.repeat(width - done)}] ${(p.snapshotAcked / 1048576).toFixed(1)} of ${(total / 1048576).toFixed(1)} MiB received`;
         } else {
           line = `node ${id}: ${p.state}, ${lag} entries behind`;
         }
         if (line !== lastLine) process.stderr.write(`${line}\n`);
         lastLine = line;
       }
-      if (lag <= lagMax && p.state === 'replicate') return;
+      if (lag <= lagMax && p.state === 'replicate') {
+        if (showProgress && firstSnapshot !== undefined && lastSnapshot !== undefined && lastSnapshot.at > firstSnapshot.at) {
+          const mib = (lastSnapshot.acked - firstSnapshot.acked) / 1048576;
+          const seconds = (lastSnapshot.at - firstSnapshot.at) / 1000;
+          process.stderr.write(`node ${id}: snapshot transfer observed at ${(mib / seconds).toFixed(1)} MiB/s (${mib.toFixed(1)} MiB in ${seconds.toFixed(1)} s)\n`);
+        }
+        if (showProgress) process.stderr.write(`node ${id}: caught up (match ${p.match}, commit ${status.commitIndex})\n`);
+        return;
+      }
       if (Date.now() > deadline) throw new RemoteError(ErrorCode.Timeout, `node ${id} did not catch up within ${timeoutMs} ms (${lag} entries behind)`);
-      await sleep(250);
+      await sleep(100);
     }
   }
 

@@ -179,12 +179,14 @@ export async function nodeInit(dirOption: string, id: number, basePort = 0): Pro
   }
   const addresses = (await planAddresses([id], basePort)).get(id)!;
   const template = readNodeConfigFile(dir, cluster.nodes[0]!.id);
+  const peers = Object.fromEntries(cluster.nodes.map((n) => [String(n.id), { raft: n.raft, admin: n.admin, nbd: n.nbd }]));
   const config: NodeConfig = {
     clusterId: cluster.clusterId,
     id,
     dataDir: '.',
     listen: addresses,
     join: true,
+    peers,
     ...(template.limits ? { limits: template.limits } : {}),
     ...(template.store ? { store: template.store } : {}),
   };

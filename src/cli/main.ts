@@ -327,6 +327,30 @@ program
     console.log(`detached ${device}`);
   });
 
+// ------------------------------------------------------------------ chaos
+
+program
+  .command('chaos')
+  .description('Jepsen-style run: start a local cluster, run clients, inject seeded faults, heal, check; exit 0 only when valid')
+  .option('--nodes <n>', 'cluster size', '5')
+  .option('--duration <d>', 'workload duration (e.g. 60s, 2m, 30m)', '60s')
+  .option('--seed <n>', 'seed of the fault schedule and the workload (default: random, printed)')
+  .option('--faults <list>', 'kill,pause,partition,partition-oneway,member,transfer,all,none', 'all')
+  .option('--clients <n>', 'workload clients (client 0 goes through the attach agent)', '4')
+  .option('--out <dir>', 'output directory (report.html, history.jsonl, results.json, node logs)')
+  .option('--mode <mode>', 'auto | netns (root: namespaces + nftables) | local (fault-injecting transport)', 'auto')
+  .option('--keys <n>', 'registers (4 KiB blocks) the clients contend on', '24')
+  .option('--op-timeout <ms>', 'an op unanswered this long is recorded as unknown', '5000')
+  .option('--snapshot-every <n>', "nodes' snapshot interval in entries (0: node default)", '2000')
+  .option('--unsafe-local-reads', 'start every node with testing.unsafeLocalReads (a deliberately broken backend)')
+  .option('--json', 'print a JSON summary instead of the verdict line')
+  .addOption(new Option('--inside-lab <file>', 'internal: run inside the lab described by FILE').hideHelp())
+  .action(async (options) => {
+    const { chaos } = await import('../chaos/command.js');
+    await chaos(options);
+    process.exit(process.exitCode ?? 0);
+  });
+
 program.addOption(new Option('--log-level <level>', 'log level').hideHelp());
 
 program.parseAsync(process.argv).catch((error: unknown) => {

@@ -30,6 +30,8 @@ export interface NodeStatusReport {
   voters: number[];
   learners: number[];
   joint: boolean;
+  /** snapshotBytes: size of this node's latest snapshot (the one a lagging follower is sent). */
+  snapshotBytes: number;
   progress: { id: number; match: number; next: number; state: string; learner: boolean; recentActive: boolean; snapshotSent: number; snapshotAcked: number }[];
 }
 
@@ -57,6 +59,9 @@ export interface AdminStore {
   members(): Map<NodeId, MemberAddresses>;
   stateHash(): { appliedIndex: number; hash: string };
 }
+
+/** jointLeaveWaitMs: how long a membership change waits for the joint configuration to be left. */
+export const jointLeaveWaitMs = 10_000;
 
 export const volumeSizeMax = 2 ** 50; // 1 PiB: far beyond what a SQLite store should hold
 export const blockSize = 4096;
@@ -93,6 +98,7 @@ export class NodeAdmin {
       voters: [...new Set([...s.confState.voters, ...s.confState.votersOutgoing])].sort((a, b) => a - b),
       learners: [...new Set([...s.confState.learners, ...s.confState.learnersNext])].sort((a, b) => a - b),
       joint: s.confState.votersOutgoing.length > 0,
+      snapshotBytes: this.replica.snapshotBytes(),
       progress,
     };
   }
@@ -142,7 +148,9 @@ export class NodeAdmin {
     if (!this.store.listVolumes().some((v) => v.name === name)) throw new UsageError(ErrorCode.NotFound, `no volume named "${name}"`);
   }
 
+  /** memberList: the leader's view (a removed node may never learn that it was removed). */
   memberList(): MemberReport[] {
+    this.requireLeader();
     const s = this.replica.status();
     const addresses = this.store.members();
     const ids = new Set([...s.confState.voters, ...s.confState.votersOutgoing, ...s.confState.learners, ...s.confState.learnersNext]);
@@ -171,6 +179,12 @@ export class NodeAdmin {
     const reason = validateConfChange(this.replica.status().confState, cc);
     if (reason !== undefined) throw new UsageError(ErrorCode.FailedPrecondition, reason);
     await this.replica.proposeConfChange(cc);
+    // A voter change enters a joint configuration that the leader leaves by itself with a second
+    // entry; answer once that is applied too, so that `member list` right after shows the result.
+    const deadline = this.clock.now() + jointLeaveWaitMs;
+    while (this.replica.status().confState.votersOutgoing.length > 0 && this.clock.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 
   async memberAdd(id: number, addresses: MemberAddresses, learner: boolean): Promise<void> {

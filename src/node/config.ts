@@ -29,6 +29,12 @@ export interface NodeConfig {
   initialMembers?: Record<string, MemberAddresses>;
   /** join: start empty and wait to be added by `chard member add` (no bootstrap). */
   join?: boolean;
+  /**
+   * peers: with `join`, the current members' addresses (etcd's initial-cluster with
+   * state=existing), so the new node can answer the leader before it has learned the membership
+   * from the log or a snapshot.
+   */
+  peers?: Record<string, MemberAddresses>;
   limits?: Partial<ReplicaLimits>;
   /** store: limits of the block store (snapshot trailing entries, caches). */
   store?: Partial<BlockStoreLimits>;
@@ -126,6 +132,16 @@ export function validateNodeConfig(value: unknown, baseDir = process.cwd()): Nod
     if (!(String(id) in initialMembers)) throw bad(`initialMembers must include this node (${id})`);
   }
   const join = v.join === true;
+  let peers: Record<string, MemberAddresses> | undefined;
+  if (v.peers !== undefined) {
+    if (!join) throw bad('peers is only for a joining node ("join": true); initial members use initialMembers');
+    if (typeof v.peers !== 'object' || v.peers === null) throw bad('peers must be an object');
+    peers = {};
+    for (const [key, addresses] of Object.entries(v.peers as Record<string, unknown>)) {
+      validateNodeId(Number(key), `peers key "${key}"`);
+      peers[key] = validateAddresses(addresses, `peers.${key}`);
+    }
+  }
   if (!join && initialMembers === undefined) throw bad('either initialMembers (bootstrap) or "join": true is required');
   if (join && initialMembers !== undefined) throw bad('"join": true and initialMembers exclude each other');
   return {
@@ -136,6 +152,7 @@ export function validateNodeConfig(value: unknown, baseDir = process.cwd()): Nod
     ...(advertise ? { advertise } : {}),
     ...(initialMembers ? { initialMembers } : {}),
     join,
+    ...(peers ? { peers } : {}),
     limits: plainObject(v.limits, 'limits') as Partial<ReplicaLimits>,
     store: plainObject(v.store, 'store') as Partial<BlockStoreLimits>,
     logLevel: typeof v.logLevel === 'string' ? v.logLevel : 'info',

@@ -96,6 +96,9 @@ export class ChardNode {
       logger.warn({ file: config.testing.faultsFile }, 'TESTING: peer traffic follows the faults file');
     }
     await transport.start();
+    for (const [id, addresses] of Object.entries(config.peers ?? {})) {
+      if (Number(id) !== config.id) transport.addPeer(Number(id), addresses.raft);
+    }
 
     let volumes: LocalVolumeService | undefined;
     const replica = new Replica({

@@ -396,6 +396,11 @@ export class Replica {
     return this.store.logStorage.snapshot().index;
   }
 
+  /** snapshotBytes: size of the latest durable snapshot. */
+  snapshotBytes(): number {
+    return this.store.logStorage.snapshot().sizeBytes;
+  }
+
   /** closing: close() was called; nothing new is accepted. */
   get closing(): boolean {
     return this.closed;

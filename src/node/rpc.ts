@@ -143,6 +143,7 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
         volumes: [],
         removed: s.removed,
         lease_valid: s.leaseValid,
+        snapshot_bytes: s.snapshotBytes,
       };
     }),
     VolumeCreate: guarded(async (r) => {

@@ -125,3 +125,78 @@ export function writerScript(connect: NbdConnectOptions, writer: WriterOptions):
     ...writerLines(writer, '/mnt/writer'),
   ].join('\n') + '\n';
 }
+
+export interface FailoverWriterOptions {
+  /** fileBytes: size of each fsynced file (keep small under TCG: 64 KiB). */
+  fileBytes: number;
+  /** secondsMax: the writer stops by itself after this long (the host normally sends 'stop'). */
+  secondsMax: number;
+  /** consecutiveErrorsMax: the writer gives up after this many failed writes in a row (each is loud). */
+  consecutiveErrorsMax?: number;
+}
+
+/**
+ * failoverScript: the guest side of the kernel failover test. Connect (the connect options should
+ * carry a long `-t` so the kernel outlasts a failover, and `-C 2`), mkfs.ext4, mount, then a
+ * continuous writer: one new file per iteration written with `dd conv=fsync`, and for each completed
+ * write one line
+ *   CHARD-RESULT write=SEQ ok=1 t0=UPTIME t1=UPTIME ms=N sha256=HEX
+ * (the checksum of what was written, taken after the fsync returned), or a loud
+ *   CHARD-IOERR write=SEQ rc=N t0=… t1=… msg=…
+ * for a failed one. On 'stop' from the host (or after secondsMax): sync, umount, drop caches,
+ * `fsck.ext4 -fn`, remount read-only, `sha256sum -c` of every completed write, and one
+ *   CHARD-RESULT readback=NAME sha256=HEX
+ * per file found on the remounted filesystem (the host compares both sets), umount, disconnect.
+ * The script exits non-zero if any step failed or the writer saw any I/O error.
+ */
+export function failoverScript(connect: NbdConnectOptions, writer: FailoverWriterOptions): string {
+  const device = connect.device ?? '/dev/nbd0';
+  assert(writer.fileBytes > 0 && writer.fileBytes <= 4 * 1024 * 1024, 'fileBytes out of range');
+  assert(writer.secondsMax > 0 && writer.secondsMax <= 3600, 'secondsMax out of range');
+  const consecutiveErrorsMax = writer.consecutiveErrorsMax ?? 5;
+  assert(Number.isInteger(consecutiveErrorsMax) && consecutiveErrorsMax >= 1, 'consecutiveErrorsMax must be >= 1');
+  return [
+    '. /lib/chard.sh',
+    `chard_step connect ${nbdConnectCommand(connect)} || exit 1`,
+    `chard_result device=${device} size_bytes=$(blockdev --getsize64 ${device})`,
+    `chard_step mkfs mkfs.ext4 -q -F ${device} || exit 1`,
+    `chard_step mount mount -t ext4 ${device} /mnt || exit 1`,
+    'mkdir -p /mnt/w || exit 1',
+    ': > /tmp/sums',
+    'chard_stop_watch',
+    `_deadline=$(( $(chard_ms) + ${Math.ceil(writer.secondsMax)} * 1000 ))`,
+    '_seq=0; _ok=0; _errs=0; _consec=0',
+    'chard_result writer=started uptime=$(chard_now)',
+    'while :; do',
+    '  [ -e /chard/stop ] && break',
+    '  [ "$(chard_ms)" -ge "$_deadline" ] && break',
+    '  _seq=$((_seq + 1))',
+    '  _t0=$(chard_now); _m0=$(chard_ms)',
+    `  if dd if=/dev/urandom of=/mnt/w/f$_seq bs=${writer.fileBytes} count=1 conv=fsync 2>/tmp/dd.err; then`,
+    '    _t1=$(chard_now); _m1=$(chard_ms)',
+    '    _sum=$(sha256sum /mnt/w/f$_seq); _sum=${_sum%% *}',
+    '    echo "$_sum  f$_seq" >> /tmp/sums',
+    '    echo "CHARD-RESULT write=$_seq ok=1 t0=$_t0 t1=$_t1 ms=$((_m1 - _m0)) sha256=$_sum"',
+    '    _ok=$((_ok + 1)); _consec=0',
+    '  else',
+    '    _rc=$?; _t1=$(chard_now)',
+    '    _errs=$((_errs + 1)); _consec=$((_consec + 1))',
+    `    echo "CHARD-IOERR write=$_seq rc=$_rc t0=$_t0 t1=$_t1 msg=$(tr -s ' \\n' '__' < /tmp/dd.err)"`,
+    `    [ "$_consec" -ge ${consecutiveErrorsMax} ] && break`,
+    '    sleep 0.2',
+    '  fi',
+    'done',
+    'chard_result writer=done writes=$_ok errors=$_errs uptime=$(chard_now)',
+    'chard_step sync sync || exit 1',
+    'chard_step umount umount /mnt || exit 1',
+    // Drop the page cache so the checks below read what the cluster holds, over NBD.
+    `chard_step drop-caches sh -c 'echo 3 > /proc/sys/vm/drop_caches' || exit 1`,
+    `chard_step fsck fsck.ext4 -fn ${device} || exit 1`,
+    `chard_step remount mount -t ext4 -o ro ${device} /mnt || exit 1`,
+    `chard_step verify sh -c 'cd /mnt/w && sha256sum -c -s /tmp/sums' || exit 1`,
+    `(cd /mnt/w && for f in *; do [ -f "$f" ] && sha256sum "$f"; done) | while read -r sum name; do chard_result readback=$name sha256=$sum; done`,
+    'chard_step umount2 umount /mnt || exit 1',
+    `chard_step disconnect nbd-client -d ${device} || exit 1`,
+    '[ "$_errs" -eq 0 ]',
+  ].join('\n') + '\n';
+}

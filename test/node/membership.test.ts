@@ -56,8 +56,11 @@ test(`a learner catches up via snapshot from ${dataMiB} MiB, is promoted, an old
     const addSeconds = (performance.now() - addStarted) / 1000;
     t.is(add.code, 0, add.stderr);
     t.log(`learner caught up in ${addSeconds.toFixed(1)} s (${(dataMiB / addSeconds).toFixed(1)} MiB/s incl. snapshot creation)`);
-    t.regex(add.stderr, /snapshot \[[#.]+\] [\d.]+ MiB received/, 'progress of the snapshot transfer is shown');
-    t.log(add.stderr.split('\n').filter((l) => l.includes('snapshot')).slice(-3).join('\n'));
+    t.log(add.stderr.trim().split('\n').slice(-6).join('\n'));
+    t.regex(add.stderr, /snapshot \[[#.]+\] [\d.]+ of [\d.]+ MiB received/, 'progress of the snapshot transfer is shown');
+    const learnerCounts = (await cluster.api(4).metrics()).counts;
+    t.true((learnerCounts['snapshot.installed'] ?? 0) >= 1, 'the learner caught up through a snapshot');
+    t.log(add.stderr.split('\n').filter((l) => l.includes('snapshot transfer observed')).join('\n'));
 
     const promote = await chard(['member', 'promote', '4', ...dir], 300_000);
     t.is(promote.code, 0, promote.stderr);

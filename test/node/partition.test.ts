@@ -10,7 +10,7 @@
  */
 
 import path from 'node:path';
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
@@ -32,6 +32,15 @@ test('a partitioned leader serves nothing stale; after heal it converges', async
   const ids = [1, 2, 3];
   const lab = await NetLab.create({ nodes: ids });
   const dir = mkdtempSync(path.join(os.tmpdir(), 'chard-part-'));
+  const dumpLogs = () => {
+    for (const id of ids) {
+      try {
+        t.log(`--- n${id}/node.log\n${readFileSync(path.join(dir, `n${id}`, 'node.log'), 'utf8').split('\n').slice(-30).join('\n')}`);
+      } catch {
+        /* none */
+      }
+    }
+  };
   t.teardown(async () => {
     await lab.destroy();
     rmSync(dir, { recursive: true, force: true });
@@ -41,7 +50,9 @@ test('a partitioned leader serves nothing stale; after heal it converges', async
   for (const id of ids) {
     mkdirSync(path.join(dir, `n${id}`));
     writeFileSync(path.join(dir, `n${id}`, 'node.json'), JSON.stringify({ clusterId: 'part-test', id, dataDir: '.', listen: members[String(id)], initialMembers: members }));
-    lab.spawn(id, process.execPath, [cliPath, 'node', 'start', '--config', path.join(dir, `n${id}`, 'node.json')], { stdio: 'ignore', detached: false });
+    const log = openSync(path.join(dir, `n${id}`, 'node.log'), 'a');
+    lab.spawn(id, process.execPath, [cliPath, 'node', 'start', '--config', path.join(dir, `n${id}`, 'node.json')], { stdio: ['ignore', log, log], detached: false });
+    closeSync(log);
   }
   const cli = async (...args: string[]) => lab.exec('client', process.execPath, [cliPath, ...args, '--cluster', cluster], { timeoutMs: 60_000 });
   const probe = async (...args: string[]) => {
@@ -102,5 +113,6 @@ test('a partitioned leader serves nothing stale; after heal it converges', async
   t.true(converged.ok && converged.data?.startsWith('bbbb'), `after heal: ${JSON.stringify(converged)}`);
   const verify = await cli('verify', '--json');
   t.is(verify.code, 0, verify.stderr + verify.stdout);
-  t.true(JSON.parse(verify.stdout).equal);
+  t.true(verify.code === 0 && JSON.parse(verify.stdout).equal);
+  if (!t.passed) dumpLogs();
 });

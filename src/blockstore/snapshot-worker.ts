@@ -1,0 +1,31 @@
+/**
+ * snapshot-worker: the worker_threads entry point of BlockStore.createSnapshotAsync. It copies
+ * `workerData.source` (state.db) to `workerData.target` with copyStateSnapshot — its own
+ * read-only connection, VACUUM INTO, fsync — and posts exactly one SnapshotWorkerResult. All the
+ * blocking work (the copy is seconds for a few hundred MiB) happens here, off the event loop.
+ */
+
+import { parentPort, workerData } from 'node:worker_threads';
+import { assert } from '../assert.js';
+import { type SnapshotCopy, copyStateSnapshot } from './snapshot-copy.js';
+
+/** SnapshotWorkerData: the paths the worker is started with. */
+export interface SnapshotWorkerData {
+  source: string;
+  target: string;
+}
+
+/** SnapshotWorkerResult: the one message the worker posts. */
+export type SnapshotWorkerResult = { ok: true; copy: SnapshotCopy } | { ok: false; message: string; code?: string };
+
+const port = parentPort;
+assert(port !== null, 'snapshot-worker runs as a worker thread');
+const data = workerData as SnapshotWorkerData;
+let result: SnapshotWorkerResult;
+try {
+  result = { ok: true, copy: copyStateSnapshot(data.source, data.target) };
+} catch (error) {
+  const e = error as { message?: unknown; code?: unknown };
+  result = { ok: false, message: String(e?.message ?? error), ...(typeof e?.code === 'string' ? { code: e.code } : {}) };
+}
+port.postMessage(result);

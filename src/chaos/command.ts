@@ -1,0 +1,197 @@
+/**
+ * command: `chard chaos` — parse the options, pick the mode, run, print one verdict line.
+ *
+ * Modes:
+ *  - netns (root, NetLab available; the default when possible): this process cleans up stale
+ *    labs, creates a lab with a namespace per node id the schedule may use, writes its descriptor
+ *    to DIR/lab.json and re-executes the CLI inside the lab's client namespace
+ *    (`chard chaos ... --inside-lab DIR/lab.json`), where the runner reaches every node; node
+ *    spawning and nftables changes work from there through `ip netns exec`. When the inner run
+ *    ends (or this process is interrupted) the lab is destroyed, whatever happened inside.
+ *  - local (no root, or `--mode local`): nodes on 127.0.0.1, faults through `testing.faultsFile`.
+ *
+ * Exit code: 0 only when the run is valid (PASS); 1 for FAIL or UNKNOWN; 2 for bad options.
+ */
+
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { mainScript } from '../cli/processes.js';
+import { ErrorCode, UsageError } from '../errors.js';
+import { NetLab, type NetLabDescriptor } from './netlab.js';
+import { runChaos, RunMode, type ChaosResults } from './runner.js';
+import { parseFaults, type FaultKind } from './schedule.js';
+
+export interface ChaosCommandOptions {
+  nodes: string;
+  duration: string;
+  seed?: string;
+  faults: string;
+  clients: string;
+  out?: string;
+  mode: string;
+  unsafeLocalReads?: boolean;
+  keys: string;
+  opTimeout: string;
+  snapshotEvery: string;
+  insideLab?: string;
+  json?: boolean;
+}
+
+/** chaosNodesMax: a run's cluster size bound (each node is a process on this machine). */
+export const chaosNodesMax = 9;
+export const chaosClientsMax = 64;
+/** chaosDurationMsMax: 24 h; a soak is documented at 30 minutes. */
+export const chaosDurationMsMax = 24 * 3600_000;
+
+/** parseDuration: `90`, `90s`, `2m`, `1500ms`, `1h` → milliseconds. */
+export function parseDuration(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
+  if (match === null) throw new UsageError(ErrorCode.InvalidArgument, `--duration: "${text}" is not a duration like 60s, 2m, 1500ms`);
+  const value = Number(match[1]);
+  const unit = match[2] ?? 's';
+  const ms = value * ({ ms: 1, s: 1000, m: 60_000, h: 3600_000 } as const)[unit as 'ms' | 's' | 'm' | 'h'];
+  if (!(ms > 0) || ms > chaosDurationMsMax) throw new UsageError(ErrorCode.InvalidArgument, `--duration must be in (0, 24h]`);
+  return Math.round(ms);
+}
+
+function parseIntOption(text: string, name: string, min: number, max: number): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(ErrorCode.InvalidArgument, `${name} must be an integer in ${min}..${max}, got "${text}"`);
+  return n;
+}
+
+interface Parsed {
+  nodes: number;
+  durationMs: number;
+  seed: number;
+  faults: FaultKind[];
+  clients: number;
+  outDir: string;
+  mode: 'auto' | RunMode;
+  keys: number;
+  opTimeoutMs: number;
+  snapshotEveryEntries: number;
+}
+
+function parse(options: ChaosCommandOptions): Parsed {
+  const seed = options.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(options.seed);
+  if (!Number.isSafeInteger(seed) || seed < 0) throw new UsageError(ErrorCode.InvalidArgument, `--seed must be a non-negative integer, got "${options.seed}"`);
+  if (!['auto', 'netns', 'local'].includes(options.mode)) throw new UsageError(ErrorCode.InvalidArgument, `--mode must be auto, netns or local`);
+  const outDir = path.resolve(options.out ?? `chaos-${seed}`);
+  return {
+    nodes: parseIntOption(options.nodes, '--nodes', 1, chaosNodesMax),
+    durationMs: parseDuration(options.duration),
+    seed,
+    faults: parseFaults(options.faults),
+    clients: parseIntOption(options.clients, '--clients', 1, chaosClientsMax),
+    outDir,
+    mode: options.mode as Parsed['mode'],
+    keys: parseIntOption(options.keys, '--keys', 1, 4096),
+    opTimeoutMs: parseIntOption(options.opTimeout, '--op-timeout', 100, 600_000),
+    snapshotEveryEntries: parseIntOption(options.snapshotEvery, '--snapshot-every', 0, 10_000_000),
+  };
+}
+
+/** verdictLine: the one line on stdout. */
+export function verdictLine(r: ChaosResults, outDir: string): string {
+  const f = r.figures;
+  return (
+    `chaos: ${r.verdict.toUpperCase()} seed=${r.seed} mode=${r.mode} nodes=${r.nodes} ops=${f.operations} (ok ${f.ok}, fail ${f.fail}, unknown ${f.info}) ` +
+    `linearizability=${r.checks.linearizability.verdict} acked-writes=${r.checks.ackedWrites.ok ? 'ok' : r.checks.ackedWrites.verdict} ` +
+    `leaders=${r.checks.leaders.ok ? 'ok' : 'CONFLICT'} convergence=${r.checks.convergence.ok ? 'ok' : 'NOT-OK'} ` +
+    `checker=${f.checkerMs}ms report=${path.join(outDir, 'report.html')}`
+  );
+}
+
+/** chaos: the action of `chard chaos`; sets process.exitCode. */
+export async function chaos(options: ChaosCommandOptions): Promise<void> {
+  const p = parse(options);
+  mkdirSync(p.outDir, { recursive: true });
+  const workload = { keyCount: p.keys, opTimeoutMs: p.opTimeoutMs };
+  const common = {
+    nodes: p.nodes,
+    durationMs: p.durationMs,
+    seed: p.seed,
+    faults: p.faults,
+    clients: p.clients,
+    outDir: p.outDir,
+    unsafeLocalReads: options.unsafeLocalReads === true,
+    snapshotEveryEntries: p.snapshotEveryEntries,
+    workload,
+  };
+
+  if (options.insideLab !== undefined) {
+    const descriptor = JSON.parse(readFileSync(options.insideLab, 'utf8')) as NetLabDescriptor;
+    const lab = await NetLab.attach(descriptor);
+    try {
+      const results = await runChaos({ ...common, mode: RunMode.Netns, lab });
+      finish(results, p.outDir, options.json === true);
+    } finally {
+      lab.release();
+    }
+    return;
+  }
+
+  let mode: RunMode;
+  if (p.mode === 'local') mode = RunMode.Local;
+  else {
+    const available = await NetLab.available();
+    if (available.ok) mode = RunMode.Netns;
+    else if (p.mode === 'netns') throw new UsageError(ErrorCode.FailedPrecondition, `--mode netns: ${available.reason}`);
+    else {
+      process.stderr.write(`chaos: network namespaces unavailable (${available.reason}); using local mode (fault-injecting transport)\n`);
+      mode = RunMode.Local;
+    }
+  }
+  if (mode === RunMode.Local) {
+    const results = await runChaos({ ...common, mode });
+    finish(results, p.outDir, options.json === true);
+    return;
+  }
+
+  // netns: build the lab here, run inside its client namespace, destroy it whatever happens.
+  await NetLab.cleanupStale();
+  const ids = Array.from({ length: p.nodes }, (_, i) => i + 1);
+  const lab = await NetLab.create({ nodes: ids });
+  const labFile = path.join(p.outDir, 'lab.json');
+  const forward: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'];
+  try {
+    writeFileSync(labFile, `${JSON.stringify(lab.descriptor())}\n`);
+    const args = [mainScript, 'chaos', ...reexecArgs(options, p), '--inside-lab', labFile];
+    const child = lab.spawn('client', process.execPath, args, { stdio: 'inherit' });
+    const onSignal = (signal: NodeJS.Signals) => child.kill(signal);
+    for (const s of forward) process.on(s, onSignal);
+    const code = await new Promise<number>((resolve) => {
+      child.once('exit', (c, signal) => resolve(c ?? (signal ? 1 : 0)));
+      child.once('error', () => resolve(1));
+    });
+    for (const s of forward) process.off(s, onSignal);
+    process.exitCode = code;
+  } finally {
+    await lab.destroy();
+  }
+}
+
+function reexecArgs(options: ChaosCommandOptions, p: Parsed): string[] {
+  const args = [
+    '--nodes', String(p.nodes),
+    '--duration', `${p.durationMs}ms`,
+    '--seed', String(p.seed),
+    '--faults', p.faults.join(',') || 'none',
+    '--clients', String(p.clients),
+    '--out', p.outDir,
+    '--mode', 'netns',
+    '--keys', String(p.keys),
+    '--op-timeout', String(p.opTimeoutMs),
+    '--snapshot-every', String(p.snapshotEveryEntries),
+  ];
+  if (options.unsafeLocalReads === true) args.push('--unsafe-local-reads');
+  if (options.json === true) args.push('--json');
+  return args;
+}
+
+function finish(results: ChaosResults, outDir: string, json: boolean): void {
+  if (json) console.log(JSON.stringify({ verdict: results.verdict, valid: results.valid, seed: results.seed, mode: results.mode, figures: results.figures, stallsByFault: results.stallsByFault, outDir }));
+  else console.log(verdictLine(results, outDir));
+  process.exitCode = results.valid ? 0 : 1;
+}
