@@ -12,7 +12,7 @@ import type { BlockStore } from '../../src/blockstore/index.js';
 import { type Command, encodeCommand } from '../../src/blockstore/commands.js';
 import type { ApplyOutcome } from '../../src/node/replica.js';
 import { nextConfState } from '../../src/raft/confchange.js';
-import { type Entry, EntryType, type HardState } from '../../src/raft/types.js';
+import { type Entry, EntryType, type HardState, type SnapshotMetadata } from '../../src/raft/types.js';
 
 /** Prng: mulberry32, seeded; `int(n)` in [0, n). */
 export class Prng {
@@ -130,4 +130,60 @@ export function readAll(store: BlockStore, volume: string, offset: number, lengt
   }
   if (expected !== offset + length) throw new Error('chunks do not cover the range');
   return out;
+}
+
+/** readyOf: a Ready with nothing in it, to spread the fields a test sets over. */
+export function readyOf() {
+  return {
+    mustSync: true,
+    softState: undefined,
+    hardState: undefined,
+    entries: [] as Entry[],
+    snapshotChunks: [],
+    snapshot: undefined,
+    committedEntries: [],
+    messagesEarly: [],
+    messages: [],
+    readStates: [],
+  };
+}
+
+/**
+ * transferSnapshot: streams snapshot `metadata` of `from` into `to` (snapshotChunk → persist in
+ * `chunkBytes` pieces), records it (persist with Ready.snapshot) and installs it, as a follower does;
+ * returns how long installSnapshot() blocked, in ms.
+ */
+export function transferSnapshot(from: BlockStore, to: BlockStore, metadata: SnapshotMetadata, chunkBytes = 4 * 1024 * 1024): number {
+  let offset = 0;
+  while (offset < metadata.sizeBytes) {
+    const data = from.logStorage.snapshotChunk(metadata.index, offset, chunkBytes);
+    const last = offset + data.length === metadata.sizeBytes;
+    to.persist({ ...readyOf(), snapshotChunks: [{ metadata, offset, data, last }] });
+    offset += data.length;
+  }
+  to.persist({ ...readyOf(), snapshot: metadata, hardState: { term: metadata.term, vote: 0, commit: metadata.index } });
+  const started = performance.now();
+  to.installSnapshot(metadata);
+  return performance.now() - started;
+}
+
+/** replayEntries: copies `from`'s log entries [first, last] into `to`'s log and applies them. */
+export function replayEntries(from: BlockStore, to: BlockStore, first: number, last: number): void {
+  if (last < first) return;
+  const entries = from.logStorage.entries(first, last + 1, Number.MAX_SAFE_INTEGER);
+  to.persist({ ...readyOf(), entries, hardState: { term: entries[entries.length - 1]!.term, vote: 0, commit: last } });
+  applyCommitted(to, entries);
+}
+
+/**
+ * settledSnapshotFiles: the names in `<dir>/snapshots` once the background unlinks of superseded
+ * files (`*.deleted`, log-store removeSnapshotFile) have finished; gives up after `waitMsMax`.
+ */
+export async function settledSnapshotFiles(dir: string, waitMsMax = 30_000): Promise<string[]> {
+  const started = performance.now();
+  for (;;) {
+    const names = fs.readdirSync(path.join(dir, 'snapshots')).sort();
+    if (!names.some((n) => n.endsWith('.deleted')) || performance.now() - started > waitMsMax) return names;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
 }
