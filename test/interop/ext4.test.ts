@@ -12,6 +12,8 @@ import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startTarget } from '../helpers/nbd-target.js';
+import { LocalCluster } from '../helpers/local-cluster.js';
+import type { NbdCounters } from '../../src/nbd/server.js';
 import { requireTools, run, startDaemon, timed } from '../helpers/nbd-tools.js';
 
 const tools = ['nbdfuse', 'fusermount3', 'losetup', 'mkfs.ext4', 'fsck.ext4', 'mount', 'umount', 'sha256sum', 'dd'];
@@ -112,25 +114,49 @@ async function checksums(root: string): Promise<string[]> {
 
 test('ext4 on nbdfuse + loop: mkfs, write with fsync, full client restart, fsck clean, same checksums', async (t) => {
   if (!requireTools(t, tools, { root: true, paths: ['/dev/fuse', '/dev/loop-control'] })) return;
-  const dir = await mkdtemp(join(tmpdir(), 'chard-ext4-'));
   const target = await startTarget();
+  t.teardown(() => target.stop());
+  await ext4Scenario(t, target.uri('disk'), target.counters);
+});
+
+test('ext4 on a follower of a real 3-node cluster, the leader killed while files are written', async (t) => {
+  if (!requireTools(t, tools, { root: true, paths: ['/dev/fuse', '/dev/loop-control'] })) return;
+  const cluster = await LocalCluster.start({ nodes: 3, volumeSize: '256MiB' });
+  t.teardown(() => cluster.stop());
+  const leader = await cluster.leader();
+  const follower = cluster.file.nodes.find((n) => n.id !== leader)!;
+  let killed = 0;
+  await ext4Scenario(t, `nbd://${follower.nbd}/default`, undefined, async () => {
+    killed = await cluster.leader();
+    cluster.kill(killed);
+    await cluster.waitDead(killed);
+  });
+  t.log(`killed leader ${killed} between the writes; node ${follower.id} served the filesystem`);
+  await cluster.restart(killed);
+  const verify = await cluster.verify();
+  t.is(verify.code, 0, verify.stderr + verify.stdout);
+});
+
+/** ext4Scenario: mkfs, write fsynced files (calling `midway` after the first), full client restart, fsck, compare. */
+async function ext4Scenario(t: ExecutionContext, uri: string, counters: (() => NbdCounters) | undefined, midway?: () => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'chard-ext4-'));
   const first = new ClientStack(t, dir, 'first');
   const second = new ClientStack(t, dir, 'second');
   t.teardown(async () => {
     await first.release();
     await second.release();
-    await target.stop();
     await rm(dir, { recursive: true, force: true });
   });
-  const uri = target.uri('disk');
 
   const written = await timed(t, 'attach + mkfs.ext4 + mount + write 12 MiB with fsync + umount + detach', async () => {
     await first.attach(uri);
     await run('mkfs.ext4', ['-q', '-F', first.loop!], { timeoutMs: 60_000 });
     await first.mount();
     await mkdir(join(first.mountDir, 'dir'));
+    let index = 0;
     for (const [name, mib] of files) {
-      await run('dd', ['if=/dev/urandom', `of=${join(first.mountDir, name)}`, 'bs=1M', `count=${mib}`, 'conv=fsync', 'status=none'], { timeoutMs: 60_000 });
+      await run('dd', ['if=/dev/urandom', `of=${join(first.mountDir, name)}`, 'bs=1M', `count=${mib}`, 'conv=fsync', 'status=none'], { timeoutMs: 120_000 });
+      if (index++ === 0 && midway !== undefined) await midway();
     }
     const sums = await checksums(first.mountDir);
     await first.umount();
@@ -138,8 +164,8 @@ test('ext4 on nbdfuse + loop: mkfs, write with fsync, full client restart, fsck 
     return sums;
   });
   t.is(written.length, files.length);
-  if (target.counters) {
-    const c = target.counters();
+  if (counters) {
+    const c = counters();
     t.true(c.writeRequests > 0, 'writes reached the server');
     t.true(c.flushRequests > 0, 'fsync reached the server as NBD_CMD_FLUSH');
     t.true(c.handshakesCompleted > 1, 'nbdfuse used more than one connection (CAN_MULTI_CONN)');
@@ -154,4 +180,4 @@ test('ext4 on nbdfuse + loop: mkfs, write with fsync, full client restart, fsck 
     t.deepEqual(await checksums(second.mountDir), written, 'files read back through a fresh client stack are identical');
     await second.umount();
   });
-});
+}
