@@ -107,6 +107,21 @@ export class LocalCluster {
     return readLogs(this.dir);
   }
 
+  /** warnings: every node's log lines at warn level and above, plus connection closes (first 40). */
+  warnings(): string {
+    const out: string[] = [];
+    for (const n of this.file.nodes) {
+      try {
+        for (const line of readFileSync(path.join(this.dir, `n${n.id}`, 'node.log'), 'utf8').split('\n')) {
+          if (/"level":(40|50|60)|closing connection/.test(line)) out.push(line.slice(0, 400));
+        }
+      } catch {
+        /* no log */
+      }
+    }
+    return out.slice(0, 40).join('\n');
+  }
+
   async stop(keep = false): Promise<void> {
     this.client.close();
     await chard(['cluster', 'down', '--dir', this.dir]);
