@@ -103,6 +103,7 @@ node
   .option('--dir <dir>', 'directory of a local cluster')
   .option('--id <id>', 'node id within --dir')
   .option('--foreground', 'with --dir: run in this process instead of detaching')
+  .option('--json', 'with --dir: print {"id", "pid"}')
   .action(async (options) => {
     if (options.config !== undefined) {
       const { runNodeProcess } = await import('../node/process.js');
@@ -113,7 +114,7 @@ node
       throw new UsageError(ErrorCode.InvalidArgument, 'node start needs --config FILE, or --dir DIR and --id ID');
     }
     const result = await nodeStartFromDir(options.dir, parseId(options.id), options.foreground === true);
-    if (result !== undefined) console.log(`node ${options.id} started (pid ${result.pid})`);
+    if (result !== undefined) print(options, { id: parseId(options.id), pid: result.pid }, () => `node ${options.id} started (pid ${result.pid})`);
   });
 
 node
@@ -321,10 +322,11 @@ program
 program
   .command('detach <device>')
   .description('disconnect a kernel nbd device attached by `chard attach --device` and stop its agent')
-  .action(async (device: string) => {
+  .option('--json', 'print JSON')
+  .action(async (device: string, options: { json?: boolean }) => {
     const { detach } = await import('../attach/command.js');
     await detach(device);
-    console.log(`detached ${device}`);
+    print(options, { detached: device }, () => `detached ${device}`);
   });
 
 // ------------------------------------------------------------------ chaos
