@@ -126,11 +126,11 @@ function printWelcome(dir: string, cluster: ClusterFile, volumes: { name: string
     'try:',
     `  nbdinfo nbd://${first.nbd}/${defaultVolumeName}`,
     `  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://${first.nbd}/${defaultVolumeName}`,
-    `  chard status --dir ${dir}`,
+    `  npx chard status --dir ${dir}      (npx chard --help for every command)`,
     'a block device without the nbd kernel module (root):',
     `  mkdir -p /tmp/chard-fuse && nbdfuse /tmp/chard-fuse/disk nbd://${first.nbd}/${defaultVolumeName} &`,
     '  losetup -f --show /tmp/chard-fuse/disk      # then mkfs.ext4 / mount the loop device',
-    'with the nbd kernel module: chard attach (follows the leader across failovers) — see docs/operations.md',
+    "with the nbd kernel module: npx chard attach --device /dev/nbd0 (follows the leader across failovers) — see docs/operations.md",
     '',
     'Ctrl-C stops the cluster (data stays in the directory; run the same command to restart it).',
   ];
