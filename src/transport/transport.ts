@@ -200,6 +200,14 @@ class Lane {
     return dropped;
   }
 
+  /**
+   * detach: forget the stream and cancel it on a LATER event-loop turn. A link fails from inside
+   * grpc-js's own teardown of a dropped connection (a keepalive timeout delivers each call's
+   * status between its per-call and its session-destroying setImmediate callbacks); sending
+   * RST_STREAM into that half-torn-down HTTP/2 session made Node 20 loop in SendPendingData with
+   * memory growing without bound (test/transport/paused-peer.test.ts). One turn later the
+   * session is destroyed and the cancel is a no-op; on a live connection it still frees the call.
+   */
   detach(): void {
     const stream = this.stream;
     this.stream = undefined;
@@ -209,7 +217,7 @@ class Lane {
     if (stream !== undefined) {
       stream.removeAllListeners();
       stream.on('error', () => {}); // a cancelled call reports CANCELLED; nobody listens any more
-      stream.cancel();
+      setImmediate(() => stream.cancel());
     }
   }
 }
@@ -657,14 +665,14 @@ export class GrpcTransport implements Transport {
         this.event('transport.messages.refused', envelope.messages.length);
         this.serverCalls.delete(call);
         call.removeAllListeners('data');
-        call.emit(
-          'error',
-          refusal(
-            grpc.status.FAILED_PRECONDITION,
-            ErrorCode.WrongCluster,
-            wrongCluster ? `frame of cluster ${envelope.clusterId} refused by cluster ${this.clusterId}` : `frame for node ${envelope.to} refused by node ${this.nodeId}`,
-          ),
+        const error = refusal(
+          grpc.status.FAILED_PRECONDITION,
+          ErrorCode.WrongCluster,
+          wrongCluster ? `frame of cluster ${envelope.clusterId} refused by cluster ${this.clusterId}` : `frame for node ${envelope.to} refused by node ${this.nodeId}`,
         );
+        // Not from inside this 'data' callback, which may run while HTTP/2 is still parsing
+        // received bytes: ending a stream there is the use-after-free class of Node's http2.
+        setImmediate(() => call.emit('error', error));
         return;
       }
       frames++;
