@@ -241,20 +241,42 @@ export class ClusterClient {
    * leader: run `fn` on the leader, following NOT_LEADER hints and retrying retryable failures
    * (each target in turn) until `operationTimeoutMs`.
    */
-  async leader<T>(fn: (api: NodeApi) => Promise<T>, timeoutMs = this.limits.operationTimeoutMs, options: { remember?: boolean } = {}): Promise<T> {
+  async leader<T>(
+    fn: (api: NodeApi) => Promise<T>,
+    timeoutMs = this.limits.operationTimeoutMs,
+    options: { remember?: boolean } = {},
+  ): Promise<T> {
+    return this.leaderRetrying(fn, timeoutMs, options.remember !== false, []);
+  }
+
+  /**
+   * change: leader() for a membership change. A change retried after its answer was lost may find
+   * its own earlier success (a leader that removed itself steps down before it answers); then the
+   * refusal codes in `doneCodes` (e.g. NOT_FOUND for a removal) mean "already done", not failure.
+   */
+  async change(fn: (api: NodeApi) => Promise<void>, doneCodes: readonly string[], timeoutMs = this.limits.operationTimeoutMs): Promise<void> {
+    await this.leaderRetrying(fn, timeoutMs, true, doneCodes);
+  }
+
+  private async leaderRetrying<T>(fn: (api: NodeApi) => Promise<T>, timeoutMs: number, remember: boolean, doneCodes: readonly string[]): Promise<T> {
     const deadline = Date.now() + timeoutMs;
     let backoff = this.limits.retryBackoffMs;
     let turn = 0;
     let last: ChardError | undefined;
+    // inTransit: an earlier attempt failed without a definite answer, so it may have been applied.
+    let inTransit = false;
     for (;;) {
       const address = this.leaderAddress ?? this.targets[turn++ % this.targets.length]!.admin;
       try {
         const result = await fn(this.api(address));
         // A read also succeeds on a follower: only operations that need the leader teach us who it is.
-        if (options.remember !== false) this.leaderAddress = address;
+        if (remember) this.leaderAddress = address;
         return result;
       } catch (error) {
+        // Only reachable through change(), whose T is void.
+        if (error instanceof UsageError && inTransit && doneCodes.includes(error.code)) return undefined as T;
         if (!(error instanceof ChardError) || error instanceof UsageError) throw error;
+        if (!(error instanceof NotLeaderError)) inTransit = true;
         last = error;
         this.leaderAddress = undefined;
         if (error instanceof NotLeaderError && error.leaderAddress !== undefined && error.leaderAddress !== address) {

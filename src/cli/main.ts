@@ -215,7 +215,7 @@ targetOptions(
 ).action(async (idText: string, options: TargetOptions & { raft: string; admin: string; nbd: string; learner?: boolean; wait?: boolean }) => {
   const id = parseId(idText);
   await withClient(options, async (client) => {
-    await client.leader((api) => api.memberAdd(id, { raft: options.raft, admin: options.admin, nbd: options.nbd }, options.learner === true));
+    await client.change((api) => api.memberAdd(id, { raft: options.raft, admin: options.admin, nbd: options.nbd }, options.learner === true), [ErrorCode.AlreadyExists]);
     if (options.wait) await client.waitCaughtUp(id, options.json !== true);
     print(options, { added: id, learner: options.learner === true }, () => `added node ${id}${options.learner ? ' as a learner' : ''}`);
   });
@@ -238,7 +238,7 @@ targetOptions(member.command('remove <id>').description('remove a member (the le
   async (idText: string, options: TargetOptions) => {
     const id = parseId(idText);
     await withClient(options, async (client) => {
-      await client.leader((api) => api.memberRemove(id));
+      await client.change((api) => api.memberRemove(id), [ErrorCode.NotFound]);
       print(options, { removed: id }, () => `removed node ${id}`);
     });
   },
