@@ -99,6 +99,7 @@ export function verdictLine(r: ChaosResults, outDir: string): string {
     `chaos: ${r.verdict.toUpperCase()} seed=${r.seed} mode=${r.mode} nodes=${r.nodes} ops=${f.operations} (ok ${f.ok}, fail ${f.fail}, unknown ${f.info}) ` +
     `linearizability=${r.checks.linearizability.verdict} acked-writes=${r.checks.ackedWrites.ok ? 'ok' : r.checks.ackedWrites.verdict} ` +
     `leaders=${r.checks.leaders.ok ? 'ok' : 'CONFLICT'} convergence=${r.checks.convergence.ok ? 'ok' : 'NOT-OK'} ` +
+    `${r.resourceErrors.length > 0 ? `RUNAWAY-NODES=${r.resourceErrors.length} ` : ''}${r.errors.length > 0 ? `run-errors=${r.errors.length} ` : ''}` +
     `checker=${f.checkerMs}ms report=${path.join(outDir, 'report.html')}`
   );
 }

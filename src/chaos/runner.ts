@@ -23,7 +23,7 @@ import { assert } from '../assert.js';
 import { AttachAgent } from '../attach/agent.js';
 import { ClusterClient } from '../cli/client.js';
 import { freePorts, mainScript } from '../cli/processes.js';
-import { ErrorCode, RemoteError } from '../errors.js';
+import { ErrorCode, RemoteError, UsageError } from '../errors.js';
 import type { MemberAddresses } from '../node/replica.js';
 import { SeededRandom } from '../raft/random.js';
 import { checkConvergence, checkLeaders, checkNoAckedWriteLost, failoverStalls, type FaultStall, type ReplicaState } from './checks.js';
@@ -143,7 +143,6 @@ class ChaosCluster {
     readonly dir: string,
     readonly mode: RunMode,
     readonly initialIds: number[],
-    readonly allIds: number[],
     private readonly addressesOf: Map<number, MemberAddresses>,
     private readonly lab: NetLab | undefined,
     private readonly unsafeLocalReads: boolean,
@@ -425,23 +424,22 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResults> {
   for (const line of scheduleLines) log(`  ${line}`);
 
   const initialIds = Array.from({ length: options.nodes }, (_, i) => i + 1);
-  const allIds = initialIds;
   const addresses = new Map<number, MemberAddresses>();
   if (options.mode === RunMode.Netns) {
     const lab = options.lab;
     assert(lab !== undefined, 'netns mode needs a lab');
-    for (const id of allIds) {
+    for (const id of initialIds) {
       if (!lab.nodes.includes(id)) throw new RemoteError(ErrorCode.Internal, `the lab has no namespace for node ${id}`);
       const host = lab.address(id);
       addresses.set(id, { raft: `${host}:${labPorts.raft}`, admin: `${host}:${labPorts.admin}`, nbd: `${host}:${labPorts.nbd}` });
     }
   } else {
-    const ports = await freePorts(allIds.length * 3);
-    allIds.forEach((id, i) => {
+    const ports = await freePorts(initialIds.length * 3);
+    initialIds.forEach((id, i) => {
       addresses.set(id, { raft: `127.0.0.1:${ports[i * 3]}`, admin: `127.0.0.1:${ports[i * 3 + 1]}`, nbd: `127.0.0.1:${ports[i * 3 + 2]}` });
     });
   }
-  const cluster = new ChaosCluster(outDir, options.mode, initialIds, allIds, addresses, options.lab, options.unsafeLocalReads === true, options.seed, options.snapshotEveryEntries ?? nodeSnapshotEveryEntries);
+  const cluster = new ChaosCluster(outDir, options.mode, initialIds, addresses, options.lab, options.unsafeLocalReads === true, options.seed, options.snapshotEveryEntries ?? nodeSnapshotEveryEntries);
   const monoZero = performance.now();
   const wallAtZero = Date.now();
   const recorder = new HistoryRecorder(() => performance.now() - monoZero);
@@ -614,6 +612,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResults> {
   if (resourceErrors.length > 0) verdict = 'fail';
   // A run that could not heal, read back or verify has not proven anything: never PASS.
   if (verdict === 'pass' && (errors.length > 0 || !convergenceResult.ok || recorder.truncated || opCounts.ok === 0)) verdict = 'unknown';
+  const reportVerdict = overallVerdict({ linearizability, ackedWrites, leaders, ...(convergence ? { convergence } : {}) });
   const html = renderReport(events, {
     title: `chard chaos — seed ${options.seed}`,
     notes,
@@ -623,7 +622,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResults> {
     stalls,
     ...(convergence ? { convergence } : {}),
   });
-  writeFileSync(path.join(outDir, 'report.html'), html);
+  writeFileSync(path.join(outDir, 'report.html'), overrideBanner(html, reportVerdict, verdict, [...resourceErrors, ...errors]));
   const minutes = Math.max(workloadMs, 1) / 60_000;
   const results: ChaosResults = {
     verdict,
@@ -663,6 +662,23 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResults> {
   return results;
 }
 
+/**
+ * overrideBanner: report.ts derives its banner from the checks alone; when the run itself decides
+ * otherwise (a runaway node → FAIL; a run that could not heal or verify → UNKNOWN) the banner is
+ * rewritten to the run's verdict with the reasons first, so the report never shows PASS for a run
+ * that exits non-zero. If the banner markup is not found, the reasons are put at the top instead.
+ */
+export function overrideBanner(html: string, reportVerdict: OverallVerdict, verdict: OverallVerdict, reasons: string[]): string {
+  if (reportVerdict === verdict) return html;
+  const text = { pass: 'PASS', fail: 'FAIL', unknown: 'UNKNOWN' } as const;
+  const escape = (v: string) => v.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
+  const items = reasons.map((r) => `<li>${escape(r)}</li>`).join('');
+  const banner = `<div class="verdict ${reportVerdict}"><div class="big">${text[reportVerdict]}</div><ul>`;
+  html = html.replace(`— ${text[reportVerdict]}</title>`, `— ${text[verdict]}</title>`);
+  if (html.includes(banner)) return html.replace(banner, `<div class="verdict ${verdict}"><div class="big">${text[verdict]}</div><ul>${items}`);
+  return html.replace('<body>', `<body><div class="verdict ${verdict}"><div class="big">${text[verdict]}</div><ul>${items}</ul></div>`);
+}
+
 function summarizeLinearizability(r: LinearizabilityResult): ChaosResults['checks']['linearizability'] {
   return {
     verdict: r.verdict,
@@ -684,6 +700,8 @@ async function waitConverged(cluster: ChaosCluster, timeoutMs: number): Promise<
   const deadline = performance.now() + timeoutMs;
   let last = '';
   while (performance.now() < deadline) {
+    // A member that died meanwhile (e.g. killed by the memory watchdog) is restarted.
+    for (const id of cluster.members) if (!cluster.running(id)) cluster.start(id);
     const report = await cluster.admin().clusterStatus(1500);
     const reachable = report.nodes.filter((n) => n.reachable);
     const leaderNode = report.nodes.find((n) => n.id === report.leader && n.reachable);
@@ -833,6 +851,13 @@ async function executeStep(step: ScheduleStep, cluster: ChaosCluster, recorder: 
         log(`chaos: #${step.index} ${step.variant} failed: ${(error as Error).message}`);
       }
       await reconcileMembers(cluster, log);
+      if (!cluster.members.has(victim)) {
+        // Keep the cluster size: one more bounded attempt to bring the node back.
+        await readdMember(cluster, victim, log, 0).catch((error: unknown) => {
+          faultErrors.push(`step #${step.index} ${step.variant}: re-adding n${victim} again failed: ${(error as Error).message}`);
+        });
+        await reconcileMembers(cluster, log);
+      }
       await hold();
       stop();
       return;
@@ -842,8 +867,25 @@ async function executeStep(step: ScheduleStep, cluster: ChaosCluster, recorder: 
   }
 }
 
+/**
+ * tolerate: runs a membership call whose retry may find its own earlier success (the client
+ * retries a call that failed in transit, e.g. a leader that removed itself and stepped down before
+ * answering): the error codes in `done` mean "already so".
+ */
+async function tolerate(call: () => Promise<void>, done: string[], what: string, log: (line: string) => void): Promise<void> {
+  try {
+    await call();
+  } catch (error) {
+    if (error instanceof UsageError && done.includes(error.code)) {
+      log(`chaos: ${what}: ${error.message} (taken as already done)`);
+      return;
+    }
+    throw error;
+  }
+}
+
 async function removeMember(cluster: ChaosCluster, id: number, log: (line: string) => void): Promise<void> {
-  await cluster.admin().leader((api) => api.memberRemove(id), memberStepTimeoutMs);
+  await tolerate(() => cluster.admin().leader((api) => api.memberRemove(id), memberStepTimeoutMs), [ErrorCode.NotFound], `remove n${id}`, log);
   cluster.members.delete(id);
   log(`chaos: removed n${id}`);
   await cluster.stop(id);
@@ -856,11 +898,11 @@ async function removeMember(cluster: ChaosCluster, id: number, log: (line: strin
 async function readdMember(cluster: ChaosCluster, id: number, log: (line: string) => void, promoteAt: number): Promise<void> {
   if (!cluster.running(id)) cluster.start(id);
   const admin = cluster.admin();
-  await admin.leader((api) => api.memberAdd(id, cluster.addresses(id), true), memberStepTimeoutMs);
+  await tolerate(() => admin.leader((api) => api.memberAdd(id, cluster.addresses(id), true), memberStepTimeoutMs), [ErrorCode.AlreadyExists], `add n${id}`, log);
   log(`chaos: n${id} added back as a learner`);
   await admin.waitCaughtUp(id, false, memberStepTimeoutMs);
   await sleep(Math.max(0, promoteAt - performance.now()));
-  await admin.leader((api) => api.memberPromote(id), memberStepTimeoutMs);
+  await tolerate(() => admin.leader((api) => api.memberPromote(id), memberStepTimeoutMs), [ErrorCode.AlreadyExists], `promote n${id}`, log);
   cluster.members.add(id);
   log(`chaos: n${id} caught up and promoted`);
 }
