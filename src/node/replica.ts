@@ -138,6 +138,8 @@ export class Replica {
   /** readyInFlight: a Ready was taken and is not yet advanced (its persist is pending). */
   private readyInFlight = false;
   private closed = false;
+  /** leaderWatchers: callbacks of leaderChange(), each waiting for the leader to stop being `from`. */
+  private readonly leaderWatchers = new Set<{ from: NodeId; notify: () => void }>();
   private appliedSinceSnapshot = 0;
   private snapshotting = false;
   private leaderSince = 0;
@@ -345,6 +347,34 @@ export class Replica {
       // with the same session sequence and the session table answers it without applying twice.
       this.proposals.failAll(() => new NotLeaderError(leader, this.addressOf(leader)?.admin));
     }
+    // A ReadIndex sent to the old leader will not be answered by the new one: queue it again so
+    // finishReady issues it (after advance) now rather than after an election timeout.
+    this.reads.retryInFlight(this.clock.now(), 0);
+    for (const watcher of this.leaderWatchers) {
+      if (leader !== watcher.from) {
+        this.leaderWatchers.delete(watcher);
+        watcher.notify();
+      }
+    }
+  }
+
+  /**
+   * leaderChange: resolves once this node no longer takes `from` for the leader (another leader,
+   * none, or this node closing). A follower uses it to stop waiting on a request forwarded to a
+   * leader that lost its leadership while paused or cut off (its call would hang until its deadline)
+   * and retry at the new one. `cancel` forgets the watcher.
+   */
+  leaderChange(from: NodeId): { promise: Promise<void>; cancel(): void } {
+    let watcher: { from: NodeId; notify: () => void } | undefined;
+    const promise = new Promise<void>((resolve) => {
+      watcher = { from, notify: resolve };
+    });
+    if (this.closed || this.raw.raft.lead !== from) {
+      watcher!.notify();
+      return { promise, cancel: () => {} };
+    }
+    this.leaderWatchers.add(watcher!);
+    return { promise, cancel: () => this.leaderWatchers.delete(watcher!) };
   }
 
   private maybeSnapshot(): void {
@@ -524,5 +554,7 @@ export class Replica {
     const closing = () => new RemoteError(ErrorCode.Closed, 'node is shutting down');
     this.proposals.failAll(closing);
     this.reads.failAll(closing);
+    for (const watcher of this.leaderWatchers) watcher.notify();
+    this.leaderWatchers.clear();
   }
 }

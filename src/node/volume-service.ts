@@ -111,7 +111,23 @@ export class LocalVolumeService implements VolumeService {
       const leader = this.replica.leaderId();
       if (leader === None || leader === this.replica.id) throw new RemoteError(ErrorCode.Unavailable, 'no leader known');
       this.counters?.inc('volume.forwarded');
-      await this.forwarder.submit(leader, command);
+      // A leader that is paused or cut off does not answer; its call would hang until the RPC
+      // deadline. Once this node learns of a new leader (or none), retry there: the request keeps
+      // its session stamp, so if the old leader did get it committed it is not applied twice.
+      const change = this.replica.leaderChange(leader);
+      const forwarded = this.forwarder.submit(leader, command);
+      forwarded.catch(() => undefined); // abandoned below; its outcome is settled by the retry
+      try {
+        await Promise.race([
+          forwarded,
+          change.promise.then(() => {
+            this.counters?.inc('volume.forward.abandoned');
+            throw new RemoteError(ErrorCode.NotLeader, `node ${leader} stopped being the leader while a write forwarded to it was in flight`);
+          }),
+        ]);
+      } finally {
+        change.cancel();
+      }
     });
   }
 
