@@ -24,12 +24,128 @@ export interface AgentLimits {
   unavailableTimeoutMs: number;
   /** callTimeoutMs: one RPC's deadline (a dead node costs at most this before the next is tried). */
   callTimeoutMs: number;
+  /**
+   * leaderCheckAfterMs: a request to the leader unanswered for this long makes the agent ask every
+   * node who leads (every `leaderPollMs`, each status call bounded by `leaderPollTimeoutMs`); once
+   * a majority names another leader the request is retried there at once. A paused or cut-off
+   * leader neither answers nor hangs up, so without this it would cost a whole `callTimeoutMs`.
+   */
+  leaderCheckAfterMs: number;
+  leaderPollMs: number;
+  leaderPollTimeoutMs: number;
 }
 
 export const defaultAgentLimits: AgentLimits = {
   unavailableTimeoutMs: 120_000,
   callTimeoutMs: 2_000,
+  leaderCheckAfterMs: 300,
+  leaderPollMs: 150,
+  leaderPollTimeoutMs: 500,
 };
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+interface LeaderWaiter {
+  address: string;
+  reject: (error: Error) => void;
+}
+
+/**
+ * LeaderWatch: while some request to the leader is slow, polls every node's status and, as soon
+ * as a majority of the nodes agree on a leader (same id, same term) other than the node a request
+ * waits on, fails that wait with NotLeaderError naming the new leader — ClusterClient then follows
+ * the hint. A majority cannot agree on a stale leader in a newer term, so a healthy but slow
+ * leader is never abandoned for a deposed one. One poll loop serves every waiting request.
+ */
+class LeaderWatch {
+  private readonly waiters = new Set<LeaderWaiter>();
+  private running = false;
+
+  constructor(
+    private readonly client: ClusterClient,
+    private readonly limits: AgentLimits,
+    private readonly counters: Counters,
+  ) {}
+
+  /** after: a wait that rejects (only) when another node is found to lead; cancel() ends it. */
+  after(address: string): { promise: Promise<never>; cancel(): void } {
+    let waiter: LeaderWaiter | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const promise = new Promise<never>((_, reject) => {
+      waiter = { address, reject };
+      timer = setTimeout(() => {
+        this.waiters.add(waiter!);
+        this.start();
+      }, this.limits.leaderCheckAfterMs);
+    });
+    return {
+      promise,
+      cancel: () => {
+        clearTimeout(timer);
+        this.waiters.delete(waiter!);
+      },
+    };
+  }
+
+  private start(): void {
+    if (this.running) return;
+    this.running = true;
+    void (async () => {
+      try {
+        while (this.waiters.size > 0) {
+          await this.round();
+          if (this.waiters.size > 0) await sleep(this.limits.leaderPollMs);
+        }
+      } finally {
+        this.running = false;
+      }
+    })();
+  }
+
+  /** round: one status call per node; acts on each answer as it arrives (a paused node never answers). */
+  private round(): Promise<void> {
+    const targets = this.client.targets;
+    const majority = Math.floor(targets.length / 2) + 1;
+    const votes = new Map<string, number>();
+    const addressOf = new Map<number, string>();
+    this.counters.inc('agent.leader_polls');
+    return new Promise<void>((resolve) => {
+      let pending = targets.length;
+      for (const target of targets) {
+        this.client
+          .api(target.admin)
+          .status(this.limits.leaderPollTimeoutMs)
+          .then(
+            (s) => {
+              addressOf.set(s.id, target.admin);
+              if (s.leader === 0) return;
+              const key = `${s.leader}@${s.term}`;
+              votes.set(key, (votes.get(key) ?? 0) + 1);
+              for (const [agreed, count] of votes) {
+                if (count < majority) continue;
+                const id = Number(agreed.slice(0, agreed.indexOf('@')));
+                const address = addressOf.get(id);
+                if (address !== undefined) this.redirect(id, address);
+              }
+            },
+            () => undefined,
+          )
+          .finally(() => {
+            if (--pending === 0) resolve();
+          });
+      }
+    });
+  }
+
+  private redirect(id: number, address: string): void {
+    for (const waiter of this.waiters) {
+      if (waiter.address === address) continue;
+      this.waiters.delete(waiter);
+      this.counters.inc('agent.leader_moved');
+      waiter.reject(new NotLeaderError(id, address));
+    }
+  }
+}
 
 export interface AgentStatus {
   volume: string;
@@ -57,12 +173,15 @@ export class RemoteVolumeService implements VolumeService {
   private lastLeader: string | undefined;
   private readonly sessionPrefix = `a-${randomBytes(6).toString('hex')}`;
   private sessions = 0;
+  private readonly watch: LeaderWatch;
 
   constructor(
     readonly client: ClusterClient,
     private readonly defaultVolumeName: string,
     readonly limits: AgentLimits,
-  ) {}
+  ) {
+    this.watch = new LeaderWatch(client, limits, this.counters);
+  }
 
   newSessionId(): string {
     return `${this.sessionPrefix}-${(++this.sessions).toString(36)}`;
@@ -84,8 +203,14 @@ export class RemoteVolumeService implements VolumeService {
     try {
       const op = async (api: import('../cli/client.js').NodeApi) => {
         attempts++;
+        // A request to the leader races the leader watch: if another node turns out to lead, the
+        // request is retried there with the same session stamp (applied at most once) and this
+        // call's late outcome is ignored.
+        const watch = leaderOnly ? this.watch.after(api.address) : undefined;
         try {
-          const result = await fn(api);
+          const call = fn(api);
+          if (watch !== undefined) call.catch(() => undefined);
+          const result = watch === undefined ? await call : await Promise.race([call, watch.promise]);
           if (leaderOnly && what !== 'read' && what !== 'block_status' && api.address !== this.lastLeader) {
             if (this.lastLeader !== undefined) this.failovers++;
             this.lastLeader = api.address;
@@ -94,6 +219,8 @@ export class RemoteVolumeService implements VolumeService {
         } catch (error) {
           if (error instanceof RemoteError) this.noteStall();
           throw error;
+        } finally {
+          watch?.cancel();
         }
       };
       const result = leaderOnly

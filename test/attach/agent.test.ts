@@ -6,7 +6,9 @@
  * replica, and replicas verify equal; the stall of each failover (longest gap between completed
  * writes) is printed. (2) With the whole cluster down for 10 s, requests wait and then complete
  * once it is back (no error), and the stall is printed. (3) With a short unavailable timeout and
- * no cluster, a request fails with EIO instead of hanging or being dropped.
+ * no cluster, a request fails with EIO instead of hanging or being dropped. (4) A leader paused
+ * (SIGSTOP) three times: the agent's leader watch moves the in-flight writes to the new leader
+ * while the old one is still stopped (counted as agent.leader_moved), no error, nothing lost.
  */
 
 import test from 'ava';
@@ -137,6 +139,62 @@ test('a writer through the agent sees no error across 5 leader kills and a 10 s 
     t.log(cluster.logs());
     throw error;
   } finally {
+    writer.stop();
+    client.stream.destroy();
+  }
+});
+
+test('a paused leader: the agent finds the new leader by asking the nodes, not by its 2 s call timeout', async (t) => {
+  const cluster = await LocalCluster.start({ nodes: 3, volumeSize: '64MiB' });
+  t.teardown(() => cluster.stop());
+  const agent = await AttachAgent.start({
+    cluster: cluster.file.nodes.map((n) => ({ id: n.id, admin: n.admin })),
+    volume: 'default',
+    listen: { host: '127.0.0.1', port: 0 },
+  });
+  t.teardown(() => agent.close());
+  const client = await RawClient.connect('port' in agent.address ? agent.address.port : 0);
+  await client.go('default', { structured: false });
+  const writer = new Writer(client);
+  const running = writer.run(256);
+  const pauseMs = 6000;
+  const paused: number[] = [];
+  try {
+    const stalls: number[] = [];
+    for (let round = 0; round < 3; round++) {
+      await sleep(800);
+      const leader = await cluster.leader();
+      const at = performance.now();
+      cluster.kill(leader, 'SIGSTOP');
+      paused.push(leader);
+      const before = writer.completions.length;
+      while (writer.completions.length < before + 20 && writer.errors.length === 0 && performance.now() - at < pauseMs - 500) await sleep(20);
+      const stall = writer.stallAround(at, performance.now() - at);
+      t.true(writer.completions.length >= before + 20, `round ${round}: writes resumed while n${leader} was still stopped`);
+      stalls.push(stall);
+      await sleep(Math.max(0, pauseMs - (performance.now() - at)));
+      cluster.kill(leader, 'SIGCONT');
+      paused.pop();
+    }
+    const moved = agent.status().counters['agent.leader_moved'] ?? 0;
+    t.log(`paused-leader stalls through the agent (ms): ${stalls.map((s) => s.toFixed(0)).join(' ')}; leader_moved ${moved}, polls ${agent.status().counters['agent.leader_polls'] ?? 0}`);
+    t.true(moved >= 3, 'each time the leader watch, not the call timeout, moved the writes to the new leader');
+    writer.stop();
+    await running;
+    t.deepEqual(writer.errors, [], 'the writer saw no error');
+    for (const n of cluster.file.nodes) {
+      for (const [block, tag] of writer.acked) {
+        const got = await retrying(() => cluster.api(n.id).read('default', block * blockBytes, blockBytes));
+        if (!got.equals(tagged(tag))) {
+          t.fail(`node ${n.id} block ${block}: expected write ${tag}, got ${got.readDoubleBE(0)}`);
+          return;
+        }
+      }
+    }
+    const verify = await cluster.verify();
+    t.is(verify.code, 0, verify.stderr + verify.stdout);
+  } finally {
+    for (const id of paused) cluster.kill(id, 'SIGCONT');
     writer.stop();
     client.stream.destroy();
   }
