@@ -75,13 +75,23 @@ export interface ReplicaLimits {
   snapshotChunkBytes: number;
 }
 
-/** stalledFollowerTicksMax: ticks a non-leader takes at once after a stall (see catchUpTicks). */
-export const stalledFollowerTicksMax = 2;
+/** stalledFollowerMsMax: time a non-leader counts at once after a stall (see catchUpTicks). */
+export const stalledFollowerMsMax = 50;
+/** expireEveryMs: how often waiters past their deadline (requestTimeoutMs) are failed. */
+export const expireEveryMs = 100;
+/** leaseDriftMs: how much shorter than the election timeout a leader's lease is (leaseDriftTicks). */
+export const leaseDriftMs = 30;
 
+/**
+ * Timing defaults: election timeout 400 ms (randomized to [400, 800) ms), heartbeats every 50 ms.
+ * The 10 ms tick makes the randomized timeout 40 distinct values: two followers of a dead leader
+ * pick the same one (and split their pre-votes, costing another timeout) in ~1/40 failovers
+ * instead of 1/16 with a 25 ms tick.
+ */
 export const defaultReplicaLimits: ReplicaLimits = {
-  tickIntervalMs: 25,
-  electionTimeoutTicks: 16,
-  heartbeatIntervalTicks: 2,
+  tickIntervalMs: 10,
+  electionTimeoutTicks: 40,
+  heartbeatIntervalTicks: 5,
   requestTimeoutMs: 10_000,
   proposalsInflightMax: 4096,
   readsInflightMax: 8192,
@@ -138,6 +148,7 @@ export class Replica {
   /** readyInFlight: a Ready was taken and is not yet advanced (its persist is pending). */
   private readyInFlight = false;
   private closed = false;
+  private lastExpireMs = 0;
   /** leaderWatchers: callbacks of leaderChange(), each waiting for the leader to stop being `from`. */
   private readonly leaderWatchers = new Set<{ from: NodeId; notify: () => void }>();
   private appliedSinceSnapshot = 0;
@@ -167,6 +178,7 @@ export class Replica {
       applied: this.store.appliedIndex(),
       electionTimeoutTicks: this.limits.electionTimeoutTicks,
       heartbeatIntervalTicks: this.limits.heartbeatIntervalTicks,
+      leaseDriftTicks: Math.min(this.limits.electionTimeoutTicks - 1, Math.ceil(leaseDriftMs / this.limits.tickIntervalMs)),
       readOnlyOption: this.limits.readOnlyOption,
       checkQuorum: true,
       preVote: true,
@@ -193,9 +205,13 @@ export class Replica {
     if (this.closed) return;
     this.catchUpTicks();
     const now = this.clock.now();
-    this.proposals.expire(now);
+    // Deadlines are seconds long: scanning the waiters every tick would be wasted work.
+    if (now - this.lastExpireMs >= expireEveryMs) {
+      this.lastExpireMs = now;
+      this.proposals.expire(now);
+      this.reads.expire(now);
+    }
     this.reads.retryInFlight(now, this.limits.tickIntervalMs * this.limits.electionTimeoutTicks);
-    this.reads.expire(now);
     this.issueReadIndex();
     this.schedule();
   }
@@ -204,14 +220,15 @@ export class Replica {
    * catchUpTicks: deliver the ticks that elapsed since the last call. A LEADER gets every one, so
    * its lease and CheckQuorum see real time (a paused leader must not serve a lease read on time
    * that did not pass for the others). A follower or candidate that stalled (a long fsync, a
-   * snapshot, GC) gets at most `stalledFollowerTicksMax`: the heartbeats that queued up while it
+   * snapshot, GC) gets at most `stalledFollowerMsMax` of ticks: the heartbeats that queued up while it
    * was stalled are handled before it may time out, instead of it calling an election against a
    * healthy leader. Counting less time only delays a follower's election and prolongs its vote
    * refusal (the lease side), so it never weakens safety.
    */
   private catchUpTicks(): void {
     const due = this.ticker.due();
-    const ticks = this.raw.raft.role === 'leader' ? due : Math.min(due, stalledFollowerTicksMax);
+    const stalledTicksMax = Math.max(1, Math.floor(stalledFollowerMsMax / this.limits.tickIntervalMs));
+    const ticks = this.raw.raft.role === 'leader' ? due : Math.min(due, stalledTicksMax);
     if (ticks < due) this.counters?.inc('raft.ticks_dropped_after_stall', due - ticks);
     for (let i = 0; i < ticks; i++) this.raw.tick();
   }

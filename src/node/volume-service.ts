@@ -48,7 +48,7 @@ export const defaultVolumeServiceLimits: VolumeServiceLimits = {
   submitTimeoutMs: 30_000,
   readTimeoutMs: 30_000,
   retryBackoffMs: 10,
-  retryBackoffMaxMs: 200,
+  retryBackoffMaxMs: 100,
 };
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
