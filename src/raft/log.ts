@@ -71,6 +71,9 @@ export class RaftLog {
 
   /** termOr: term(index), or `fallback` when the index is compacted or unavailable. */
   termOr(index: number, fallback: number): number {
+    // Beyond the log: answered without the exception term() would throw (findConflict asks this
+    // for every new entry of every append a follower receives).
+    if (index > this.lastIndex()) return fallback;
     try {
       return this.term(index);
     } catch (error) {
