@@ -341,9 +341,11 @@ export class Replica {
     }
     const cs = this.raw.applyConfChange(cc);
     const member = cs.voters.includes(this.id) || cs.votersOutgoing.includes(this.id) || cs.learners.includes(this.id) || cs.learnersNext.includes(this.id);
-    if (!member && !this.removed && (cs.voters.length > 0)) {
-      this.removed = true;
-      this.logger?.warn({ index }, 'this node was removed from the cluster');
+    if (cs.voters.length > 0 && member === this.removed) {
+      // A node that restarts with old data replays its own removal before its re-addition.
+      this.removed = !member;
+      if (this.removed) this.logger?.warn({ index }, 'this node was removed from the cluster');
+      else this.logger?.info({ index }, 'this node is a member again');
     }
     this.counters?.inc('raft.conf_change');
     return cs;

@@ -10,7 +10,7 @@
  */
 
 import test from 'ava';
-import { AckedWriter, LocalCluster, block, chard } from '../helpers/local-cluster.js';
+import { AckedWriter, LocalCluster, block, chard, retrying } from '../helpers/local-cluster.js';
 
 const dataMiB = 256;
 const writeBytes = 1024 * 1024;
@@ -79,6 +79,26 @@ test(`a learner catches up via snapshot from ${dataMiB} MiB, is promoted, an old
     const verify = await chard(['verify', '--json', '--cluster', [2, 3, 4].map((id) => cluster.node(id).admin).join(',')]);
     t.is(verify.code, 0, verify.stderr + verify.stdout);
     t.true(JSON.parse(verify.stdout).equal);
+    // (Whether node 1 learns of its own removal depends on timing: the leader stops replicating
+    // to it once the removal is in the configuration.)
+    t.log(`node 1 reports removed=${(await cluster.api(1).status()).removed} after its removal`);
+
+    // The removed node, still running with its data, is added back and promoted: it must know it
+    // is a member again (its status said "removed" forever before).
+    const n1 = cluster.node(1);
+    const readd = await chard(['member', 'add', '1', '--raft', n1.raft, '--admin', n1.admin, '--nbd', n1.nbd, '--learner', '--wait', ...dir], 300_000);
+    t.is(readd.code, 0, readd.stderr);
+    const repromote = await chard(['member', 'promote', '1', ...dir], 300_000);
+    t.is(repromote.code, 0, repromote.stderr);
+    await writer.write(100_101, block('after-readd'));
+    const back = await retrying(async () => {
+      const s = await cluster.api(1).status();
+      if (s.removed) throw new Error('node 1 still reports removed');
+      return s;
+    });
+    t.false(back.removed, 'node 1 is a member again');
+    const verifyAll = await chard(['verify', '--json', '--cluster', [1, 2, 3, 4].map((id) => cluster.node(id).admin).join(',')]);
+    t.is(verifyAll.code, 0, verifyAll.stderr + verifyAll.stdout);
   } catch (error) {
     t.log(cluster.logs());
     throw error;
