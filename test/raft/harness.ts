@@ -263,3 +263,41 @@ export function text(data: Uint8Array): string {
 export function bytes(value: string): Uint8Array {
   return encoder.encode(value);
 }
+
+// ---------------------------------------------------------------- helpers of the paper tests
+
+/** cluster: `size` voters with ids 1..size. */
+export function cluster(size: number, options: NodeOptions = {}): Cluster {
+  const ids = Array.from({ length: size }, (_, i) => i + 1);
+  const c = new Cluster({ nodeOptions: options });
+  c.addNodes(ids, ids);
+  return c;
+}
+
+/** outbox: handle every Ready of `id` and take the messages it sent out of the queue. */
+export function outbox(c: Cluster, id: NodeId): Message[] {
+  while (c.handleReady(id)) {}
+  const mine = c.queue.filter((m) => m.from === id);
+  c.queue = c.queue.filter((m) => m.from !== id);
+  return mine;
+}
+
+/** run: like stabilize, but every message is shown to `allow` and dropped when it says false. */
+export function run(c: Cluster, allow: (m: Message) => boolean = () => true): void {
+  for (let round = 0; round < 1000; round++) {
+    let moved = false;
+    for (const id of [...c.nodes.keys()].sort((a, b) => a - b)) while (c.handleReady(id)) moved = true;
+    c.queue = c.queue.filter(allow);
+    if (c.deliver() > 0) moved = true;
+    if (!moved) return;
+  }
+  throw new Error('run did not settle');
+}
+
+/** tickRun: tick every node once then run, `count` times. */
+export function tickRun(c: Cluster, count: number, allow?: (m: Message) => boolean): void {
+  for (let i = 0; i < count; i++) {
+    for (const node of c.nodes.values()) node.raw.tick();
+    run(c, allow);
+  }
+}

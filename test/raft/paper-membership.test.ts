@@ -6,7 +6,7 @@ import test from 'ava';
 import { ChardError, NotLeaderError } from '../../src/errors.js';
 import { decodeConfChange } from '../../src/raft/confchange.js';
 import { type ConfChange, type ConfChangeSingle, EntryType, type Message, type NodeId, message } from '../../src/raft/types.js';
-import { Cluster, type NodeOptions, bytes } from './harness.js';
+import { Cluster, type NodeOptions, bytes, outbox, run } from './harness.js';
 
 function cluster(voters: NodeId[], learners: NodeId[] = [], options: NodeOptions = {}): Cluster {
   const c = new Cluster({ nodeOptions: options });
@@ -20,26 +20,6 @@ function cc(...changes: ConfChangeSingle[]): ConfChange {
 const addLearner = (nodeId: NodeId): ConfChangeSingle => ({ type: 'add-learner', nodeId });
 const addNode = (nodeId: NodeId): ConfChangeSingle => ({ type: 'add-node', nodeId });
 const removeNode = (nodeId: NodeId): ConfChangeSingle => ({ type: 'remove-node', nodeId });
-
-/** outbox: handle every Ready of `id` and take the messages it sent out of the queue. */
-function outbox(c: Cluster, id: NodeId): Message[] {
-  while (c.handleReady(id)) {}
-  const mine = c.queue.filter((m) => m.from === id);
-  c.queue = c.queue.filter((m) => m.from !== id);
-  return mine;
-}
-
-/** run: like stabilize, but every message is shown to `see` and dropped when it says false. */
-function run(c: Cluster, see: (m: Message) => boolean = () => true): void {
-  for (let round = 0; round < 1000; round++) {
-    let moved = false;
-    for (const id of [...c.nodes.keys()].sort((a, b) => a - b)) while (c.handleReady(id)) moved = true;
-    c.queue = c.queue.filter(see);
-    if (c.deliver() > 0) moved = true;
-    if (!moved) return;
-  }
-  throw new Error('run did not settle');
-}
 
 /** appliedConfChanges: the ConfChanges a node applied, in order (the bootstrap one excluded). */
 function appliedConfChanges(c: Cluster, id: NodeId): ConfChange[] {

@@ -8,42 +8,7 @@ import { RawNode } from '../../src/raft/rawnode.js';
 import { SeededRandom } from '../../src/raft/random.js';
 import { MemoryStorage } from '../../src/raft/storage.js';
 import { type Entry, EntryType, type Message, type NodeId, message } from '../../src/raft/types.js';
-import { Cluster, type NodeOptions, bytes } from './harness.js';
-
-function cluster(size: number, options: NodeOptions = {}): Cluster {
-  const ids = Array.from({ length: size }, (_, i) => i + 1);
-  const c = new Cluster({ nodeOptions: options });
-  c.addNodes(ids, ids);
-  return c;
-}
-
-/** outbox: handle every Ready of `id` and take the messages it sent out of the queue. */
-function outbox(c: Cluster, id: NodeId): Message[] {
-  while (c.handleReady(id)) {}
-  const mine = c.queue.filter((m) => m.from === id);
-  c.queue = c.queue.filter((m) => m.from !== id);
-  return mine;
-}
-
-/** run: like stabilize, but every message is shown to `allow` and dropped when it says false. */
-function run(c: Cluster, allow: (m: Message) => boolean = () => true): void {
-  for (let round = 0; round < 1000; round++) {
-    let moved = false;
-    for (const id of [...c.nodes.keys()].sort((a, b) => a - b)) while (c.handleReady(id)) moved = true;
-    c.queue = c.queue.filter(allow);
-    if (c.deliver() > 0) moved = true;
-    if (!moved) return;
-  }
-  throw new Error('run did not settle');
-}
-
-/** tickRun: tick every node once then run, `count` times. */
-function tickRun(c: Cluster, count: number, allow?: (m: Message) => boolean): void {
-  for (let i = 0; i < count; i++) {
-    for (const node of c.nodes.values()) node.raw.tick();
-    run(c, allow);
-  }
-}
+import { Cluster, type NodeOptions, bytes, cluster, outbox, run, tickRun } from './harness.js';
 
 function entries(terms: number[], firstIndex: number): Entry[] {
   return terms.map((term, i) => ({ term, index: firstIndex + i, type: EntryType.Normal, data: new Uint8Array([term, i]) }));
