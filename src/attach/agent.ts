@@ -18,6 +18,7 @@ import { NbdServer, type NbdListenAddress } from '../nbd/server.js';
 import { ClusterClient, type ClusterTarget } from '../cli/client.js';
 import { Counters } from '../node/metrics.js';
 import { type BlockCommand, VolumeBackend, type VolumeInfo, type VolumeService } from '../node/volume-backend.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface AgentLimits {
   /** unavailableTimeoutMs: how long a request waits for the cluster before it fails with EIO. */
@@ -43,7 +44,6 @@ export const defaultAgentLimits: AgentLimits = {
   leaderPollTimeoutMs: 500,
 };
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 interface LeaderWaiter {
   address: string;

@@ -32,7 +32,8 @@ import { checkHistory, type LinearizabilityResult } from './linearizability.js';
 import type { FaultLink, NetLab } from './netlab.js';
 import { overallVerdict, renderReport, type OverallVerdict } from './report.js';
 import { drawSchedule, FaultKind, FaultVariant, formatSchedule, type ScheduleStep } from './schedule.js';
-import { defaultWorkloadOptions, HistoryRecorder, readBlocks, sleep, WorkloadClient, type Target, type WorkloadOptions } from './workload.js';
+import { defaultWorkloadOptions, HistoryRecorder, readBlocks, WorkloadClient, type Target, type WorkloadOptions } from './workload.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export const RunMode = { Netns: 'netns', Local: 'local' } as const;
 export type RunMode = (typeof RunMode)[keyof typeof RunMode];

@@ -24,6 +24,7 @@ import { assert } from '../assert.js';
 import { ErrorCode, RemoteError } from '../errors.js';
 import { Command, Magic, Option, OptionReply, ClientFlag } from '../nbd/protocol.js';
 import { serializeEvent, type HistoryEvent, type OpFunction, type RegisterValue } from './history.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /** blockBytes: the register size; every op reads or writes exactly one aligned block. */
 export const blockBytes = 4096;
@@ -489,6 +490,3 @@ async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   }
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}

@@ -14,6 +14,7 @@ import type { BlockCommand, VolumeInfo } from '../node/volume-backend.js';
 import { statusToError } from '../transport/grpc-server.js';
 import { clientConstructor } from '../transport/proto.js';
 import { readClusterFile } from './cluster-file.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface ClusterTarget {
   id?: number;
@@ -205,7 +206,6 @@ export class NodeApi {
   }
 }
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 export interface ClusterStatusReport {
   leader: number;

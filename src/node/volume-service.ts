@@ -21,6 +21,7 @@ import type { Clock } from './clock.js';
 import type { Counters } from './metrics.js';
 import type { Replica } from './replica.js';
 import type { BlockCommand, VolumeInfo, VolumeService } from './volume-backend.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /** VolumeStateView: the local, already-applied state a read is served from. */
 export interface VolumeStateView {
@@ -51,7 +52,6 @@ export const defaultVolumeServiceLimits: VolumeServiceLimits = {
   retryBackoffMaxMs: 100,
 };
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 export class LocalVolumeService implements VolumeService {
   private readonly limits: VolumeServiceLimits;

@@ -11,7 +11,7 @@
  * while the old one is still stopped (counted as agent.leader_moved), no error, nothing lost.
  */
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { AttachAgent } from '../../src/attach/agent.js';
 import { Command } from '../../src/nbd/protocol.js';
 import { LocalCluster, quantile, retrying } from '../helpers/local-cluster.js';
@@ -75,15 +75,36 @@ class Writer {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-test('a writer through the agent sees no error across 5 leader kills and a 10 s full outage', async (t) => {
-  const cluster = await LocalCluster.start({ nodes: 3, volumeSize: '64MiB' });
-  t.teardown(() => cluster.stop());
+/** checkReplicas: every acknowledged write reads back from every replica, and verify is equal. */
+async function checkReplicas(t: ExecutionContext, cluster: LocalCluster, writer: Writer): Promise<void> {
+  for (const n of cluster.file.nodes) {
+    for (const [block, tag] of writer.acked) {
+      const got = await retrying(() => cluster.api(n.id).read('default', block * blockBytes, blockBytes));
+      if (!got.equals(tagged(tag))) {
+        t.fail(`node ${n.id} block ${block}: expected write ${tag}, got ${got.readDoubleBE(0)}`);
+        return;
+      }
+    }
+  }
+  const verify = await cluster.verify();
+  t.is(verify.code, 0, verify.stderr + verify.stdout);
+}
+
+/** startAgent: an agent on a loopback port in front of `cluster`, stopped at teardown. */
+async function startAgent(t: ExecutionContext, cluster: LocalCluster): Promise<AttachAgent> {
   const agent = await AttachAgent.start({
     cluster: cluster.file.nodes.map((n) => ({ id: n.id, admin: n.admin })),
     volume: 'default',
     listen: { host: '127.0.0.1', port: 0 },
   });
   t.teardown(() => agent.close());
+  return agent;
+}
+
+test('a writer through the agent sees no error across 5 leader kills and a 10 s full outage', async (t) => {
+  const cluster = await LocalCluster.start({ nodes: 3, volumeSize: '64MiB' });
+  t.teardown(() => cluster.stop());
+  const agent = await startAgent(t, cluster);
   const port = 'port' in agent.address ? agent.address.port : 0;
   const client = await RawClient.connect(port);
   const { flags } = await client.go('default', { structured: false });
@@ -123,18 +144,7 @@ test('a writer through the agent sees no error across 5 leader kills and a 10 s 
     await running;
     t.deepEqual(writer.errors, [], 'the writer saw no error');
     t.true(writer.completions.length > before, 'writes resumed after the outage');
-    // Every acknowledged write reads back from every replica.
-    for (const n of cluster.file.nodes) {
-      for (const [block, tag] of writer.acked) {
-        const got = await retrying(() => cluster.api(n.id).read('default', block * blockBytes, blockBytes));
-        if (!got.equals(tagged(tag))) {
-          t.fail(`node ${n.id} block ${block}: expected write ${tag}, got ${got.readDoubleBE(0)}`);
-          return;
-        }
-      }
-    }
-    const verify = await cluster.verify();
-    t.is(verify.code, 0, verify.stderr + verify.stdout);
+    await checkReplicas(t, cluster, writer);
   } catch (error) {
     t.log(cluster.logs());
     throw error;
@@ -147,12 +157,7 @@ test('a writer through the agent sees no error across 5 leader kills and a 10 s 
 test('a paused leader: the agent finds the new leader by asking the nodes, not by its 2 s call timeout', async (t) => {
   const cluster = await LocalCluster.start({ nodes: 3, volumeSize: '64MiB' });
   t.teardown(() => cluster.stop());
-  const agent = await AttachAgent.start({
-    cluster: cluster.file.nodes.map((n) => ({ id: n.id, admin: n.admin })),
-    volume: 'default',
-    listen: { host: '127.0.0.1', port: 0 },
-  });
-  t.teardown(() => agent.close());
+  const agent = await startAgent(t, cluster);
   const client = await RawClient.connect('port' in agent.address ? agent.address.port : 0);
   await client.go('default', { structured: false });
   const writer = new Writer(client);
@@ -182,17 +187,7 @@ test('a paused leader: the agent finds the new leader by asking the nodes, not b
     writer.stop();
     await running;
     t.deepEqual(writer.errors, [], 'the writer saw no error');
-    for (const n of cluster.file.nodes) {
-      for (const [block, tag] of writer.acked) {
-        const got = await retrying(() => cluster.api(n.id).read('default', block * blockBytes, blockBytes));
-        if (!got.equals(tagged(tag))) {
-          t.fail(`node ${n.id} block ${block}: expected write ${tag}, got ${got.readDoubleBE(0)}`);
-          return;
-        }
-      }
-    }
-    const verify = await cluster.verify();
-    t.is(verify.code, 0, verify.stderr + verify.stdout);
+    await checkReplicas(t, cluster, writer);
   } finally {
     for (const id of paused) cluster.kill(id, 'SIGCONT');
     writer.stop();
