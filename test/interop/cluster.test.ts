@@ -44,11 +44,22 @@ async function roles(cluster: LocalCluster) {
   return { leader, follower, uri };
 }
 
-/** killLeaderAfter: kill -9 the leader after `ms`, restart it a little later; resolves with its id. */
-function killLeaderAfter(cluster: LocalCluster, ms: number): Promise<number> {
+/**
+ * killLeaderAfter: kill -9 the leader after `ms`, restart it a little later; resolves with its id.
+ * The client's node `spare` is never the victim: if an election under load has just made it the
+ * leader, leadership is handed to another node first (the test kills "the leader the client is
+ * not connected to", not whichever node happens to lead).
+ */
+function killLeaderAfter(cluster: LocalCluster, ms: number, spare: number): Promise<number> {
   return (async () => {
     await new Promise((r) => setTimeout(r, ms));
-    const leader = await cluster.leader();
+    let leader = await cluster.leader();
+    while (leader === spare) {
+      const to = cluster.file.nodes.find((n) => n.id !== spare)!.id;
+      await cluster.client.leader((api) => api.leaderTransfer(to)).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 200));
+      leader = await cluster.leader();
+    }
     cluster.kill(leader);
     await cluster.waitDead(leader);
     await new Promise((r) => setTimeout(r, 1000));
@@ -67,7 +78,7 @@ test.serial('nbdinfo and nbd-client -l against a chard node', async (t) => {
   t.false(info.is_read_only);
   t.true(info.contexts.includes('base:allocation'));
   // After a leader kill, the follower still answers the handshake and lists the exports.
-  const killed = await killLeaderAfter(cluster, 0);
+  const killed = await killLeaderAfter(cluster, 0, follower);
   const again = JSON.parse((await run('nbdinfo', ['--json', uri(follower, 'small')], { timeoutMs: 60_000 })).stdout).exports[0];
   t.is(again['export-size'], 64 * MiB, `nbdinfo after killing leader ${killed}`);
   const [host, port] = cluster.node(follower).nbd.split(':');
@@ -99,7 +110,7 @@ test.serial('qemu-io on the leader and on a follower across a leader kill; qemu-
     const onLeader = await timed(t, `qemu-io on the leader (node ${leader})`, () => qemuIo(uri(leader, 'small'), script(0)));
     t.notRegex(onLeader.stdout, /verification failed|error|failed/i, onLeader.stdout);
     // On a follower, with the leader killed while it runs (repeated so the kill lands mid-script).
-    const kill = killLeaderAfter(cluster, 300);
+    const kill = killLeaderAfter(cluster, 300, follower);
     for (let round = 0; round < 6; round++) {
       const out = await timed(t, `qemu-io on a follower (node ${follower}), round ${round}`, () => qemuIo(uri(follower, 'small'), script(8 * MiB + round * 8 * MiB)));
       t.notRegex(out.stdout, /verification failed|error|failed/i, out.stdout);
@@ -128,7 +139,7 @@ test.serial(`fio randwrite + verify=crc32c, 2 connections to the ${side}${side =
     const { leader, follower, uri } = await roles(cluster);
     // On the leader's own connections the kill ends them: those clients reconnect elsewhere
     // (the attach agent's job); here the leader is killed only once the run on it is done.
-    const kill = side === 'follower' ? killLeaderAfter(cluster, 1500) : undefined;
+    const kill = side === 'follower' ? killLeaderAfter(cluster, 1500, follower) : undefined;
     const args = [
       '--name=chard',
       '--ioengine=nbd',
@@ -171,7 +182,7 @@ test.serial('nbdcopy 256 MiB in to a follower (4 connections, leader killed duri
     const back = path.join(dir, 'out.img');
     const image = randomBytes(256 * MiB);
     writeFileSync(source, image);
-    const kill = killLeaderAfter(cluster, 2000);
+    const kill = killLeaderAfter(cluster, 2000, follower);
     await timed(t, 'nbdcopy in (256 MiB, 4 connections, to a follower)', () => run('nbdcopy', ['--connections=4', '--threads=4', source, uri(follower, 'copy')], { timeoutMs: 600_000 }));
     const killed = await kill;
     t.log(`killed leader ${killed} during the copy`);

@@ -12,6 +12,7 @@ import { MemoryHub } from '../../src/transport/memory.js';
 import { GrpcTransport, type Transport } from '../../src/transport/transport.js';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+const afterFlush = () => new Promise<void>((resolve) => setImmediate(resolve));
 const hb = (from: NodeId, to: NodeId, index: number): Message => message({ type: 'Heartbeat', from, to, term: 1, index });
 
 async function until(t: ExecutionContext, what: string, condition: () => boolean, timeoutMs = 10_000): Promise<void> {
@@ -134,12 +135,14 @@ test('memory hub: in order, asynchronous, unreachable for closed peers, bounded 
   a.addPeer(2, b.address());
   for (let i = 1; i <= 150; i++) a.send([hb(1, 2, i)]);
   t.deepEqual(got, [], 'nothing is delivered inside send()');
-  await sleep(10);
+  // The hub flushes in a setImmediate; an immediate queued after it runs after it (a 10 ms timer
+  // did not always: on a loaded machine Node may run a just-expired timer first).
+  await afterFlush();
   t.deepEqual(got, Array.from({ length: 100 }, (_, i) => i + 1));
   t.is(unreachable.length, 50, 'overflow reported');
   await b.close();
   a.send([hb(1, 2, 151)]);
-  await sleep(10);
+  await afterFlush();
   t.is(unreachable.length, 51, 'a closed peer is unreachable');
   t.is(hub.delivered, 100);
 });
