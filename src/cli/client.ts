@@ -267,6 +267,9 @@ export class ClusterClient {
     let last: ChardError | undefined;
     // inTransit: an earlier attempt failed without a definite answer, so it may have been applied.
     let inTransit = false;
+    // failedThisRound: every node is tried once before backing off (a dead node fails fast; the
+    // new leader may be the next one).
+    let failedThisRound = 0;
     for (;;) {
       const address = this.leaderAddress ?? this.targets[turn++ % this.targets.length]!.admin;
       try {
@@ -286,6 +289,8 @@ export class ClusterClient {
           continue;
         }
       }
+      if (++failedThisRound < this.targets.length && Date.now() < deadline) continue;
+      failedThisRound = 0;
       if (Date.now() + backoff > deadline) {
         throw new RemoteError(ErrorCode.Unavailable, `no leader answered within ${timeoutMs} ms (last error: ${last?.code}: ${last?.message})`);
       }
