@@ -9,7 +9,7 @@
  */
 
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
 import type { NodeConfig } from '../node/config.js';
@@ -33,6 +33,18 @@ export interface ClusterUpOptions {
   leaderTimeoutMs?: number;
 }
 
+/** startAttemptsMax: start-ups of a fresh cluster on OS-chosen ports (a port can be taken between choosing and binding it). */
+export const startAttemptsMax = 3;
+
+/** logSays: whether a node's log contains `text` (false when there is no log). */
+function logSays(dataDir: string, text: string): boolean {
+  try {
+    return readFileSync(path.join(dataDir, 'node.log'), 'utf8').includes(text);
+  } catch {
+    return false;
+  }
+}
+
 export async function clusterUp(options: ClusterUpOptions): Promise<ClusterFile> {
   if (!Number.isInteger(options.nodes) || options.nodes < 1 || options.nodes > clusterNodesMax) {
     throw new UsageError(ErrorCode.InvalidArgument, `--nodes must be 1..${clusterNodesMax}, got ${options.nodes}`);
@@ -40,51 +52,60 @@ export async function clusterUp(options: ClusterUpOptions): Promise<ClusterFile>
   const dir = path.resolve(options.dir);
   mkdirSync(dir, { recursive: true });
   let cluster: ClusterFile;
-  let fresh = false;
-  if (existsSync(clusterFilePath(dir))) {
-    cluster = readClusterFile(dir);
-    const running = cluster.nodes.filter((n) => isAlive(n.pid));
-    if (running.length > 0) {
-      throw new UsageError(
-        ErrorCode.FailedPrecondition,
-        `the cluster in ${dir} is already running (node ${running.map((n) => `${n.id} pid ${n.pid}`).join(', ')}); stop it with: chard cluster down --dir ${options.dir}`,
-      );
-    }
-    if (!options.json) console.error(`restarting the existing ${cluster.nodes.length}-node cluster in ${dir}`);
-    for (const n of cluster.nodes) n.pid = spawnNode(dir, n.id);
-  } else {
-    fresh = true;
-    const ids = Array.from({ length: options.nodes }, (_, i) => i + 1);
-    const addresses = await planAddresses(ids, options.basePort);
-    const clusterId = `chard-${randomBytes(4).toString('hex')}`;
-    const initialMembers = Object.fromEntries([...addresses].map(([id, a]) => [String(id), a]));
-    for (const id of ids) {
-      const config: NodeConfig = { ...options.nodeOptions, clusterId, id, dataDir: '.', listen: addresses.get(id)!, initialMembers };
-      writeNodeConfig(dir, config);
-    }
-    cluster = {
-      clusterId,
-      nodes: ids.map((id) => ({ id, pid: spawnNode(dir, id), ...addresses.get(id)!, data: nodeDir(dir, id) })),
-    };
-  }
-  writeClusterFile(dir, cluster);
-
-  const client = new ClusterClient(cluster.nodes.map((n) => ({ id: n.id, admin: n.admin })));
-  try {
-    await client.waitForLeader(options.leaderTimeoutMs ?? 30_000, () => {
-      for (const n of cluster.nodes) {
-        if (!isAlive(n.pid)) throw new RemoteError(ErrorCode.Unavailable, `node ${n.id} exited during start-up; see ${path.join(n.data, 'node.log')}`);
+  for (let attempt = 1; ; attempt++) {
+    let fresh = false;
+    if (existsSync(clusterFilePath(dir))) {
+      cluster = readClusterFile(dir);
+      const running = cluster.nodes.filter((n) => isAlive(n.pid));
+      if (running.length > 0) {
+        throw new UsageError(
+          ErrorCode.FailedPrecondition,
+          `the cluster in ${dir} is already running (node ${running.map((n) => `${n.id} pid ${n.pid}`).join(', ')}); stop it with: chard cluster down --dir ${options.dir}`,
+        );
       }
-    });
-    if (fresh) await client.leader((api) => api.volumeCreate(defaultVolumeName, options.volumeSizeBytes));
-    const volumes = await client.any((api) => api.volumeList());
-    if (options.json) console.log(JSON.stringify(cluster, null, 2));
-    else printWelcome(dir, cluster, volumes);
-  } catch (error) {
-    if (!options.detach) await clusterDown(dir);
-    throw error;
-  } finally {
-    client.close();
+      if (!options.json) console.error(`restarting the existing ${cluster.nodes.length}-node cluster in ${dir}`);
+      for (const n of cluster.nodes) n.pid = spawnNode(dir, n.id);
+    } else {
+      fresh = true;
+      const ids = Array.from({ length: options.nodes }, (_, i) => i + 1);
+      const addresses = await planAddresses(ids, options.basePort);
+      const clusterId = `chard-${randomBytes(4).toString('hex')}`;
+      const initialMembers = Object.fromEntries([...addresses].map(([id, a]) => [String(id), a]));
+      for (const id of ids) {
+        const config: NodeConfig = { ...options.nodeOptions, clusterId, id, dataDir: '.', listen: addresses.get(id)!, initialMembers };
+        writeNodeConfig(dir, config);
+      }
+      cluster = {
+        clusterId,
+        nodes: ids.map((id) => ({ id, pid: spawnNode(dir, id), ...addresses.get(id)!, data: nodeDir(dir, id) })),
+      };
+    }
+    writeClusterFile(dir, cluster);
+
+    const client = new ClusterClient(cluster.nodes.map((n) => ({ id: n.id, admin: n.admin })));
+    try {
+      await client.waitForLeader(options.leaderTimeoutMs ?? 30_000, () => {
+        for (const n of cluster.nodes) {
+          if (!isAlive(n.pid)) throw new RemoteError(ErrorCode.Unavailable, `node ${n.id} exited during start-up; see ${path.join(n.data, 'node.log')}`);
+        }
+      });
+      if (fresh) await client.leader((api) => api.volumeCreate(defaultVolumeName, options.volumeSizeBytes));
+      const volumes = await client.any((api) => api.volumeList());
+      if (options.json) console.log(JSON.stringify(cluster, null, 2));
+      else printWelcome(dir, cluster, volumes);
+    } catch (error) {
+      const portTaken = fresh && options.basePort === 0 && attempt < startAttemptsMax && cluster.nodes.some((n) => logSays(n.data, 'EADDRINUSE'));
+      if (!options.detach || portTaken) await clusterDown(dir);
+      if (!portTaken) throw error;
+      // Another process took a port between choosing it and binding it: start again on new ports.
+      if (!options.json) console.error(`a port was taken during start-up; retrying on new ports (attempt ${attempt + 1} of ${startAttemptsMax})`);
+      for (const n of cluster.nodes) rmSync(n.data, { recursive: true, force: true });
+      rmSync(clusterFilePath(dir), { force: true });
+      continue;
+    } finally {
+      client.close();
+    }
+    break;
   }
   if (options.detach) return cluster;
 
