@@ -40,3 +40,39 @@ export class Ticker {
     return Math.min(ticks, this.ticksPerCallMax);
   }
 }
+
+/** Timer: a scheduled callback that can be cancelled (cancel after it ran is a no-op). */
+export interface Timer {
+  cancel(): void;
+}
+
+/**
+ * Scheduler: the only way the node runtime (Replica and its waiters) reaches time and the event
+ * loop. `now` is the monotonic Clock; `soon` runs a callback after the I/O callbacks already queued
+ * in this turn (setImmediate); `after` once after `ms` (setTimeout); `every` repeatedly
+ * (setInterval). Production uses `systemScheduler`; the seeded simulator substitutes a step-clocked
+ * one, so that the code that ships is the code the simulator runs. Timers of `systemScheduler` are
+ * unref'd: a pending timer alone never keeps a process alive.
+ */
+export interface Scheduler extends Clock {
+  soon(fn: () => void): void;
+  after(ms: number, fn: () => void): Timer;
+  every(ms: number, fn: () => void): Timer;
+}
+
+export const systemScheduler: Scheduler = {
+  now: () => performance.now(),
+  soon: (fn) => {
+    setImmediate(fn);
+  },
+  after: (ms, fn) => {
+    const handle = setTimeout(fn, ms);
+    handle.unref?.();
+    return { cancel: () => clearTimeout(handle) };
+  },
+  every: (ms, fn) => {
+    const handle = setInterval(fn, ms);
+    handle.unref?.();
+    return { cancel: () => clearInterval(handle) };
+  },
+};
