@@ -6,8 +6,10 @@
  *
  * Jobs (each `runtimeSeconds`, time based, one connection, over the first `regionBytes`):
  *   randwrite-4k-qd32   4 KiB random writes, iodepth 32
- *   randread-4k-qd32    4 KiB random reads,  iodepth 32 (runs after randwrite, so it reads data)
+ *   randwrite-4k-qd1    4 KiB random writes, iodepth 1 (its p50 is the latency of one write)
  *   seqwrite-1m-qd8     1 MiB sequential writes, iodepth 8
+ *   randread-4k-qd32    4 KiB random reads,  iodepth 32 (after the writes, so it reads data)
+ *   randread-4k-qd1     4 KiB random reads,  iodepth 1
  *
  * `chard bench` (src/bench/bench.ts) runs them against a 3-node cluster and `nbdkit file` in the
  * same run; test/interop/fio.test.ts runs them briefly so they keep working.
@@ -43,8 +45,10 @@ export interface FioJob {
 
 export const fioJobs: readonly FioJob[] = [
   { name: 'randwrite-4k-qd32', rw: 'randwrite', blockBytes: 4096, iodepth: 32 },
-  { name: 'randread-4k-qd32', rw: 'randread', blockBytes: 4096, iodepth: 32 },
+  { name: 'randwrite-4k-qd1', rw: 'randwrite', blockBytes: 4096, iodepth: 1 },
   { name: 'seqwrite-1m-qd8', rw: 'write', blockBytes: MiB, iodepth: 8 },
+  { name: 'randread-4k-qd32', rw: 'randread', blockBytes: 4096, iodepth: 32 },
+  { name: 'randread-4k-qd1', rw: 'randread', blockBytes: 4096, iodepth: 1 },
 ];
 
 /** FioFigure: what one job measured. Latencies are completion latencies in microseconds. */
@@ -53,6 +57,7 @@ export interface FioFigure {
   iops: number;
   mibPerSecond: number;
   latencyMeanMicros: number;
+  latencyP50Micros: number;
   latencyP99Micros: number;
   ioBytes: number;
   runtimeMs: number;
@@ -65,6 +70,8 @@ export interface FioFiguresOptions {
   regionBytes?: number;
   /** jobTimeoutMs: kill fio if one job takes longer than this (default runtime + 60 s). */
   jobTimeoutMs?: number;
+  /** onJob: called around each job (the bench samples the servers' /proc counters there). */
+  onJob?: (job: FioJob, phase: 'before' | 'after') => Promise<void> | void;
 }
 
 interface FioSide {
@@ -82,6 +89,7 @@ export async function fioFigures(uri: string, options: FioFiguresOptions = {}): 
   const jobTimeoutMs = options.jobTimeoutMs ?? runtimeSeconds * 1000 + 60_000;
   const figures: FioFigure[] = [];
   for (const job of fioJobs) {
+    await options.onJob?.(job, 'before');
     const args = [
       `--name=${job.name}`,
       '--ioengine=nbd',
@@ -100,11 +108,13 @@ export async function fioFigures(uri: string, options: FioFiguresOptions = {}): 
     const result = report.jobs[0];
     if (!result || result.error !== 0) throw new Error(`fio job ${job.name} failed: ${stdout}`);
     const side = job.rw === 'randread' ? result.read : result.write;
+    await options.onJob?.(job, 'after');
     figures.push({
       job: job.name,
       iops: Math.round(side.iops),
       mibPerSecond: Math.round((side.bw_bytes / MiB) * 10) / 10,
       latencyMeanMicros: Math.round(side.clat_ns.mean / 1000),
+      latencyP50Micros: Math.round((side.clat_ns.percentile?.['50.000000'] ?? 0) / 1000),
       latencyP99Micros: Math.round((side.clat_ns.percentile?.['99.000000'] ?? 0) / 1000),
       ioBytes: side.io_bytes,
       runtimeMs: side.runtime,
@@ -119,16 +129,21 @@ export interface NbdkitFile {
   stop(): Promise<void>;
 }
 
-/** startNbdkitFile: the baseline server (nbdkit's file plugin) on a new sparse file of `sizeBytes`. */
-export async function startNbdkitFile(sizeBytes = 512 * MiB): Promise<NbdkitFile> {
-  const dir = await mkdtemp(join(tmpdir(), 'chard-nbdkit-'));
+/**
+ * startNbdkitFile: the baseline server (nbdkit's file plugin) on a new sparse file of `sizeBytes`.
+ * `durable`: add `--filter=fua fuamode=force`, so that every write is flushed to the disk before it
+ * is answered — the same promise chard makes (an acknowledged write survives power loss), on one
+ * node. `dir`: where the image lives (default: a new directory under the system temp directory).
+ */
+export async function startNbdkitFile(sizeBytes = 512 * MiB, options: { durable?: boolean; dir?: string } = {}): Promise<NbdkitFile> {
+  const dir = await mkdtemp(join(options.dir ?? tmpdir(), 'chard-nbdkit-'));
   const image = join(dir, 'disk.img');
   const socket = join(dir, 'nbd.sock');
   const pidFile = join(dir, 'nbdkit.pid');
   const f = await open(image, 'w');
   await f.truncate(sizeBytes);
   await f.close();
-  const child: ChildProcess = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', socket, '-P', pidFile, 'file', image], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child: ChildProcess = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', socket, '-P', pidFile, ...(options.durable ? ['--filter=fua'] : []), 'file', image, ...(options.durable ? ['fuamode=force'] : [])], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const stop = async (): Promise<void> => {

@@ -273,16 +273,29 @@ targetOptions(program.command('verify').description('compare a hash of every rep
 
 program
   .command('bench')
-  .description('measure fio figures of a local 3-node cluster next to nbdkit file (same run), group commit and memory')
+  .description('measure a local cluster with fio next to the local disk, nbdkit file and nbdkit file forcing FUA (same run): figures, ratios, targets, write amplification, CPU, memory (docs/benchmarks.md)')
   .option('--runtime <s>', 'seconds per fio job', '5')
+  .option('--quick', 'a short run (1 s per job, 64 MiB region) that only shows the bench works')
   .option('--nodes <n>', 'cluster size', '3')
-  .option('--keep', 'keep the cluster directory')
+  .option('--dir <dir>', 'where the servers keep their data (default: the system temp directory)')
+  .option('--results <file>', "write the figures as JSON here ('' for none)", 'results.json')
+  .option('--keep', 'keep the data directory')
   .option('--json', 'print JSON')
   .action(async (options) => {
     const { runBench, formatBench } = await import('../bench/bench.js');
     const runtimeSeconds = Number(options.runtime);
     if (!(runtimeSeconds > 0 && runtimeSeconds <= 600)) throw new UsageError(ErrorCode.InvalidArgument, '--runtime must be 1..600 seconds');
-    const result = await runBench({ runtimeSeconds, nodes: Number(options.nodes), json: options.json === true, keep: options.keep === true });
+    const nodes = Number(options.nodes);
+    if (!(Number.isInteger(nodes) && nodes >= 1 && nodes <= 7)) throw new UsageError(ErrorCode.InvalidArgument, '--nodes must be 1..7');
+    const result = await runBench({
+      runtimeSeconds,
+      nodes,
+      quick: options.quick === true,
+      dir: options.dir as string | undefined,
+      resultsFile: String(options.results),
+      json: options.json === true,
+      keep: options.keep === true,
+    });
     print(options, result, () => formatBench(result));
   });
 
