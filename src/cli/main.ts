@@ -5,6 +5,7 @@
  * volume: nothing changed), 1 for everything else (cluster unavailable, divergence found).
  */
 
+import path from 'node:path';
 import { Command, Option } from 'commander';
 import { ChardError, ErrorCode, UsageError } from '../errors.js';
 import { ClusterClient, clusterTargets } from './client.js';
@@ -279,9 +280,11 @@ program
   .option('--nodes <n>', 'cluster size', '3')
   .option('--dir <dir>', 'where the servers keep their data (default: the system temp directory)')
   .option('--results <file>', "write the figures as JSON here ('' for none)", 'results.json')
+  .option('--profile <dir>', 'run the nodes under node --cpu-prof and write their profiles to DIR')
   .option('--keep', 'keep the data directory')
   .option('--json', 'print JSON')
   .action(async (options) => {
+    if (options.profile !== undefined) process.env.CHARD_NODE_CPU_PROF_DIR = path.resolve(String(options.profile));
     const { runBench, formatBench } = await import('../bench/bench.js');
     const runtimeSeconds = Number(options.runtime);
     if (!(runtimeSeconds > 0 && runtimeSeconds <= 600)) throw new UsageError(ErrorCode.InvalidArgument, '--runtime must be 1..600 seconds');

@@ -70,11 +70,17 @@ export function readNodeConfigFile(dir: string, id: number): NodeConfig {
   return JSON.parse(readFileSync(file, 'utf8')) as NodeConfig;
 }
 
-/** spawnNode: start `chard node start --config FILE` detached; returns its pid. */
+/**
+ * spawnNode: start `chard node start --config FILE` detached; returns its pid. With
+ * CHARD_NODE_CPU_PROF_DIR set (`chard bench --profile DIR`), the node runs under `node --cpu-prof`
+ * and writes its profile there when it stops (node refuses --cpu-prof in NODE_OPTIONS).
+ */
 export function spawnNode(dir: string, id: number, extraEnv: Record<string, string> = {}): number {
   const log = openSync(path.join(nodeDir(dir, id), 'node.log'), 'a');
+  const profileDir = process.env.CHARD_NODE_CPU_PROF_DIR;
+  const nodeFlags = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=node${id}-${Date.now()}.cpuprofile`] : [];
   try {
-    const child = spawn(process.execPath, [mainScript, 'node', 'start', '--config', nodeConfigPath(dir, id)], {
+    const child = spawn(process.execPath, [...nodeFlags, mainScript, 'node', 'start', '--config', nodeConfigPath(dir, id)], {
       detached: true,
       stdio: ['ignore', log, log],
       env: { ...process.env, ...extraEnv },
