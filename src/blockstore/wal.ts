@@ -1,0 +1,515 @@
+/**
+ * wal: SegmentedLog, an append-only, checksummed, segmented raft log file whose writes never block
+ * the event loop — the storage half of issue 12's pipelined Ready loop (etcd's `server/storage/wal`
+ * and tikv/raft-engine are the models; etcd-io/raft's AsyncStorageWrites is the contract it serves).
+ *
+ * `append(records)` encodes the records, updates the in-memory index at once (so `entries()` and
+ * `term()` see them, as etcd's MemoryStorage does on its storage thread) and returns a promise that
+ * resolves when they are durable. Any number of appends may be in flight; one writer loop takes
+ * everything queued, writes it with one `writev` and one `fdatasync` through libuv's thread pool, and
+ * resolves every append of that batch (group commit across event-loop turns). Raft must count an
+ * entry as persisted only when its append resolved: `durableIndex()` says how far that is.
+ *
+ * On disk: files `wal-SEQUENCE.log` (16 decimal digits) in one directory, each at most
+ * `segmentBytesMax` (a record never spans two files). A record is
+ *   u32 payloadLength | u32 crc32(type byte + payload) | u8 type | payload
+ * with three types: ENTRIES (u32 count, then per entry u48 index, u48 term, u8 type, u32 length,
+ * data), HARD_STATE (u48 term, u32 vote, u48 commit) and COMPACT (u48 firstIndex, u48 term of
+ * firstIndex - 1). An ENTRIES record whose first index is at or below the last index replaces the
+ * suffix from there (raft's conflict rule), exactly as it does in memory.
+ *
+ * Recovery (`open`) reads every segment in order. A record that is cut short or fails its checksum
+ * in the LAST segment is a torn write of a batch that was never acknowledged: the file is truncated
+ * there (and synced). Anywhere else it is corruption, and open throws CorruptError naming the file
+ * and offset — a log that lost acknowledged records must never be served.
+ *
+ * Errors: a failed write or fdatasync fails the log for good (every pending and later append
+ * rejects with InternalError): after a failed fsync the kernel may have dropped the dirty pages,
+ * so retrying it could report success for data that is gone.
+ */
+
+import { closeSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, unlinkSync } from 'node:fs';
+import { type FileHandle, open as openAsync } from 'node:fs/promises';
+import path from 'node:path';
+import { crc32 } from 'node:zlib';
+import { assert } from '../assert.js';
+import { CorruptError, ErrorCode, InternalError } from '../errors.js';
+import { type Entry, type EntryType, type HardState, emptyHardState } from '../raft/types.js';
+
+export interface WalLimits {
+  /** segmentBytesMax: a new segment file is started before a record would pass this size. */
+  segmentBytesMax: number;
+  /** recordBytesMax: the largest record (one batch of entries), checked on append and on read. */
+  recordBytesMax: number;
+  /** batchBytesMax: the most bytes one writev + fdatasync carries. */
+  batchBytesMax: number;
+  /** cacheBytesMax: entry data kept in memory (newest first); older data is read from the file. */
+  cacheBytesMax: number;
+}
+
+export const defaultWalLimits: WalLimits = {
+  segmentBytesMax: 64 * 1024 * 1024,
+  recordBytesMax: 80 * 1024 * 1024,
+  batchBytesMax: 16 * 1024 * 1024,
+  cacheBytesMax: 64 * 1024 * 1024,
+};
+
+export const WalRecordType = { Entries: 1, HardState: 2, Compact: 3 } as const;
+
+/** WalRecord: what one append carries (entries, a hard state, or a compaction point). */
+export type WalRecord =
+  | { type: typeof WalRecordType.Entries; entries: Entry[] }
+  | { type: typeof WalRecordType.HardState; hardState: HardState }
+  | { type: typeof WalRecordType.Compact; firstIndex: number; termBefore: number };
+
+const headerBytes = 9;
+const entryHeaderBytes = 6 + 6 + 1 + 4;
+const segmentPattern = /^wal-(\d{16})\.log$/;
+
+/** IndexedEntry: where an entry lives; `data` while it is in the cache. */
+interface IndexedEntry {
+  index: number;
+  term: number;
+  type: EntryType;
+  segment: number;
+  dataOffset: number;
+  length: number;
+  data: Uint8Array | undefined;
+  /** appendSequence: the append that wrote it (0 when recovered); non-decreasing along the log. */
+  appendSequence: number;
+}
+
+interface Segment {
+  sequence: number;
+  file: string;
+  /** bytes: the size the segment has once every queued write is done. */
+  bytes: number;
+  /** lastIndex: the highest entry index any record of this segment holds (0 if none). */
+  lastIndex: number;
+  readFd: number | undefined;
+  /** onDisk: the file exists (recovered, or created and its directory synced). */
+  onDisk: boolean;
+}
+
+interface Pending {
+  segment: Segment;
+  position: number;
+  buffer: Buffer;
+  appendSequence: number;
+  resolve(): void;
+  reject(error: Error): void;
+}
+
+function segmentName(sequence: number): string {
+  return `wal-${String(sequence).padStart(16, '0')}.log`;
+}
+
+function checksum(type: number, payload: Buffer): number {
+  return crc32(payload, crc32(Buffer.of(type))) >>> 0;
+}
+
+export function encodeRecord(record: WalRecord): Buffer {
+  let payload: Buffer;
+  if (record.type === WalRecordType.Entries) {
+    let size = 4;
+    for (const e of record.entries) size += entryHeaderBytes + e.data.length;
+    payload = Buffer.allocUnsafe(size);
+    payload.writeUInt32LE(record.entries.length, 0);
+    let at = 4;
+    for (let i = 0; i < record.entries.length; i++) {
+      const e = record.entries[i]!;
+      if (i > 0) assert(e.index === record.entries[i - 1]!.index + 1, 'wal: entries of a record must be contiguous');
+      payload.writeUIntLE(e.index, at, 6);
+      payload.writeUIntLE(e.term, at + 6, 6);
+      payload.writeUInt8(e.type, at + 12);
+      payload.writeUInt32LE(e.data.length, at + 13);
+      at += entryHeaderBytes;
+      payload.set(e.data, at);
+      at += e.data.length;
+    }
+  } else if (record.type === WalRecordType.HardState) {
+    payload = Buffer.allocUnsafe(16);
+    payload.writeUIntLE(record.hardState.term, 0, 6);
+    payload.writeUInt32LE(record.hardState.vote, 6);
+    payload.writeUIntLE(record.hardState.commit, 10, 6);
+  } else {
+    payload = Buffer.allocUnsafe(12);
+    payload.writeUIntLE(record.firstIndex, 0, 6);
+    payload.writeUIntLE(record.termBefore, 6, 6);
+  }
+  const out = Buffer.allocUnsafe(headerBytes + payload.length);
+  out.writeUInt32LE(payload.length, 0);
+  out.writeUInt32LE(checksum(record.type, payload), 4);
+  out.writeUInt8(record.type, 8);
+  payload.copy(out, headerBytes);
+  return out;
+}
+
+/** SegmentedLog: see the file comment. Open with SegmentedLog.open(dir). */
+export class SegmentedLog {
+  readonly dir: string;
+  readonly limits: WalLimits;
+  private readonly segments: Segment[] = [];
+  private log: IndexedEntry[] = [];
+  private first = 1;
+  private termBeforeFirst = 0;
+  private hard: HardState = { ...emptyHardState };
+  private appendSequence = 0;
+  /** compactPending: during recovery, the log began after `first` (deleted segments) and awaits its COMPACT record. */
+  private compactPending: number | undefined;
+  private durableSequence = 0;
+  private cacheBytes = 0;
+  /** cacheFrom: position in `log` of the oldest entry whose data is still cached. */
+  private cacheFrom = 0;
+  private queue: Pending[] = [];
+  private writing: Promise<void> | undefined;
+  private failure: Error | undefined;
+  private handle: { segment: Segment; fh: FileHandle } | undefined;
+  /** stats: appends and bytes made durable, and the fdatasyncs that did it (appends per sync = group commit). */
+  readonly stats = { appends: 0, batches: 0, bytes: 0 };
+
+  private constructor(dir: string, limits: WalLimits) {
+    this.dir = dir;
+    this.limits = limits;
+  }
+
+  /** open: recover the log in `dir` (created if missing); see the file comment for torn tails. */
+  static open(dir: string, limits: Partial<WalLimits> = {}): SegmentedLog {
+    mkdirSync(dir, { recursive: true });
+    const wal = new SegmentedLog(dir, { ...defaultWalLimits, ...limits });
+    const sequences = readdirSync(dir)
+      .map((name) => segmentPattern.exec(name)?.[1])
+      .filter((s): s is string => s !== undefined)
+      .map(Number)
+      .sort((a, b) => a - b);
+    for (let i = 0; i < sequences.length; i++) wal.recoverSegment(sequences[i]!, i === sequences.length - 1);
+    if (wal.compactPending !== undefined) throw new CorruptError(`wal ${dir}: the log starts at ${wal.compactPending} but no compaction record covers the entries before it`);
+    return wal;
+  }
+
+  private recoverSegment(sequence: number, last: boolean): void {
+    const file = path.join(this.dir, segmentName(sequence));
+    const bytes = readFileSync(file);
+    const segment: Segment = { sequence, file, bytes: 0, lastIndex: 0, readFd: undefined, onDisk: true };
+    this.segments.push(segment);
+    let at = 0;
+    while (at < bytes.length) {
+      const bad = (why: string): never => {
+        throw new CorruptError(`wal ${file}: ${why} at offset ${at}`);
+      };
+      const torn = at + headerBytes > bytes.length || at + headerBytes + bytes.readUInt32LE(at) > bytes.length;
+      const length = torn ? 0 : bytes.readUInt32LE(at);
+      const type = torn ? 0 : bytes.readUInt8(at + 8);
+      const payload = bytes.subarray(at + headerBytes, at + headerBytes + length);
+      const valid = !torn && length <= this.limits.recordBytesMax && bytes.readUInt32LE(at + 4) === checksum(type, payload);
+      if (!valid) {
+        if (!last) bad(torn ? 'record cut short' : 'checksum mismatch');
+        // A torn tail: the batch was never acknowledged (its fdatasync did not return). Cut it off.
+        const fd = openSync(file, 'r+');
+        try {
+          ftruncateSync(fd, at);
+          fsyncSync(fd);
+        } finally {
+          closeSync(fd);
+        }
+        break;
+      }
+      this.replay(type, payload, segment, at + headerBytes, bad);
+      at += headerBytes + length;
+    }
+    segment.bytes = at;
+  }
+
+  private replay(type: number, payload: Buffer, segment: Segment, payloadOffset: number, bad: (why: string) => never): void {
+    if (type === WalRecordType.HardState) {
+      if (payload.length !== 16) bad('hard state record of wrong size');
+      this.hard = { term: payload.readUIntLE(0, 6), vote: payload.readUInt32LE(6), commit: payload.readUIntLE(10, 6) };
+    } else if (type === WalRecordType.Compact) {
+      if (payload.length !== 12) bad('compact record of wrong size');
+      const firstIndex = payload.readUIntLE(0, 6);
+      const termBefore = payload.readUIntLE(6, 6);
+      if (this.compactPending !== undefined) {
+        if (firstIndex < this.compactPending) bad(`compaction to ${firstIndex} does not cover the deleted segments (log starts at ${this.compactPending})`);
+        this.compactPending = undefined;
+      }
+      this.dropBefore(firstIndex, termBefore);
+    } else if (type === WalRecordType.Entries) {
+      if (payload.length < 4) bad('entries record of wrong size');
+      const count = payload.readUInt32LE(0);
+      let at = 4;
+      const entries: IndexedEntry[] = [];
+      for (let i = 0; i < count; i++) {
+        if (at + entryHeaderBytes > payload.length) bad('entry header beyond its record');
+        const length = payload.readUInt32LE(at + 13);
+        if (at + entryHeaderBytes + length > payload.length) bad('entry data beyond its record');
+        const entry: IndexedEntry = {
+          index: payload.readUIntLE(at, 6),
+          term: payload.readUIntLE(at + 6, 6),
+          type: payload.readUInt8(at + 12) as EntryType,
+          segment: segment.sequence,
+          dataOffset: payloadOffset + at + entryHeaderBytes,
+          length,
+          data: undefined,
+          appendSequence: 0,
+        };
+        if (i > 0 && entry.index !== entries[i - 1]!.index + 1) bad('entries of a record are not contiguous');
+        entries.push(entry);
+        at += entryHeaderBytes + length;
+      }
+      if (entries.length > 0) {
+        if (this.log.length === 0 && this.compactPending === undefined && entries[0]!.index > this.first) {
+          // The oldest segments were deleted by a compaction: the log starts here, and the COMPACT
+          // record that allowed the deletion comes later (it is appended before any deletion).
+          this.compactPending = entries[0]!.index;
+          this.first = entries[0]!.index;
+        }
+        if (entries[0]!.index > this.lastIndex() + 1) bad(`entries start at ${entries[0]!.index} after last index ${this.lastIndex()}`);
+        this.place(entries);
+        segment.lastIndex = Math.max(segment.lastIndex, entries[entries.length - 1]!.index);
+      }
+    } else {
+      bad(`unknown record type ${type}`);
+    }
+  }
+
+  /** place: put contiguous entries into the index, replacing any suffix they overlap. */
+  private place(entries: IndexedEntry[]): void {
+    const from = entries[0]!.index;
+    if (from < this.first) {
+      // Entries at or below the compaction point carry nothing new (they are in the snapshot).
+      entries = entries.filter((e) => e.index >= this.first);
+      if (entries.length === 0) return;
+    }
+    const keep = entries[0]!.index - this.first;
+    for (let i = keep; i < this.log.length; i++) this.uncache(this.log[i]!);
+    this.log.length = Math.min(this.log.length, keep);
+    this.cacheFrom = Math.min(this.cacheFrom, this.log.length);
+    for (const e of entries) this.log.push(e);
+  }
+
+  private uncache(e: IndexedEntry): void {
+    if (e.data !== undefined) {
+      this.cacheBytes -= e.data.length;
+      e.data = undefined;
+    }
+  }
+
+  private dropBefore(firstIndex: number, termBefore: number): void {
+    if (firstIndex < this.first) return;
+    if (firstIndex === this.first) {
+      this.termBeforeFirst = termBefore;
+      return;
+    }
+    const drop = Math.min(firstIndex - this.first, this.log.length);
+    for (let i = 0; i < drop; i++) this.uncache(this.log[i]!);
+    this.log = this.log.slice(drop);
+    this.cacheFrom = Math.max(0, this.cacheFrom - drop);
+    this.first = firstIndex;
+    this.termBeforeFirst = termBefore;
+  }
+
+  // ---------------------------------------------------------------- reads (synchronous, for raft)
+
+  firstIndex(): number {
+    return this.first;
+  }
+
+  /** lastIndex: the last entry appended (durable or still in flight). */
+  lastIndex(): number {
+    return this.first + this.log.length - 1;
+  }
+
+  /**
+   * durableIndex: every entry up to here is on disk (its append resolved). Append sequences are
+   * non-decreasing along the log (a replaced suffix is always newer than the prefix it follows), so
+   * this is the last entry whose append is at or below the last durable one: a binary search.
+   */
+  durableIndex(): number {
+    let lo = 0;
+    let hi = this.log.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.log[mid]!.appendSequence <= this.durableSequence) lo = mid + 1;
+      else hi = mid;
+    }
+    return this.first + lo - 1;
+  }
+
+  /** hardState: the latest hard state appended (durable once its append resolved). */
+  hardState(): HardState {
+    return { ...this.hard };
+  }
+
+  term(index: number): number {
+    if (index === this.first - 1) return this.termBeforeFirst;
+    assert(index >= this.first && index <= this.lastIndex(), `wal: term of ${index} outside [${this.first - 1}, ${this.lastIndex()}]`);
+    return this.log[index - this.first]!.term;
+  }
+
+  /** entries: [lo, hi), at least one entry if lo < hi, then at most `maxBytes` of data. */
+  entries(lo: number, hi: number, maxBytes: number): Entry[] {
+    assert(lo >= this.first && hi <= this.lastIndex() + 1 && lo <= hi, `wal: entries [${lo}, ${hi}) outside [${this.first}, ${this.lastIndex() + 1})`);
+    const out: Entry[] = [];
+    let bytes = 0;
+    for (let index = lo; index < hi; index++) {
+      const e = this.log[index - this.first]!;
+      if (out.length > 0 && bytes + e.length > maxBytes) break;
+      bytes += e.length;
+      out.push({ index: e.index, term: e.term, type: e.type, data: e.data ?? this.readData(e) });
+    }
+    return out;
+  }
+
+  private readData(e: IndexedEntry): Uint8Array {
+    const segment = this.segments.find((s) => s.sequence === e.segment);
+    assert(segment !== undefined, `wal: segment ${e.segment} of entry ${e.index} is gone`);
+    segment.readFd ??= openSync(segment.file, 'r');
+    const data = Buffer.allocUnsafe(e.length);
+    const read = readSync(segment.readFd, data, 0, e.length, e.dataOffset);
+    if (read !== e.length) throw new CorruptError(`wal ${segment.file}: entry ${e.index} cut short`);
+    return data;
+  }
+
+  // ---------------------------------------------------------------- writes (asynchronous)
+
+  /**
+   * append: add `records` to the log; resolves once they are durable. The in-memory view changes
+   * at once. Records of one call are written together and in call order with every other append.
+   */
+  append(records: WalRecord[]): Promise<void> {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    const buffers = records.map(encodeRecord);
+    const size = buffers.reduce((n, b) => n + b.length, 0);
+    if (size > this.limits.recordBytesMax) return Promise.reject(new InternalError(ErrorCode.Internal, `wal: append of ${size} bytes exceeds recordBytesMax ${this.limits.recordBytesMax}`));
+    let segment = this.segments[this.segments.length - 1];
+    if (segment === undefined || (segment.bytes > 0 && segment.bytes + size > this.limits.segmentBytesMax)) {
+      const sequence = (segment?.sequence ?? 0) + 1;
+      segment = { sequence, file: path.join(this.dir, segmentName(sequence)), bytes: 0, lastIndex: 0, readFd: undefined, onDisk: false };
+      this.segments.push(segment);
+    }
+    const position = segment.bytes;
+    segment.bytes += size;
+    const appendSequence = ++this.appendSequence;
+    // Update the in-memory view in record order; entry data stays cached (it is in `buffers`).
+    let offset = position;
+    for (let r = 0; r < records.length; r++) {
+      const record = records[r]!;
+      if (record.type === WalRecordType.HardState) this.hard = { ...record.hardState };
+      else if (record.type === WalRecordType.Compact) this.dropBefore(record.firstIndex, record.termBefore);
+      else if (record.entries.length > 0) {
+        let at = offset + headerBytes + 4;
+        const indexed = record.entries.map((e) => {
+          const ie: IndexedEntry = { index: e.index, term: e.term, type: e.type, segment: segment!.sequence, dataOffset: at + entryHeaderBytes, length: e.data.length, data: e.data, appendSequence };
+          at += entryHeaderBytes + e.data.length;
+          return ie;
+        });
+        assert(indexed[0]!.index <= this.lastIndex() + 1, `wal: append of ${indexed[0]!.index} leaves a gap after ${this.lastIndex()}`);
+        this.place(indexed);
+        for (const e of indexed) this.cacheBytes += e.length;
+        segment.lastIndex = Math.max(segment.lastIndex, indexed[indexed.length - 1]!.index);
+      }
+      offset += buffers[r]!.length;
+    }
+    this.trimCache();
+    const buffer = buffers.length === 1 ? buffers[0]! : Buffer.concat(buffers, size);
+    const done = new Promise<void>((resolve, reject) => this.queue.push({ segment: segment!, position, buffer, appendSequence, resolve, reject }));
+    this.writing ??= this.writeLoop().finally(() => {
+      this.writing = undefined;
+    });
+    return done;
+  }
+
+  private trimCache(): void {
+    while (this.cacheBytes > this.limits.cacheBytesMax && this.cacheFrom < this.log.length) this.uncache(this.log[this.cacheFrom++]!);
+  }
+
+  private async writeLoop(): Promise<void> {
+    while (this.queue.length > 0 && this.failure === undefined) {
+      // One batch: contiguous writes to one segment, up to batchBytesMax.
+      const segment = this.queue[0]!.segment;
+      const batch: Pending[] = [];
+      let bytes = 0;
+      while (this.queue.length > 0 && this.queue[0]!.segment === segment && (batch.length === 0 || bytes + this.queue[0]!.buffer.length <= this.limits.batchBytesMax)) {
+        const p = this.queue.shift()!;
+        batch.push(p);
+        bytes += p.buffer.length;
+      }
+      try {
+        const fh = await this.fileFor(segment);
+        const { bytesWritten } = await fh.writev(batch.map((p) => p.buffer), batch[0]!.position);
+        if (bytesWritten !== bytes) throw new Error(`short write: ${bytesWritten} of ${bytes} bytes`);
+        await fh.datasync();
+        this.stats.batches++;
+        this.stats.appends += batch.length;
+        this.stats.bytes += bytes;
+      } catch (error) {
+        this.failure = new InternalError(ErrorCode.Internal, `wal: write to ${segment.file} failed; the log takes no more appends until restart: ${String(error)}`, { cause: error });
+        for (const p of [...batch, ...this.queue]) p.reject(this.failure);
+        this.queue = [];
+        return;
+      }
+      this.durableSequence = batch[batch.length - 1]!.appendSequence;
+      for (const p of batch) p.resolve();
+    }
+  }
+
+  private async fileFor(segment: Segment): Promise<FileHandle> {
+    if (this.handle?.segment === segment) return this.handle.fh;
+    if (this.handle !== undefined) await this.handle.fh.close();
+    this.handle = undefined;
+    const fh = await openAsync(segment.file, segment.onDisk ? 'r+' : 'wx');
+    if (!segment.onDisk) {
+      // A new file is durable only once its directory entry is.
+      const dir = await openAsync(this.dir, 'r');
+      try {
+        await dir.sync();
+      } finally {
+        await dir.close();
+      }
+      segment.onDisk = true;
+    }
+    this.handle = { segment, fh };
+    return fh;
+  }
+
+  /**
+   * compact: entries below `firstIndex` are no longer needed (a durable snapshot holds them). The
+   * compaction point and the current hard state are appended first (so no older segment is needed
+   * for either), then every segment whose entries all lie below `firstIndex` is deleted. For a
+   * snapshot received from the leader, `firstIndex` may lie beyond the log (snapshot index + 1):
+   * pass `snapshotTerm`, and the whole log is replaced by the snapshot's position.
+   */
+  async compact(firstIndex: number, snapshotTerm?: number): Promise<void> {
+    if (firstIndex <= this.first) return;
+    // Beyond the log only for an installed snapshot, whose term the caller knows.
+    assert(snapshotTerm !== undefined || firstIndex <= this.durableIndex() + 1, `wal: compact to ${firstIndex} beyond durable index ${this.durableIndex()}`);
+    const termBefore = snapshotTerm ?? this.term(firstIndex - 1);
+    await this.append([
+      { type: WalRecordType.HardState, hardState: this.hard },
+      { type: WalRecordType.Compact, firstIndex, termBefore },
+    ]);
+    const current = this.segments[this.segments.length - 1]!;
+    for (const segment of [...this.segments]) {
+      if (segment === current || segment.lastIndex >= firstIndex) continue;
+      if (segment.readFd !== undefined) closeSync(segment.readFd);
+      unlinkSync(segment.file);
+      this.segments.splice(this.segments.indexOf(segment), 1);
+    }
+  }
+
+  /** segmentFiles: the files the log spans now (for tests and status). */
+  segmentFiles(): string[] {
+    return this.segments.map((s) => s.file);
+  }
+
+  /** close: wait for queued appends, then release every file. */
+  async close(): Promise<void> {
+    await this.writing;
+    if (this.handle !== undefined) await this.handle.fh.close();
+    this.handle = undefined;
+    for (const s of this.segments) {
+      if (s.readFd !== undefined) closeSync(s.readFd);
+      s.readFd = undefined;
+    }
+  }
+}

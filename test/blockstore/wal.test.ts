@@ -1,0 +1,209 @@
+/**
+ * wal: SegmentedLog (src/blockstore/wal.ts) keeps what it acknowledged and nothing it did not:
+ * entries, hard state and compaction points survive reopening; raft's conflict rule replaces a
+ * suffix on disk as in memory; a torn tail is cut off and corruption elsewhere is refused; segments
+ * rotate and compaction deletes only what lies below the compaction point; appends in flight share
+ * fdatasyncs without blocking the event loop; and a writer killed with SIGKILL mid-append loses no
+ * append that had resolved. (SIGKILL keeps the page cache, so the kill test checks recovery of torn
+ * and replaced records, not fdatasync itself; no test here can pull the power.)
+ */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SegmentedLog, WalRecordType } from '../../src/blockstore/wal.js';
+import { CorruptError } from '../../src/errors.js';
+import type { Entry } from '../../src/raft/types.js';
+import { entryData } from './wal-crash-child.js';
+
+const child = path.join(path.dirname(fileURLToPath(import.meta.url)), 'wal-crash-child.js');
+
+function tempDir(t: { teardown(fn: () => void): void }): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'chard-wal-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+function entries(from: number, count: number, term: number, bytes = 64): Entry[] {
+  return Array.from({ length: count }, (_, i) => ({ index: from + i, term, type: 0, data: Buffer.alloc(bytes, (from + i) & 0xff) }));
+}
+
+async function appendEntries(wal: SegmentedLog, from: number, count: number, term: number, bytes = 64): Promise<void> {
+  await wal.append([{ type: WalRecordType.Entries, entries: entries(from, count, term, bytes) }]);
+}
+
+test('entries and the hard state survive reopening', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir);
+  await appendEntries(wal, 1, 10, 1);
+  await wal.append([{ type: WalRecordType.HardState, hardState: { term: 1, vote: 2, commit: 7 } }]);
+  await wal.close();
+  const again = SegmentedLog.open(dir);
+  t.is(again.firstIndex(), 1);
+  t.is(again.lastIndex(), 10);
+  t.is(again.durableIndex(), 10);
+  t.deepEqual(again.hardState(), { term: 1, vote: 2, commit: 7 });
+  t.deepEqual(
+    again.entries(1, 11, Infinity).map((e) => [e.index, e.term, Buffer.from(e.data).equals(Buffer.alloc(64, e.index))]),
+    Array.from({ length: 10 }, (_, i) => [i + 1, 1, true]),
+  );
+  await again.close();
+});
+
+test('an append at or below the last index replaces the suffix, on disk as in memory', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir);
+  await appendEntries(wal, 1, 5, 1);
+  await appendEntries(wal, 3, 2, 2);
+  t.is(wal.lastIndex(), 4);
+  t.deepEqual(wal.entries(1, 5, Infinity).map((e) => e.term), [1, 1, 2, 2]);
+  await wal.close();
+  const again = SegmentedLog.open(dir);
+  t.deepEqual(again.entries(1, 5, Infinity).map((e) => e.term), [1, 1, 2, 2]);
+  t.is(again.lastIndex(), 4);
+  await again.close();
+});
+
+test('durableIndex never counts a replacing append that is still in flight', async (t) => {
+  const wal = SegmentedLog.open(tempDir(t));
+  await appendEntries(wal, 1, 10, 1);
+  t.is(wal.durableIndex(), 10);
+  const pending = appendEntries(wal, 6, 2, 2);
+  // In memory the log is 1..7 now; entries 6 and 7 are the new term's and not on disk yet.
+  t.is(wal.lastIndex(), 7);
+  t.is(wal.durableIndex(), 5);
+  await pending;
+  t.is(wal.durableIndex(), 7);
+  await wal.close();
+});
+
+test('appends in flight share fdatasyncs and the event loop keeps turning while they are written', async (t) => {
+  const wal = SegmentedLog.open(tempDir(t));
+  let turns = 0;
+  const spin = setInterval(() => turns++, 0);
+  const all: Promise<void>[] = [];
+  for (let i = 0; i < 200; i++) all.push(appendEntries(wal, i + 1, 1, 1, 4096));
+  await Promise.all(all);
+  clearInterval(spin);
+  t.is(wal.durableIndex(), 200);
+  t.is(wal.stats.appends, 200);
+  t.true(wal.stats.batches < 200, `group commit: ${wal.stats.batches} fdatasyncs for 200 appends`);
+  t.true(turns > 0, 'timers ran while the appends were being made durable');
+  t.log(`200 appends in ${wal.stats.batches} fdatasyncs; ${turns} timer turns meanwhile`);
+  await wal.close();
+});
+
+test('segments rotate; compaction deletes only segments wholly below the compaction point', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
+  for (let i = 0; i < 50; i++) await appendEntries(wal, i * 4 + 1, 4, 1, 1000);
+  const before = wal.segmentFiles().length;
+  t.true(before > 5, `${before} segments`);
+  await wal.compact(101);
+  t.is(wal.firstIndex(), 101);
+  t.is(wal.term(100), 1);
+  t.true(wal.segmentFiles().length < before);
+  await wal.close();
+  const again = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
+  t.is(again.firstIndex(), 101);
+  t.is(again.lastIndex(), 200);
+  t.is(again.term(100), 1);
+  t.is(again.entries(101, 201, Infinity).length, 100);
+  t.throws(() => again.entries(50, 60, Infinity));
+  await again.close();
+});
+
+test('a received snapshot beyond the log resets it to the snapshot position', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir);
+  await appendEntries(wal, 1, 10, 1);
+  await wal.compact(1001, 7);
+  t.is(wal.firstIndex(), 1001);
+  t.is(wal.lastIndex(), 1000);
+  t.is(wal.term(1000), 7);
+  await appendEntries(wal, 1001, 2, 7);
+  await wal.close();
+  const again = SegmentedLog.open(dir);
+  t.is(again.firstIndex(), 1001);
+  t.is(again.lastIndex(), 1002);
+  t.is(again.term(1000), 7);
+  await again.close();
+});
+
+test('entries evicted from the cache are read back from the file', async (t) => {
+  const wal = SegmentedLog.open(tempDir(t), { cacheBytesMax: 8 * 1024 });
+  for (let i = 0; i < 20; i++) await appendEntries(wal, i + 1, 1, 1, 4096);
+  for (const e of wal.entries(1, 21, Infinity)) t.true(Buffer.from(e.data).equals(Buffer.alloc(4096, e.index)), `entry ${e.index}`);
+  await wal.close();
+});
+
+test('a torn tail is cut off; everything before it stays', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir);
+  await appendEntries(wal, 1, 3, 1);
+  await wal.close();
+  const [file] = readdirSync(dir).filter((f) => f.endsWith('.log'));
+  const full = readFileSync(path.join(dir, file!));
+  // Half of a record: a header promising 1000 bytes of payload, then 10 of them.
+  const torn = Buffer.alloc(19);
+  torn.writeUInt32LE(1000, 0);
+  appendFileSync(path.join(dir, file!), torn);
+  const again = SegmentedLog.open(dir);
+  t.is(again.lastIndex(), 3);
+  t.deepEqual(readFileSync(path.join(dir, file!)), full, 'the torn bytes were truncated');
+  await appendEntries(again, 4, 1, 1);
+  await again.close();
+  t.is(SegmentedLog.open(dir).lastIndex(), 4);
+});
+
+test('a bad checksum in a segment before the last is corruption: open refuses', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir, { segmentBytesMax: 4096 });
+  for (let i = 0; i < 10; i++) await appendEntries(wal, i + 1, 1, 1, 1000);
+  await wal.close();
+  const files = readdirSync(dir).filter((f) => f.endsWith('.log')).sort();
+  t.true(files.length > 1);
+  const first = path.join(dir, files[0]!);
+  const bytes = readFileSync(first);
+  bytes[bytes.length - 5]! ^= 0x40;
+  writeFileSync(first, bytes);
+  const error = t.throws(() => SegmentedLog.open(dir, { segmentBytesMax: 4096 }));
+  t.true(error instanceof CorruptError, String(error));
+  t.regex(error!.message, /checksum mismatch/);
+});
+
+test('SIGKILL while appends are in flight loses no append that resolved', async (t) => {
+  const dir = tempDir(t);
+  for (let round = 0; round < 3; round++) {
+    const proc = spawn(process.execPath, [child, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    let reported = 0;
+    await new Promise<void>((resolve) => {
+      proc.stdout.on('data', (chunk: Buffer) => {
+        out += chunk.toString();
+        reported = out.split('\n').filter((l) => l.startsWith('durable ')).length;
+        if (reported >= 200 + round * 50) {
+          proc.kill('SIGKILL');
+          resolve();
+        }
+      });
+    });
+    await new Promise((resolve) => proc.once('exit', resolve));
+    // Every append that resolved reported (durable index, its last index, its term). After the kill,
+    // the log must hold at least the highest durable index reported, with each entry's data intact.
+    const lines = out.split('\n').filter((l) => l.startsWith('durable ')).map((l) => l.split(' ').slice(1).map(Number));
+    const durable = Math.max(...lines.map((l) => l[0]!));
+    const wal = SegmentedLog.open(dir, { segmentBytesMax: 256 * 1024 });
+    t.true(wal.lastIndex() >= durable, `round ${round}: last ${wal.lastIndex()} >= acknowledged ${durable}`);
+    for (const e of wal.entries(1, wal.lastIndex() + 1, Infinity)) {
+      if (!Buffer.from(e.data).equals(entryData(e.index, e.term))) t.fail(`entry ${e.index} term ${e.term} damaged`);
+    }
+    // The last acknowledged append's entry is there with its own term (a later replacement may only
+    // have come after it, in a higher term).
+    const last = lines[lines.length - 1]!;
+    t.true(wal.term(last[1]!) >= last[2]!);
+    await wal.close();
+  }
+});
