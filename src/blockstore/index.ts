@@ -22,7 +22,7 @@ import { bootstrapConfState, bootstrapEntry } from '../raft/confchange.js';
 import type { ConfChange, ConfState, Entry, NodeId, Ready, SnapshotMetadata } from '../raft/types.js';
 import { type LogStoreLimits, SNAPSHOT_DIR, SqliteLogStorage, defaultLogStoreLimits, fsyncDirectory } from './log-store.js';
 import { type SnapshotCopy, copyStateSnapshot } from './snapshot-copy.js';
-import type { SnapshotWorkerData, SnapshotWorkerResult } from './snapshot-worker.js';
+import type { SnapshotWorkerData, SnapshotWorkerMessage, SnapshotWorkerResult } from './snapshot-worker.js';
 import { BlockStateMachine, type StateStoreLimits, type VolumeRecord, defaultStateStoreLimits } from './state-store.js';
 
 export { SqliteLogStorage } from './log-store.js';
@@ -67,6 +67,8 @@ export class BlockStore implements ReplicaStore {
   private snapshotSequence = 0;
   /** mirror: state.db.incoming being filled with the staged snapshot's bytes (advanceMirror). */
   private mirror: IncomingMirror | undefined;
+  /** stateGeneration: counts the replacements of state.db (restoreState); a copy that overlapped one is discarded. */
+  private stateGeneration = 0;
   /** installStats: how installSnapshot() swapped state.db — by renaming the mirror, or by a copy. */
   readonly installStats = { renamed: 0, copied: 0 };
 
@@ -99,7 +101,7 @@ export class BlockStore implements ReplicaStore {
     if (snapshot.index > this.state.appliedIndex()) {
       const file = this.logStorage.snapshotFilePath();
       assert(file !== undefined, 'a recorded snapshot has a file');
-      this.state.restoreFrom(file, fsyncDirectory);
+      this.restoreState(file);
       if (this.state.appliedIndex() !== snapshot.index) {
         throw new CorruptError(`snapshot ${snapshot.index} holds a state applied to ${this.state.appliedIndex()}`);
       }
@@ -233,12 +235,18 @@ export class BlockStore implements ReplicaStore {
     }
     const file = this.logStorage.snapshotFilePath();
     assert(file !== undefined, 'snapshot file present');
-    this.state.restoreFrom(file, fsyncDirectory, { prepared });
+    this.restoreState(file, prepared);
     if (prepared) this.installStats.renamed += 1;
     else this.installStats.copied += 1;
     if (this.state.appliedIndex() !== metadata.index) {
       throw new CorruptError(`snapshot ${metadata.index} holds a state applied to ${this.state.appliedIndex()}`);
     }
+  }
+
+  /** restoreState: state.db becomes a copy of the snapshot file `file` (BlockStateMachine.restoreFrom). */
+  private restoreState(file: string, prepared = false): void {
+    this.stateGeneration += 1;
+    this.state.restoreFrom(file, fsyncDirectory, { prepared });
   }
 
   apply(entries: Entry[], onConfChange: (cc: ConfChange, index: number) => ConfState): Map<number, ApplyOutcome> {
@@ -275,22 +283,40 @@ export class BlockStore implements ReplicaStore {
    *
    * At most one is in flight: a call while one runs returns the SAME promise. Resolves undefined
    * when nothing was applied since the latest snapshot, when the store was closed before the copy
-   * finished, or when a newer snapshot (a received one, or a createSnapshot() meanwhile) was
-   * recorded while copying (the copy is then obsolete and deleted). Rejects on any error; its temp
-   * file is deleted first (a crash instead leaves it to log-store's orphan sweep on open).
+   * finished, when state.db was replaced while copying (installSnapshot: the worker's connection
+   * may have seen the old file, the new one, or a mix of the old file and the new WAL, so the copy
+   * is discarded whatever it holds or however it ended), or when a newer snapshot (a
+   * received one not yet installed, or a createSnapshot() meanwhile) was recorded while copying (the copy is then obsolete and
+   * deleted). Rejects on any other error; its temp file is deleted first (a crash instead leaves
+   * it to log-store's orphan sweep on open).
+   *
+   * `onCopyStarted` (tests: the moment to race against) runs on this thread when the worker has
+   * opened its connection to state.db and starts VACUUM INTO; the copy is adopted only in the
+   * worker's later 'exit' event, so whatever the hook does lands while the snapshot is in flight.
+   * Only the call that starts a copy registers its hook. If the hook throws, the promise rejects.
    */
-  createSnapshotAsync(): Promise<SnapshotMetadata | undefined> {
+  createSnapshotAsync(options: { onCopyStarted?: () => void } = {}): Promise<SnapshotMetadata | undefined> {
     if (this.snapshotInFlight !== undefined) return this.snapshotInFlight;
     if (this.closed || this.state.appliedIndex() <= this.logStorage.snapshot().index) return Promise.resolve(undefined);
     this.snapshotSequence += 1;
     const temp = path.join(this.dir, SNAPSHOT_DIR, `snap-async-${this.snapshotSequence}.tmp`);
     const workerData: SnapshotWorkerData = { source: this.state.file, target: temp };
+    const generation = this.stateGeneration;
     const running = new Promise<SnapshotMetadata | undefined>((resolve, reject) => {
       let result: SnapshotWorkerResult | undefined;
       let failure: unknown;
+      let hookFailure: { error: unknown } | undefined;
       const worker = new Worker(new URL('./snapshot-worker.js', import.meta.url), { workerData });
-      worker.on('message', (message: SnapshotWorkerResult) => {
-        result = message;
+      worker.on('message', (message: SnapshotWorkerMessage) => {
+        if (message.kind === 'result') {
+          result = message;
+          return;
+        }
+        try {
+          options.onCopyStarted?.();
+        } catch (error) {
+          hookFailure = { error };
+        }
       });
       worker.on('error', (error) => {
         failure = error;
@@ -298,11 +324,16 @@ export class BlockStore implements ReplicaStore {
       // Settle on exit, so the thread (and its connection to state.db) is gone when the promise settles.
       worker.on('exit', (exitCode) => {
         try {
+          if (hookFailure !== undefined) throw hookFailure.error;
+          if (this.closed || generation !== this.stateGeneration) {
+            resolve(undefined);
+            return;
+          }
           if (result === undefined || !result.ok) {
             const why = result !== undefined && !result.ok ? result.message : failure !== undefined ? String(failure) : `worker exited with code ${exitCode}`;
             throw new InternalError(ErrorCode.Internal, `snapshot copy failed: ${why}`, { cause: failure });
           }
-          resolve(this.closed ? undefined : this.adoptSnapshot(temp, result.copy));
+          resolve(this.adoptSnapshot(temp, result.copy));
         } catch (error) {
           reject(error);
         } finally {
