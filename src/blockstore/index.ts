@@ -8,7 +8,9 @@
  * (RawNode `applied`); entries after it are re-applied through raft's normal path. If the state
  * is older than the latest durable snapshot (a crash between recording a received snapshot and
  * swapping state.db, or a lost state.db tail behind a compacted log), state.db is first restored
- * from the snapshot file. See docs/blockstore.md for the durability argument.
+ * from the snapshot file; a stored commit index below the applied index (a power loss took the
+ * commit-only batch that advanced it) is raised to the applied index. See docs/blockstore.md for
+ * the durability argument.
  */
 
 import fs from 'node:fs';
@@ -113,6 +115,16 @@ export class BlockStore implements ReplicaStore {
     if (applied < this.logStorage.firstIndex() - 1) {
       throw new CorruptError(`state.db applied ${applied} but log.db starts at ${this.logStorage.firstIndex()} with no snapshot to cover it`);
     }
+    // A power loss may leave the applied index above the stored commit index: a batch that only
+    // advances the commit index is written to log.db without its own fsync (mustSync false), and
+    // state.db runs with synchronous=NORMAL too, so the two files lose their latest transactions
+    // independently. Raising the commit index to the applied index is safe: the state machine only
+    // ever applies committed entries, so applied <= the true commit index; every entry up to it
+    // was durable in log.db before it was applied (checked above: applied <= lastIndex); and a
+    // commit index is a fact of the cluster, never revoked. Made durable here, so RaftLog (which
+    // asserts applied <= committed) and every later reader see one consistent pair.
+    const hard = this.logStorage.hardState();
+    if (applied > hard.commit) this.logStorage.persist({ hardState: { ...hard, commit: applied }, mustSync: true });
   }
 
   /**
