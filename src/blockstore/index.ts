@@ -19,7 +19,7 @@ import { Worker } from 'node:worker_threads';
 import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, InternalError } from '../errors.js';
 import type { Extent, ReadChunk } from '../nbd/backend.js';
-import type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../node/replica.js';
+import type { ApplyOutcome, MemberAddresses, ReplicaStore } from './replica-store.js';
 import { bootstrapConfState, bootstrapEntry } from '../raft/confchange.js';
 import type { ConfChange, ConfState, Entry, NodeId, Ready, SnapshotMetadata } from '../raft/types.js';
 import { type LogStoreLimits, SNAPSHOT_DIR, SqliteLogStorage, defaultLogStoreLimits, fsyncDirectory } from './log-store.js';

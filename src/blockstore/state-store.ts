@@ -25,7 +25,7 @@ import zlib from 'node:zlib';
 import Database from 'better-sqlite3';
 import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, UsageError } from '../errors.js';
-import type { ApplyOutcome, MemberAddresses } from '../node/replica.js';
+import type { ApplyOutcome, MemberAddresses } from './replica-store.js';
 import type { Extent, ReadChunk } from '../nbd/backend.js';
 import { decodeConfChange } from '../raft/confchange.js';
 import { type SessionRecord, SessionTable, type SessionTableLimits, SessionVerdict, defaultSessionLimits } from '../raft/sessions.js';
