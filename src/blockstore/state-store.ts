@@ -332,7 +332,12 @@ export class BlockStateMachine {
           outcomes.set(entry.index, ok);
           continue;
         }
-        outcomes.set(entry.index, this.applyNormal(entry, touchedSessions));
+        try {
+          outcomes.set(entry.index, this.applyNormal(entry, touchedSessions));
+        } catch (error) {
+          if (error instanceof CorruptError) Object.assign(error, { index: entry.index }); // BlockStore's corruption marker names the entry
+          throw error;
+        }
       }
       const last = entries[entries.length - 1]!.index;
       this.s.setMeta.run(STATE_FORMAT, last, JSON.stringify(conf));
