@@ -2,13 +2,20 @@
  * blockstore: BlockStore, the durable storage of one chard node in a data directory —
  * `log.db` (the raft log, SqliteLogStorage, fsynced per batch), `state.db` (the block state
  * machine, BlockStateMachine) and `snapshots/` (the latest snapshot file and a staging file for
- * one being received). It implements the node's ReplicaStore (src/node/replica.ts).
+ * one being received). It implements the node's ReplicaStore (replica-store.ts).
  *
  * Crash recovery on open(): the state machine's applied index is the one raft restarts from
  * (RawNode `applied`); entries after it are re-applied through raft's normal path. If the state
  * is older than the latest durable snapshot (a crash between recording a received snapshot and
  * swapping state.db, or a lost state.db tail behind a compacted log), state.db is first restored
- * from the snapshot file. See docs/blockstore.md for the durability argument.
+ * from the snapshot file; a stored commit index below the applied index (a power loss took the
+ * commit-only batch that advanced it) is raised to the applied index. See docs/blockstore.md for
+ * the durability argument.
+ *
+ * Corruption: rotten state met by apply() is recorded in `state.corrupt` and answered with
+ * StateCorruptError; the next open() rebuilds the state from the latest verified snapshot (or the
+ * empty state) for raft to replay the log over, or refuses to start with the operator's remedy
+ * (repair(); docs/blockstore.md, "Corruption").
  */
 
 import fs from 'node:fs';
@@ -17,13 +24,14 @@ import { Worker } from 'node:worker_threads';
 import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, InternalError } from '../errors.js';
 import type { Extent, ReadChunk } from '../nbd/backend.js';
-import type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../node/replica.js';
+import { decodeCommand } from './commands.js';
+import { type ApplyOutcome, type CorruptionRecord, type MemberAddresses, type ReplicaStore, StateCorruptError } from './replica-store.js';
 import { bootstrapConfState, bootstrapEntry } from '../raft/confchange.js';
-import type { ConfChange, ConfState, Entry, NodeId, Ready, SnapshotMetadata } from '../raft/types.js';
+import { type ConfChange, type ConfState, type Entry, EntryType, type NodeId, type Ready, type SnapshotMetadata } from '../raft/types.js';
 import { type LogStoreLimits, SNAPSHOT_DIR, SqliteLogStorage, defaultLogStoreLimits, fsyncDirectory } from './log-store.js';
 import { type SnapshotCopy, copyStateSnapshot } from './snapshot-copy.js';
-import type { SnapshotWorkerData, SnapshotWorkerResult } from './snapshot-worker.js';
-import { BlockStateMachine, type StateStoreLimits, type VolumeRecord, defaultStateStoreLimits } from './state-store.js';
+import type { SnapshotWorkerData, SnapshotWorkerMessage, SnapshotWorkerResult } from './snapshot-worker.js';
+import { BlockStateMachine, type StateStoreLimits, type VolumeRecord, blockBytes, defaultStateStoreLimits } from './state-store.js';
 
 export { SqliteLogStorage } from './log-store.js';
 export { BlockStateMachine, blockBytes } from './state-store.js';
@@ -41,6 +49,10 @@ export const defaultBlockStoreLimits: BlockStoreLimits = {
 };
 
 export const STATE_DB_FILE = 'state.db';
+/** CORRUPTION_MARKER_FILE: written (fsynced) when apply() meets rotten state; its presence makes open() repair. */
+export const CORRUPTION_MARKER_FILE = 'state.corrupt';
+/** REBUILD_FILE: the empty state.db that repair() builds when there is no snapshot to start from. */
+const REBUILD_FILE = `${STATE_DB_FILE}.rebuild`;
 
 /** mirrorCopyBytesMax: buffer size of one read+write while extending the incoming mirror. */
 const mirrorCopyBytesMax = 4 * 1024 * 1024;
@@ -67,8 +79,14 @@ export class BlockStore implements ReplicaStore {
   private snapshotSequence = 0;
   /** mirror: state.db.incoming being filled with the staged snapshot's bytes (advanceMirror). */
   private mirror: IncomingMirror | undefined;
+  /** stateGeneration: counts the replacements of state.db (restoreState); a copy that overlapped one is discarded. */
+  private stateGeneration = 0;
   /** installStats: how installSnapshot() swapped state.db — by renaming the mirror, or by a copy. */
   readonly installStats = { renamed: 0, copied: 0 };
+  /** corruption: what apply() found rotten (also on disk as CORRUPTION_MARKER_FILE); the store then refuses to apply, read and snapshot. */
+  private corruption: CorruptionRecord | undefined;
+  /** repaired: what open() rebuilt the state from after a corruption marker (undefined: no repair). */
+  repaired: { from: 'snapshot' | 'empty'; snapshotIndex: number; record: CorruptionRecord } | undefined;
 
   private constructor(dir: string, limits: BlockStoreLimits) {
     this.dir = dir;
@@ -76,8 +94,10 @@ export class BlockStore implements ReplicaStore {
     assert(Number.isInteger(limits.compactionTrailingEntries) && limits.compactionTrailingEntries >= 0, 'compactionTrailingEntries >= 0');
     // A copy a crash interrupted before its rename is garbage (restoreFrom makes a new one).
     fs.rmSync(path.join(dir, `${STATE_DB_FILE}.incoming`), { force: true });
-    // Likewise the extra link restoreFrom keeps to a replaced state.db while it is unlinked in the background.
+    // Likewise the extra link restoreFrom keeps to a replaced state.db while it is unlinked in the background,
+    // and an empty state a crash interrupted while repair() built it.
     fs.rmSync(path.join(dir, `${STATE_DB_FILE}.old`), { force: true });
+    removeDatabaseFiles(path.join(dir, REBUILD_FILE));
     this.state = BlockStateMachine.open(path.join(dir, STATE_DB_FILE), limits);
     try {
       this.logStorage = SqliteLogStorage.open(dir, { limits, confStateSource: () => this.state.confState() });
@@ -85,7 +105,15 @@ export class BlockStore implements ReplicaStore {
       this.state.close();
       throw error;
     }
-    this.recover();
+    try {
+      this.corruption = readCorruptionMarker(dir);
+      if (this.corruption !== undefined) this.repair(this.corruption);
+      this.recover();
+    } catch (error) {
+      this.logStorage.close();
+      this.state.close();
+      throw error;
+    }
   }
 
   /** open: opens (creating if needed) the store in `dir` and recovers from a crash. */
@@ -99,7 +127,7 @@ export class BlockStore implements ReplicaStore {
     if (snapshot.index > this.state.appliedIndex()) {
       const file = this.logStorage.snapshotFilePath();
       assert(file !== undefined, 'a recorded snapshot has a file');
-      this.state.restoreFrom(file, fsyncDirectory);
+      this.restoreState(file);
       if (this.state.appliedIndex() !== snapshot.index) {
         throw new CorruptError(`snapshot ${snapshot.index} holds a state applied to ${this.state.appliedIndex()}`);
       }
@@ -111,6 +139,70 @@ export class BlockStore implements ReplicaStore {
     if (applied < this.logStorage.firstIndex() - 1) {
       throw new CorruptError(`state.db applied ${applied} but log.db starts at ${this.logStorage.firstIndex()} with no snapshot to cover it`);
     }
+    // A power loss may leave the applied index above the stored commit index: a batch that only
+    // advances the commit index is written to log.db without its own fsync (mustSync false), and
+    // state.db runs with synchronous=NORMAL too, so the two files lose their latest transactions
+    // independently. Raising the commit index to the applied index is safe: the state machine only
+    // ever applies committed entries, so applied <= the true commit index; every entry up to it
+    // was durable in log.db before it was applied (checked above: applied <= lastIndex); and a
+    // commit index is a fact of the cluster, never revoked. Made durable here, so RaftLog (which
+    // asserts applied <= committed) and every later reader see one consistent pair.
+    const hard = this.logStorage.hardState();
+    if (applied > hard.commit) this.logStorage.persist({ hardState: { ...hard, commit: applied }, mustSync: true });
+  }
+
+  /**
+   * repair: open() found the corruption marker — apply() met rotten state in the last process. The
+   * state machine is discarded and rebuilt from local data only: the latest snapshot (or, without
+   * one, the empty initial state) with its every block verified; raft then re-applies the log
+   * after it through its normal path, exactly as after a crash (the applied index is the
+   * snapshot's). Requires the log to reach back to that snapshot. Without a snapshot the member
+   * addresses are carried over from the discarded state: the bootstrap members are in no log
+   * entry, and every later change of a member is in the log and re-applied over them (the last
+   * change per member wins, as the first time). If the state cannot be rebuilt, throws a
+   * CorruptError that names the operator's remedy, and keeps the marker: every start refuses the
+   * same way, never serves the rotten state and never applies into it again.
+   */
+  private repair(record: CorruptionRecord): void {
+    const log = this.logStorage;
+    const snapshot = log.snapshot();
+    const refuse = (why: string): never => {
+      throw new CorruptError(
+        `${path.join(this.dir, STATE_DB_FILE)} was found corrupt (${describeRecord(record)}) and cannot be rebuilt from local data: ${why}. ` +
+          'Remedy: remove this node from the cluster (chard member remove ID), delete its data directory, start it empty ("join": true) ' +
+          'and add it again (chard member add ID --raft HOST:PORT --learner --wait, then chard member promote ID): the leader streams it a snapshot.',
+      );
+    };
+    if (log.firstIndex() > snapshot.index + 1) refuse(`log.db starts at ${log.firstIndex()}, after the latest snapshot (${snapshot.index})`);
+    let from: 'snapshot' | 'empty';
+    if (snapshot.index > 0) {
+      const file = log.snapshotFilePath();
+      assert(file !== undefined, 'a recorded snapshot has a file');
+      this.restoreState(file);
+      if (this.state.appliedIndex() !== snapshot.index) refuse(`snapshot ${snapshot.index} holds a state applied to ${this.state.appliedIndex()}`);
+      from = 'snapshot';
+    } else {
+      const rebuild = path.join(this.dir, REBUILD_FILE);
+      const empty = BlockStateMachine.open(rebuild, this.limits);
+      try {
+        for (const [id, addresses] of this.state.members()) empty.setMember(id, addresses);
+      } finally {
+        empty.close();
+      }
+      try {
+        this.restoreState(rebuild);
+      } finally {
+        removeDatabaseFiles(rebuild);
+      }
+      from = 'empty';
+    }
+    const integrity = this.state.checkIntegrity();
+    if (integrity.corrupt > 0 || integrity.orphans > 0) {
+      refuse(`the ${from === 'snapshot' ? `latest snapshot (${snapshot.index})` : 'empty state'} holds ${integrity.corrupt} blocks that fail their checksum and ${integrity.orphans} blocks of no volume`);
+    }
+    clearCorruptionMarker(this.dir);
+    this.corruption = undefined;
+    this.repaired = { from, snapshotIndex: snapshot.index, record: { ...record } };
   }
 
   /**
@@ -233,16 +325,57 @@ export class BlockStore implements ReplicaStore {
     }
     const file = this.logStorage.snapshotFilePath();
     assert(file !== undefined, 'snapshot file present');
-    this.state.restoreFrom(file, fsyncDirectory, { prepared });
+    this.restoreState(file, prepared);
     if (prepared) this.installStats.renamed += 1;
     else this.installStats.copied += 1;
     if (this.state.appliedIndex() !== metadata.index) {
       throw new CorruptError(`snapshot ${metadata.index} holds a state applied to ${this.state.appliedIndex()}`);
     }
+    // A rotten state replaced by a snapshot from the leader is repaired, once the new one verifies.
+    if (this.corruption !== undefined) {
+      const integrity = this.state.checkIntegrity();
+      if (integrity.corrupt === 0 && integrity.orphans === 0) {
+        clearCorruptionMarker(this.dir);
+        this.corruption = undefined;
+      }
+    }
   }
 
+  /** restoreState: state.db becomes a copy of the snapshot file `file` (BlockStateMachine.restoreFrom). */
+  private restoreState(file: string, prepared = false): void {
+    this.stateGeneration += 1;
+    this.state.restoreFrom(file, fsyncDirectory, { prepared });
+  }
+
+  /**
+   * apply: BlockStateMachine.apply — one transaction for the batch. A CorruptError from it (rotten
+   * state, e.g. the read-modify-write of a partial write over a block whose checksum fails; the
+   * batch is rolled back) never leaves as such: the store records where (CORRUPTION_MARKER_FILE,
+   * fsynced), stops applying, serving reads and snapshotting, and throws StateCorruptError, now and
+   * on every later call. The next open() repairs the state or refuses to start (repair()). Any
+   * other exception is a bug and propagates unchanged.
+   */
   apply(entries: Entry[], onConfChange: (cc: ConfChange, index: number) => ConfState): Map<number, ApplyOutcome> {
-    return this.state.apply(entries, onConfChange);
+    if (this.corruption !== undefined) throw new StateCorruptError(this.corruption);
+    try {
+      return this.state.apply(entries, onConfChange);
+    } catch (error) {
+      if (!(error instanceof CorruptError)) throw error;
+      const record = corruptionRecord(error, entries);
+      this.corruption = record;
+      try {
+        writeCorruptionMarker(this.dir, record);
+      } catch (writeError) {
+        // Still refused in this process; a restart re-applies the entry and finds the rot again.
+        record.message += `; the marker could not be written (${String(writeError)})`;
+      }
+      throw new StateCorruptError(record);
+    }
+  }
+
+  /** corruptionFound: what apply() found rotten in this process, or undefined (the node's status shows it). */
+  corruptionFound(): CorruptionRecord | undefined {
+    return this.corruption === undefined ? undefined : { ...this.corruption };
   }
 
   appliedIndex(): number {
@@ -258,6 +391,7 @@ export class BlockStore implements ReplicaStore {
    */
   createSnapshot(): SnapshotMetadata | undefined {
     assert(!this.closed, 'store open');
+    if (this.corruption !== undefined) return undefined; // never snapshot a state known to be rotten
     const applied = this.state.appliedIndex();
     if (applied <= this.logStorage.snapshot().index) return undefined;
     const temp = this.logStorage.snapshotTempPath(applied);
@@ -275,22 +409,40 @@ export class BlockStore implements ReplicaStore {
    *
    * At most one is in flight: a call while one runs returns the SAME promise. Resolves undefined
    * when nothing was applied since the latest snapshot, when the store was closed before the copy
-   * finished, or when a newer snapshot (a received one, or a createSnapshot() meanwhile) was
-   * recorded while copying (the copy is then obsolete and deleted). Rejects on any error; its temp
-   * file is deleted first (a crash instead leaves it to log-store's orphan sweep on open).
+   * finished, when state.db was replaced while copying (installSnapshot: the worker's connection
+   * may have seen the old file, the new one, or a mix of the old file and the new WAL, so the copy
+   * is discarded whatever it holds or however it ended), or when a newer snapshot (a
+   * received one not yet installed, or a createSnapshot() meanwhile) was recorded while copying (the copy is then obsolete and
+   * deleted). Rejects on any other error; its temp file is deleted first (a crash instead leaves
+   * it to log-store's orphan sweep on open).
+   *
+   * `onCopyStarted` (tests: the moment to race against) runs on this thread when the worker has
+   * opened its connection to state.db and starts VACUUM INTO; the copy is adopted only in the
+   * worker's later 'exit' event, so whatever the hook does lands while the snapshot is in flight.
+   * Only the call that starts a copy registers its hook. If the hook throws, the promise rejects.
    */
-  createSnapshotAsync(): Promise<SnapshotMetadata | undefined> {
+  createSnapshotAsync(options: { onCopyStarted?: () => void } = {}): Promise<SnapshotMetadata | undefined> {
     if (this.snapshotInFlight !== undefined) return this.snapshotInFlight;
-    if (this.closed || this.state.appliedIndex() <= this.logStorage.snapshot().index) return Promise.resolve(undefined);
+    if (this.closed || this.corruption !== undefined || this.state.appliedIndex() <= this.logStorage.snapshot().index) return Promise.resolve(undefined);
     this.snapshotSequence += 1;
     const temp = path.join(this.dir, SNAPSHOT_DIR, `snap-async-${this.snapshotSequence}.tmp`);
     const workerData: SnapshotWorkerData = { source: this.state.file, target: temp };
+    const generation = this.stateGeneration;
     const running = new Promise<SnapshotMetadata | undefined>((resolve, reject) => {
       let result: SnapshotWorkerResult | undefined;
       let failure: unknown;
+      let hookFailure: { error: unknown } | undefined;
       const worker = new Worker(new URL('./snapshot-worker.js', import.meta.url), { workerData });
-      worker.on('message', (message: SnapshotWorkerResult) => {
-        result = message;
+      worker.on('message', (message: SnapshotWorkerMessage) => {
+        if (message.kind === 'result') {
+          result = message;
+          return;
+        }
+        try {
+          options.onCopyStarted?.();
+        } catch (error) {
+          hookFailure = { error };
+        }
       });
       worker.on('error', (error) => {
         failure = error;
@@ -298,11 +450,16 @@ export class BlockStore implements ReplicaStore {
       // Settle on exit, so the thread (and its connection to state.db) is gone when the promise settles.
       worker.on('exit', (exitCode) => {
         try {
+          if (hookFailure !== undefined) throw hookFailure.error;
+          if (this.closed || generation !== this.stateGeneration || this.corruption !== undefined) {
+            resolve(undefined);
+            return;
+          }
           if (result === undefined || !result.ok) {
             const why = result !== undefined && !result.ok ? result.message : failure !== undefined ? String(failure) : `worker exited with code ${exitCode}`;
             throw new InternalError(ErrorCode.Internal, `snapshot copy failed: ${why}`, { cause: failure });
           }
-          resolve(this.closed ? undefined : this.adoptSnapshot(temp, result.copy));
+          resolve(this.adoptSnapshot(temp, result.copy));
         } catch (error) {
           reject(error);
         } finally {
@@ -351,11 +508,15 @@ export class BlockStore implements ReplicaStore {
 
   // ------------------------------------------------------------------ reads for the node
 
+  /** read: BlockStateMachine.read; refused (StateCorruptError) once apply() found the state rotten. */
   read(volume: string, offset: number, length: number): ReadChunk[] {
+    if (this.corruption !== undefined) throw new StateCorruptError(this.corruption);
     return this.state.read(volume, offset, length);
   }
 
+  /** blockStatus: BlockStateMachine.blockStatus; refused like read(). */
   blockStatus(volume: string, offset: number, length: number): Extent[] {
+    if (this.corruption !== undefined) throw new StateCorruptError(this.corruption);
     return this.state.blockStatus(volume, offset, length);
   }
 
@@ -374,4 +535,81 @@ export class BlockStore implements ReplicaStore {
     this.logStorage.close();
     this.state.close();
   }
+}
+
+/** corruptionRecord: where `error` (from apply of `entries`) found rotten state; the entry index is annotated by BlockStateMachine.apply. */
+function corruptionRecord(error: CorruptError, entries: Entry[]): CorruptionRecord {
+  const annotated = error as CorruptError & { index?: unknown; offset?: unknown };
+  const first = entries[0]!.index;
+  const index = typeof annotated.index === 'number' ? annotated.index : first;
+  const entry = entries[index - first];
+  let volume: string | undefined;
+  if (entry !== undefined && entry.type === EntryType.Normal) {
+    try {
+      const command = decodeCommand(entry.data);
+      volume = 'volume' in command ? command.volume : 'name' in command ? command.name : undefined;
+    } catch {
+      volume = undefined;
+    }
+  }
+  const block = typeof annotated.offset === 'number' ? Math.floor(annotated.offset / blockBytes) : undefined;
+  return { index, volume, block, message: error.message };
+}
+
+function describeRecord(record: CorruptionRecord): string {
+  const volume = record.volume === undefined ? 'unknown volume' : `volume "${record.volume}"`;
+  const block = record.block === undefined ? '' : ` block ${record.block}`;
+  return `${volume}${block}, applying entry ${record.index}: ${record.message}`;
+}
+
+/** writeCorruptionMarker: the record as `<dir>/state.corrupt`, whole or not at all (temp file, fsync, rename, fsync dir). */
+function writeCorruptionMarker(dir: string, record: CorruptionRecord): void {
+  const file = path.join(dir, CORRUPTION_MARKER_FILE);
+  const temp = `${file}.tmp`;
+  const fd = fs.openSync(temp, 'w');
+  try {
+    fs.writeSync(fd, `${JSON.stringify({ format: 1, ...record })}\n`);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(temp, file);
+  fsyncDirectory(dir);
+}
+
+/**
+ * readCorruptionMarker: the record in `<dir>/state.corrupt`, or undefined without one. A marker
+ * that does not parse still means "corrupt" (it is only ever written whole, so this is rot too).
+ */
+function readCorruptionMarker(dir: string): CorruptionRecord | undefined {
+  const file = path.join(dir, CORRUPTION_MARKER_FILE);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  try {
+    const value = JSON.parse(text) as Partial<CorruptionRecord>;
+    if (!Number.isSafeInteger(value.index) || typeof value.message !== 'string') throw new Error('wrong shape');
+    return {
+      index: value.index!,
+      volume: typeof value.volume === 'string' ? value.volume : undefined,
+      block: Number.isSafeInteger(value.block) ? value.block : undefined,
+      message: value.message,
+    };
+  } catch {
+    return { index: 0, volume: undefined, block: undefined, message: `unreadable corruption marker ${file}` };
+  }
+}
+
+function clearCorruptionMarker(dir: string): void {
+  fs.rmSync(path.join(dir, CORRUPTION_MARKER_FILE), { force: true });
+  fsyncDirectory(dir);
+}
+
+/** removeDatabaseFiles: a SQLite database file and its WAL and shared-memory files. */
+function removeDatabaseFiles(file: string): void {
+  for (const suffix of ['', '-wal', '-shm']) fs.rmSync(`${file}${suffix}`, { force: true });
 }

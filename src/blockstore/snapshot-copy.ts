@@ -27,12 +27,15 @@ export interface SnapshotCopy {
  * copyStateSnapshot: writes a consistent copy of the committed state of `source` (a state.db) to
  * `target` (removed first), fsyncs it, and returns the index and configuration recorded INSIDE
  * the copy. On any error `target` is removed before the error propagates (no stray files).
+ * `onCopyStarted` runs once the connection to `source` is open, right before `VACUUM INTO`
+ * (the snapshot worker reports it to the main thread: BlockStore.createSnapshotAsync's hook).
  */
-export function copyStateSnapshot(source: string, target: string): SnapshotCopy {
+export function copyStateSnapshot(source: string, target: string, onCopyStarted?: () => void): SnapshotCopy {
   fs.rmSync(target, { force: true });
   try {
     const db = new Database(source, { readonly: true, fileMustExist: true });
     try {
+      onCopyStarted?.();
       db.prepare('VACUUM INTO ?').run(target);
     } finally {
       db.close();

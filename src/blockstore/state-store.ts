@@ -25,7 +25,7 @@ import zlib from 'node:zlib';
 import Database from 'better-sqlite3';
 import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, UsageError } from '../errors.js';
-import type { ApplyOutcome, MemberAddresses } from '../node/replica.js';
+import type { ApplyOutcome, MemberAddresses } from './replica-store.js';
 import type { Extent, ReadChunk } from '../nbd/backend.js';
 import { decodeConfChange } from '../raft/confchange.js';
 import { type SessionRecord, SessionTable, type SessionTableLimits, SessionVerdict, defaultSessionLimits } from '../raft/sessions.js';
@@ -332,7 +332,12 @@ export class BlockStateMachine {
           outcomes.set(entry.index, ok);
           continue;
         }
-        outcomes.set(entry.index, this.applyNormal(entry, touchedSessions));
+        try {
+          outcomes.set(entry.index, this.applyNormal(entry, touchedSessions));
+        } catch (error) {
+          if (error instanceof CorruptError) Object.assign(error, { index: entry.index }); // BlockStore's corruption marker names the entry
+          throw error;
+        }
       }
       const last = entries[entries.length - 1]!.index;
       this.s.setMeta.run(STATE_FORMAT, last, JSON.stringify(conf));

@@ -15,7 +15,6 @@ import { ChardError, ErrorCode, NotLeaderError, RemoteError, UsageError } from '
 import type { ReadOnlyOption } from '../raft/config.js';
 import { decodeConfChange } from '../raft/confchange.js';
 import { RawNode, type Status } from '../raft/rawnode.js';
-import type { LogStorage } from '../raft/storage.js';
 import {
   type ConfChange,
   type ConfState,
@@ -33,33 +32,8 @@ import { type Clock, Ticker } from './clock.js';
 import type { Counters } from './metrics.js';
 import { ProposalWaiters, ReadWaiters } from './waiters.js';
 
-/** MemberAddresses: where a member listens (carried in ConfChange contexts, kept in the store). */
-export interface MemberAddresses {
-  raft: string;
-  admin: string;
-  nbd: string;
-}
-
-/** ApplyOutcome: what the state machine answered for one entry (bytes, or a usage error code). */
-export type ApplyOutcome = { ok: true; value: Uint8Array } | { ok: false; code: ErrorCode; message: string };
-
-/** ReplicaStore: what the replica needs from durable storage (implemented by src/blockstore). */
-export interface ReplicaStore {
-  readonly logStorage: LogStorage;
-  /** persist: make the Ready's chunks, snapshot, entries and hard state durable (one fsync). */
-  persist(ready: Ready): void;
-  /** installSnapshot: replace the state machine with the staged snapshot. */
-  installSnapshot(metadata: SnapshotMetadata): void;
-  /** apply: apply committed entries in one transaction; ConfChange entries call onConfChange. */
-  apply(entries: Entry[], onConfChange: (cc: ConfChange, index: number) => ConfState): Map<number, ApplyOutcome>;
-  appliedIndex(): number;
-  /** createSnapshot: snapshot the state at the applied index and compact the log behind it. */
-  createSnapshot(): SnapshotMetadata | undefined;
-  /** createSnapshotAsync: the same, with the copy made off the event loop (preferred when present). */
-  createSnapshotAsync?(): Promise<SnapshotMetadata | undefined>;
-  members(): Map<NodeId, MemberAddresses>;
-  setMember(id: NodeId, addresses: MemberAddresses | undefined): void;
-}
+import type { MemberAddresses, ReplicaStore } from '../blockstore/replica-store.js';
+export type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../blockstore/replica-store.js';
 
 export interface ReplicaLimits {
   tickIntervalMs: number;

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { BlockStore } from '../../src/blockstore/index.js';
 import { type Command, encodeCommand } from '../../src/blockstore/commands.js';
-import type { ApplyOutcome } from '../../src/node/replica.js';
+import type { ApplyOutcome } from '../../src/blockstore/replica-store.js';
 import { nextConfState } from '../../src/raft/confchange.js';
 import { type Entry, EntryType, type HardState, type SnapshotMetadata } from '../../src/raft/types.js';
 

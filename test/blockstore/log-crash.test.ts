@@ -74,7 +74,7 @@ test('SIGKILL at random points: every acknowledged batch survives, nothing is ha
         log.close();
       }
     }
-    t.true(previous > rounds, 'the children made progress');
+    t.true(previous >= rounds, 'the children made progress (each round acknowledged a batch before the kill clock started)');
   } finally {
     tmp.cleanup();
   }

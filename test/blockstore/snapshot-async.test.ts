@@ -10,7 +10,8 @@
  *    entries gives the source's stateHash.
  *  - one in flight (a second call returns the same promise), close() during the copy resolves
  *    undefined, and a failing copy rejects and leaves no file in snapshots/.
- *  - a received snapshot installed (state.db swapped) while the worker copies: the obsolete copy
+ *  - a received snapshot installed (state.db swapped) while the worker copies (from the hook the
+ *    store calls when the worker reports its copy started, never after a sleep): the obsolete copy
  *    is discarded (resolves undefined), the installed state is intact, later async snapshots work.
  *  - install by rename: chunks staged over several Readys are mirrored into state.db.incoming and
  *    installSnapshot renames it (installStats.renamed); a chunk of another snapshot restarts the
@@ -135,12 +136,18 @@ test.serial('applies continuing during an async snapshot: its index is the one i
     drive(source, [{ kind: 'createVolume', name: 'v', sizeBytes: 8 * MiB }]);
     const appliedAtStart = source.appliedIndex();
     let settled = false;
-    const pending = source.createSnapshotAsync();
+    let batchesDuring = 0;
+    // Three batches from the hook (the worker has opened state.db and starts VACUUM INTO), so
+    // applies land during the copy however fast it is; then more until it settles.
+    const pending = source.createSnapshotAsync({
+      onCopyStarted: () => {
+        for (let i = 0; i < 3; i++, batchesDuring++) drive(source, randomWrites(rng, 1 + rng.int(4), sequence));
+      },
+    });
     t.is(source.createSnapshotAsync(), pending, 'a second call while one runs returns the same promise');
     void pending.finally(() => {
       settled = true;
     });
-    let batchesDuring = 0;
     while (!settled) {
       drive(source, randomWrites(rng, 1 + rng.int(4), sequence));
       batchesDuring++;
@@ -202,10 +209,17 @@ test.serial('a received snapshot installed while an async snapshot copies: the c
     for (let i = 0; i < 60; i++) drive(leader, [{ kind: 'noop' }]);
     const metadata = leader.createSnapshot()!;
     t.true(metadata.index > follower.appliedIndex());
-    const pending = follower.createSnapshotAsync();
-    await sleep(150); // the worker is (most likely) inside VACUUM INTO on the old state.db now
-    transferSnapshot(leader, follower, metadata);
-    t.is(await pending, undefined, 'the copy is older than (or equal to) the installed snapshot: discarded');
+    let installedDuringCopy = false;
+    // The hook runs when the worker has opened the old state.db and starts VACUUM INTO; the copy can
+    // only be adopted in the worker's later exit event, so the install lands while it is in flight.
+    const pending = follower.createSnapshotAsync({
+      onCopyStarted: () => {
+        transferSnapshot(leader, follower, metadata);
+        installedDuringCopy = true;
+      },
+    });
+    t.is(await pending, undefined, 'a copy that overlapped the install of another state.db: discarded');
+    t.true(installedDuringCopy, 'the install ran while the worker copied');
     t.is(follower.logStorage.snapshot().index, metadata.index);
     t.deepEqual(follower.stateHash(), leader.stateHash());
     t.deepEqual(follower.listVolumes().map((v) => v.name), ['new']);

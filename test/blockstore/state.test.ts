@@ -231,7 +231,7 @@ test('a flipped byte in a block row is detected on read: CorruptError, never dat
       ]),
     { instanceOf: CorruptError });
     t.is(store.appliedIndex(), applied, 'nothing of the batch applied');
-    t.deepEqual(readAll(store, 'v', 5 * blockBytes, 1), new Uint8Array(1));
+    t.is(store.state.read('v', 5 * blockBytes, 1)[0]!.data, undefined, 'block 5 is still a hole'); // BlockStore.read refuses once apply found rot
     db.prepare('UPDATE blocks SET data = ? WHERE block = 1').run(row.data);
     t.is(store.stateHash().hash, hashBefore);
   })();

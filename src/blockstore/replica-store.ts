@@ -1,0 +1,72 @@
+/**
+ * replica-store: the contract between the node's Replica (src/node/replica.ts) and its durable
+ * storage — ReplicaStore and the shapes it speaks (ApplyOutcome, MemberAddresses). It lives in
+ * the storage layer, which implements it (BlockStore), so that imports point one way:
+ * raft ← blockstore ← node. src/node/replica.ts re-exports these names.
+ */
+
+import { CorruptError, type ErrorCode } from '../errors.js';
+import type { LogStorage } from '../raft/storage.js';
+import type { ConfChange, ConfState, Entry, NodeId, Ready, SnapshotMetadata } from '../raft/types.js';
+
+/** MemberAddresses: where a member listens (carried in ConfChange contexts, kept in the store). */
+export interface MemberAddresses {
+  raft: string;
+  admin: string;
+  nbd: string;
+}
+
+/** ApplyOutcome: what the state machine answered for one entry (bytes, or a usage error code). */
+export type ApplyOutcome = { ok: true; value: Uint8Array } | { ok: false; code: ErrorCode; message: string };
+
+/** ReplicaStore: what the replica needs from durable storage (implemented by src/blockstore). */
+export interface ReplicaStore {
+  readonly logStorage: LogStorage;
+  /** persist: make the Ready's chunks, snapshot, entries and hard state durable (one fsync). */
+  persist(ready: Ready): void;
+  /** installSnapshot: replace the state machine with the staged snapshot. */
+  installSnapshot(metadata: SnapshotMetadata): void;
+  /**
+   * apply: apply committed entries in one transaction; ConfChange entries call onConfChange.
+   * Throws StateCorruptError (a CorruptError, code CORRUPT) when the state the entries need is
+   * rotten: nothing of the batch is applied, the store has recorded the corruption durably and
+   * refuses to apply, read or snapshot until it is reopened (which repairs or refuses to start).
+   * The replica must stop applying and serving, and step down.
+   */
+  apply(entries: Entry[], onConfChange: (cc: ConfChange, index: number) => ConfState): Map<number, ApplyOutcome>;
+  appliedIndex(): number;
+  /** createSnapshot: snapshot the state at the applied index and compact the log behind it. */
+  createSnapshot(): SnapshotMetadata | undefined;
+  /** createSnapshotAsync: the same, with the copy made off the event loop (preferred when present). */
+  createSnapshotAsync?(): Promise<SnapshotMetadata | undefined>;
+  members(): Map<NodeId, MemberAddresses>;
+  setMember(id: NodeId, addresses: MemberAddresses | undefined): void;
+}
+
+/** CorruptionRecord: where apply() found rotten state — what the store's durable marker holds. */
+export interface CorruptionRecord {
+  /** index: the log entry whose apply needed the rotten data. */
+  index: number;
+  /** volume: the volume the entry addressed (undefined if it could not be told). */
+  volume: string | undefined;
+  /** block: the block number within the volume whose checksum failed (undefined if unknown). */
+  block: number | undefined;
+  /** message: the original CorruptError's message. */
+  message: string;
+}
+
+/**
+ * StateCorruptError: apply() met rotten state (a block whose checksum fails, e.g. in the
+ * read-modify-write of a partial write). Thrown instead of the raw CorruptError once the store
+ * has recorded `record` durably; every later apply(), read() and blockStatus() of the same store
+ * throws it again. On the next open the store rebuilds its state from local data (a verified
+ * snapshot and the log) or refuses to start with the operator's remedy in the message.
+ */
+export class StateCorruptError extends CorruptError {
+  readonly record: CorruptionRecord;
+  constructor(record: CorruptionRecord) {
+    const where = `${record.volume === undefined ? 'a volume' : `volume "${record.volume}"`}${record.block === undefined ? '' : ` block ${record.block}`}`;
+    super(`state corrupt at ${where}, found applying entry ${record.index}: ${record.message}; this replica stops applying and serving until restarted (the restart rebuilds its state)`);
+    this.record = { ...record };
+  }
+}
