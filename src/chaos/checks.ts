@@ -2,9 +2,11 @@
  * checks: the safety and liveness checks of a chaos run besides per-key linearizability.
  *
  *  (a) checkNoAckedWriteLost — after the cluster is healed, the runner reads every touched key
- *      once more; those final reads are appended to the history as ops invoked after every other
- *      op completed, and the touched keys are checked for linearizability. A lost acknowledged
- *      write shows up as a stale final read (its explanation names the write and the read).
+ *      once more; those final reads are recorded in the history as read ops of the process
+ *      `finalReadProcess`, invoked after every workload op completed, and the keys they read are
+ *      checked for linearizability. A lost acknowledged write shows up as a stale final read (its
+ *      explanation names the write and the read). The check needs nothing but the history, so
+ *      history.jsonl alone re-checks it (recheck.ts).
  *  (b) checkLeaders — at most one leader per term (Raft's Election Safety, §5.2).
  *  (c) failoverStalls — per fault start: time to the first op completed ok after it, and the
  *      longest window without any ok completion until the next fault starts (or the history ends).
@@ -13,6 +15,7 @@
 
 import { assert } from '../assert.js';
 import {
+  finalReadProcess,
   historyTimeRange,
   pairOperations,
   type FaultEvent,
@@ -28,12 +31,12 @@ export interface FinalRead {
   value: RegisterValue;
 }
 
-/** finalReadProcess: the process name given to appended final reads. */
-export const finalReadProcess = 'final';
+export { finalReadProcess };
 
 /**
- * appendFinalReads returns the events plus, for each final read, an invoke/ok pair at times after
- * every event (1 ms apart), so each final read is ordered after every completed op.
+ * appendFinalReads returns the events plus, for each final read, an invoke/ok pair of process
+ * `finalReadProcess` at times after every event (1 ms apart), so each final read is ordered after
+ * every completed op: a history as the runner records it, for hand-made inputs.
  */
 export function appendFinalReads(events: readonly HistoryEvent[], finalReads: readonly FinalRead[]): HistoryEvent[] {
   const [, end] = historyTimeRange(events);
@@ -55,18 +58,16 @@ export interface AckedWriteCheck {
 }
 
 /**
- * checkNoAckedWriteLost appends the final reads and checks the keys they read. `ok` requires a
- * linearizable verdict for those keys and a final read of every key that any write touched.
+ * checkNoAckedWriteLost checks the keys that a final read (an ok read of process
+ * `finalReadProcess`) read. `ok` requires a linearizable verdict for those keys and a final read
+ * of every key that any write touched.
  */
-export function checkNoAckedWriteLost(
-  events: readonly HistoryEvent[],
-  finalReads: readonly FinalRead[],
-  options: CheckOptions = {},
-): AckedWriteCheck {
-  const readKeys = new Set(finalReads.map((r) => r.key));
-  const ops = pairOperations(appendFinalReads(events, finalReads)).filter((op) => readKeys.has(op.key));
+export function checkNoAckedWriteLost(events: readonly HistoryEvent[], options: CheckOptions = {}): AckedWriteCheck {
+  const readKeys = new Set<string>();
+  for (const e of events) if (e.type === 'ok' && e.process === finalReadProcess && e.f === 'read') readKeys.add(e.key);
+  const ops = pairOperations(events).filter((op) => readKeys.has(op.key));
   const written = new Set<string>();
-  for (const e of events) if (e.type === 'invoke' && e.f === 'write') written.add(e.key);
+  for (const e of events) if (e.type === 'invoke' && e.f === 'write' && e.process !== finalReadProcess) written.add(e.key);
   const unreadKeys = [...written].filter((k) => !readKeys.has(k)).sort();
   const result = checkOperations(ops, options);
   return { ok: result.verdict === 'ok' && unreadKeys.length === 0, unreadKeys, result };

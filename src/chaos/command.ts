@@ -10,7 +10,12 @@
  *    ends (or this process is interrupted) the lab is destroyed, whatever happened inside.
  *  - local (no root, or `--mode local`): nodes on 127.0.0.1, faults through `testing.faultsFile`.
  *
- * Exit code: 0 only when the run is valid (PASS); 1 for FAIL or UNKNOWN; 2 for bad options.
+ *  - recheck (`--recheck DIR`): no run; the verdict of a finished run is computed again from
+ *    DIR/history.jsonl and DIR/results.json alone (recheck.ts), printed as the same verdict line,
+ *    and compared with the verdict the run recorded.
+ *
+ * Exit code: 0 only when the run is valid (PASS) — for a recheck, when it is PASS and agrees with
+ * the recorded verdict; 1 for FAIL, UNKNOWN or disagreement; 2 for bad options.
  */
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -18,6 +23,7 @@ import path from 'node:path';
 import { mainScript } from '../cli/processes.js';
 import { ErrorCode, UsageError } from '../errors.js';
 import { NetLab, type NetLabDescriptor } from './netlab.js';
+import { recheckDir } from './recheck.js';
 import { runChaos, RunMode, type ChaosResults } from './runner.js';
 import { parseFaults, type FaultKind } from './schedule.js';
 
@@ -35,6 +41,7 @@ export interface ChaosCommandOptions {
   snapshotEvery: string;
   insideLab?: string;
   json?: boolean;
+  recheck?: string;
 }
 
 /** chaosNodesMax: a run's cluster size bound (each node is a process on this machine). */
@@ -99,6 +106,7 @@ export function verdictLine(r: ChaosResults, outDir: string): string {
     `chaos: ${r.verdict.toUpperCase()} seed=${r.seed} mode=${r.mode} nodes=${r.nodes} ops=${f.operations} (ok ${f.ok}, fail ${f.fail}, unknown ${f.info}) ` +
     `linearizability=${r.checks.linearizability.verdict} acked-writes=${r.checks.ackedWrites.ok ? 'ok' : r.checks.ackedWrites.verdict} ` +
     `leaders=${r.checks.leaders.ok ? 'ok' : 'CONFLICT'} convergence=${r.checks.convergence.ok ? 'ok' : 'NOT-OK'} ` +
+    `${r.checks.truncated ? 'history=TRUNCATED(cannot-be-fully-re-checked) ' : ''}` +
     `${r.resourceErrors.length > 0 ? `RUNAWAY-NODES=${r.resourceErrors.length} ` : ''}${r.errors.length > 0 ? `run-errors=${r.errors.length} ` : ''}` +
     `checker=${f.checkerMs}ms report=${path.join(outDir, 'report.html')}`
   );
@@ -106,6 +114,7 @@ export function verdictLine(r: ChaosResults, outDir: string): string {
 
 /** chaos: the action of `chard chaos`; sets process.exitCode. */
 export async function chaos(options: ChaosCommandOptions): Promise<void> {
+  if (options.recheck !== undefined) return recheck(options.recheck, options.json === true);
   const p = parse(options);
   mkdirSync(p.outDir, { recursive: true });
   const workload = { keyCount: p.keys, opTimeoutMs: p.opTimeoutMs };
@@ -192,7 +201,25 @@ function reexecArgs(options: ChaosCommandOptions, p: Parsed): string[] {
 }
 
 function finish(results: ChaosResults, outDir: string, json: boolean): void {
-  if (json) console.log(JSON.stringify({ verdict: results.verdict, valid: results.valid, seed: results.seed, mode: results.mode, figures: results.figures, stallsByFault: results.stallsByFault, outDir }));
-  else console.log(verdictLine(results, outDir));
+  if (json) console.log(JSON.stringify({ verdict: results.verdict, valid: results.valid, reasons: results.reasons, seed: results.seed, mode: results.mode, figures: results.figures, stallsByFault: results.stallsByFault, outDir }));
+  else {
+    for (const reason of results.reasons) process.stderr.write(`chaos: ${results.verdict.toUpperCase()} because ${reason}\n`);
+    console.log(verdictLine(results, outDir));
+  }
   process.exitCode = results.valid ? 0 : 1;
+}
+
+/** recheck: `chard chaos --recheck DIR`; the verdict line of DIR's files, and whether it agrees. */
+function recheck(dir: string, json: boolean): void {
+  const outDir = path.resolve(dir);
+  const { results, recorded, differences } = recheckDir(outDir);
+  const agreement = recorded === undefined ? "no recorded verdict (results.json missing or facts only): nothing to compare" : differences.length === 0 ? `agrees with the run (${recorded.verdict})` : `DIFFERS from the run: ${differences.join('; ')}`;
+  if (json) {
+    console.log(JSON.stringify({ recheck: true, verdict: results.verdict, valid: results.valid, reasons: results.reasons, checks: results.checks, figures: results.figures, recorded: recorded?.verdict ?? null, differences, outDir }));
+  } else {
+    for (const reason of results.reasons) process.stderr.write(`chaos: ${results.verdict.toUpperCase()} because ${reason}\n`);
+    console.log(`recheck ${verdictLine(results, outDir)}`);
+    console.log(`recheck: ${agreement}`);
+  }
+  process.exitCode = results.valid && differences.length === 0 ? 0 : 1;
 }

@@ -14,7 +14,13 @@
  *    unique values per key so a read names the write it saw. `null` is the initial value (an
  *    unwritten block reads as zeros).
  *  - fault events `{ type: 'fault', fault, phase: 'start'|'stop', time, detail }`;
- *  - leader events `{ type: 'leader', node, term, time }` (node became leader for term).
+ *  - leader events `{ type: 'leader', node, term, time }` (node became leader for term);
+ *  - a truncation marker `{ type: 'truncated', time, eventsMax, dropped }`: the recorder reached its
+ *    cap of `eventsMax` events at `time` and left `dropped` later events out. A history holding it
+ *    is a prefix of what happened: a violation found in it is real, a pass proves nothing.
+ *
+ * The final reads of the lost-write check are ordinary read ops of the process named
+ * `finalReadProcess` ('final'), recorded with their real times after the heal (checks.ts).
  *
  * parseHistory validates every line (the file is input from another process: bad input is a
  * UsageError naming the line, never an assertion); pairOperations validates the pairing and the
@@ -31,6 +37,7 @@ export const EventType = {
   Info: 'info',
   Fault: 'fault',
   Leader: 'leader',
+  Truncated: 'truncated',
 } as const;
 export type EventType = (typeof EventType)[keyof typeof EventType];
 
@@ -39,6 +46,9 @@ export type OpFunction = (typeof OpFunction)[keyof typeof OpFunction];
 
 export const FaultPhase = { Start: 'start', Stop: 'stop' } as const;
 export type FaultPhase = (typeof FaultPhase)[keyof typeof FaultPhase];
+
+/** finalReadProcess: the process of the final reads (after the heal) of the lost-write check. */
+export const finalReadProcess = 'final';
 
 /** RegisterValue: an opaque tag, or null for the initial value (zeros). */
 export type RegisterValue = string | null;
@@ -72,7 +82,15 @@ export interface LeaderEvent {
   time: number;
 }
 
-export type HistoryEvent = OpEvent | FaultEvent | LeaderEvent;
+export interface TruncatedEvent {
+  type: 'truncated';
+  /** eventsMax: the recorder's cap; dropped: events offered after the cap and not recorded. */
+  eventsMax: number;
+  dropped: number;
+  time: number;
+}
+
+export type HistoryEvent = OpEvent | FaultEvent | LeaderEvent | TruncatedEvent;
 
 /** historyLineBytesMax: a longer line is rejected before JSON.parse allocates for it. */
 export const historyLineBytesMax = 64 * 1024;
@@ -130,6 +148,13 @@ export function parseEvent(raw: unknown, where = 'event'): HistoryEvent {
       if (!isId(o.node)) throw invalid(where, 'node must be an integer or a non-empty string');
       if (typeof o.term !== 'number' || !Number.isSafeInteger(o.term) || o.term < 0) throw invalid(where, 'term must be an integer >= 0');
       return { type: 'leader', node: o.node, term: o.term, time };
+    }
+    case 'truncated': {
+      for (const field of ['eventsMax', 'dropped'] as const) {
+        const n = o[field];
+        if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw invalid(where, `${field} must be an integer >= 0`);
+      }
+      return { type: 'truncated', eventsMax: o.eventsMax as number, dropped: o.dropped as number, time };
     }
     default:
       throw invalid(where, `unknown type ${JSON.stringify(o.type)}`);
@@ -204,7 +229,7 @@ export function pairOperations(events: readonly HistoryEvent[]): Operation[] {
   const written = new Map<string, Set<string>>();
   for (let i = 0; i < events.length; i++) {
     const e = events[i]!;
-    if (e.type === 'fault' || e.type === 'leader') continue;
+    if (e.type === 'fault' || e.type === 'leader' || e.type === 'truncated') continue;
     let openOfProcess = open.get(e.process);
     if (!openOfProcess) open.set(e.process, (openOfProcess = new Map()));
     const where = (): string => `event ${i + 1} (process ${String(e.process)}, opId ${String(e.opId)})`;
@@ -252,6 +277,11 @@ export function pairOperations(events: readonly HistoryEvent[]): Operation[] {
   }
   for (const op of ops) assert(op.status !== 'info' || op.returnTime === Infinity, 'info ops return at +infinity');
   return ops;
+}
+
+/** truncationOf: the truncation marker of a history, or undefined when it is complete. */
+export function truncationOf(events: readonly HistoryEvent[]): TruncatedEvent | undefined {
+  return events.find((e): e is TruncatedEvent => e.type === 'truncated');
 }
 
 /** historyTimeRange returns [min, max] over all finite event times ([0, 0] when empty). */

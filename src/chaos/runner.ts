@@ -26,13 +26,14 @@ import { freePorts, mainScript } from '../cli/processes.js';
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
 import type { MemberAddresses } from '../node/replica.js';
 import { SeededRandom } from '../raft/random.js';
-import { checkConvergence, checkLeaders, checkNoAckedWriteLost, failoverStalls, type FaultStall, type ReplicaState } from './checks.js';
+import type { FaultStall } from './checks.js';
 import type { HistoryEvent } from './history.js';
-import { checkHistory, type LinearizabilityResult } from './linearizability.js';
+import { judgeRun, truncatedReason, type ConvergenceResult, type Judgement, type RunFacts } from './judge.js';
+import type { LinearizabilityResult } from './linearizability.js';
 import type { FaultLink, NetLab } from './netlab.js';
-import { overallVerdict, renderReport, type OverallVerdict } from './report.js';
+import { renderReport, type OverallVerdict } from './report.js';
 import { drawSchedule, FaultKind, FaultVariant, formatSchedule, type ScheduleStep } from './schedule.js';
-import { defaultWorkloadOptions, HistoryRecorder, readBlocks, WorkloadClient, type Target, type WorkloadOptions } from './workload.js';
+import { defaultWorkloadOptions, finalReadEventsMax, HistoryRecorder, pausedReadsMax, QueuedReads, readBlocks, WorkloadClient, type Target, type WorkloadOptions } from './workload.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export const RunMode = { Netns: 'netns', Local: 'local' } as const;
@@ -93,6 +94,8 @@ export interface ChaosResults {
   faults: string[];
   unsafeLocalReads: boolean;
   schedule: string[];
+  /** reasons: why the verdict is not PASS where the checks alone do not say (run-level). */
+  reasons: string[];
   figures: {
     operations: number;
     ok: number;
@@ -113,7 +116,9 @@ export interface ChaosResults {
     linearizability: { verdict: string; keyCount: number; counts: Record<string, number>; violations: { key: string; kind: string; message: string }[] };
     ackedWrites: { ok: boolean; verdict: string; unreadKeys: string[] };
     leaders: { ok: boolean; termCount: number; conflicts: { term: number; nodes: (number | string)[] }[] };
-    convergence: { ok: boolean; converged: boolean; replicas: ReplicaState[] } | { ok: false; error: string };
+    convergence: ConvergenceResult;
+    /** truncated: the recorder's cap cut the history (its marker is in history.jsonl), or null. */
+    truncated: { eventsMax: number; dropped: number } | null;
   };
   stalls: FaultStall[];
   stallsByFault: StallSummary[];
@@ -449,9 +454,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResults> {
   const clients: WorkloadClient[] = [];
   let workloadMs = 0;
   let healMs = 0;
-  const finalReads: { key: string; value: string | null }[] = [];
-  let convergenceResult: ChaosResults['checks']['convergence'] = { ok: false, error: 'not reached' };
-  let replicas: ReplicaState[] | undefined;
+  let finalRecorder: HistoryRecorder | undefined;
+  let convergenceFact: RunFacts['convergence'] = { error: 'not reached' };
 
   const resourceErrors: string[] = [];
   const stopWatch = cluster.watchMemory(nodeRssBytesMax, (id, rssBytes) => {
@@ -507,7 +511,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResults> {
         continue;
       }
       await sleep(Math.max(0, startAt - performance.now()));
-      await executeStep(step, cluster, recorder, log, faultErrors).catch((error: unknown) => {
+      await executeStep(step, cluster, recorder, workload, log, faultErrors).catch((error: unknown) => {
         faultErrors.push(`step #${step.index} ${step.variant}: ${(error as Error).message}`);
         log(`chaos: step #${step.index} ${step.variant} failed: ${(error as Error).message}`);
       });
@@ -536,17 +540,16 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResults> {
     for (const e of recorder.events) if (e.type === 'invoke' && e.f !== 'flush') touched.add(Number(e.key.slice(e.key.lastIndexOf('/') + 1)));
     const blocks = [...touched].sort((a, b) => a - b);
     const readTargets = [converged.leader, ...[...cluster.members].filter((id) => id !== converged.leader)].map((id) => cluster.nbdTarget(id));
-    const values = await readBlocks(readTargets, workload.volume, blocks, 5_000, finalReadRoundsMax);
-    for (const block of blocks) finalReads.push({ key: `${workload.volume}/${block}`, value: values.get(block) ?? null });
+    // Recorded apart from the workload's recorder (same clock): its cap must not drop them.
+    finalRecorder = new HistoryRecorder(recorder.now, finalReadEventsMax(blocks.length, finalReadRoundsMax));
+    await readBlocks(readTargets, workload.volume, blocks, 5_000, finalReadRoundsMax, finalRecorder);
 
     // ---------------------------------------------------------------- convergence
     try {
       const verify = await cluster.admin().verify(30_000);
-      replicas = verify.replicas.map((r) => ({ node: r.id, appliedIndex: r.appliedIndex, hash: r.hash }));
-      const c = checkConvergence(replicas);
-      convergenceResult = { ok: c.ok && c.converged, converged: c.converged, replicas };
+      convergenceFact = { replicas: verify.replicas.map((r) => ({ node: r.id, appliedIndex: r.appliedIndex, hash: r.hash })) };
     } catch (error) {
-      convergenceResult = { ok: false, error: (error as Error).message };
+      convergenceFact = { error: (error as Error).message };
       errors.push(`verify: ${(error as Error).message}`);
     }
   } catch (error) {
@@ -565,69 +568,12 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResults> {
     const file = path.join(cluster.nodeDir(id), 'node.log');
     if (existsSync(file)) leaderEvents.push(...leaderEventsFromLog(readFileSync(file, 'utf8'), wallAtZero));
   }
-  const events: HistoryEvent[] = [...recorder.events, ...leaderEvents].sort((a, b) => a.time - b.time);
+  // Everything the verdict uses goes to history.jsonl: the workload (with the truncation marker
+  // if the cap cut it), the final reads, the leader changes; results.json keeps the rest.
+  const events: HistoryEvent[] = [...recorder.recorded(), ...(finalRecorder?.events ?? []), ...leaderEvents].sort((a, b) => a.time - b.time);
   writeFileSync(path.join(outDir, 'history.jsonl'), events.map((e) => JSON.stringify(e) + '\n').join(''));
-  const checkerStart = performance.now();
-  const linearizability = checkHistory(events);
-  const checkerMs = performance.now() - checkerStart;
-  const ackedStart = performance.now();
-  const ackedWrites = checkNoAckedWriteLost(events, finalReads);
-  const ackedWriteCheckMs = performance.now() - ackedStart;
-  const leaders = checkLeaders(events);
-  // Stall windows end with the workload: leader changes logged during the heal would otherwise
-  // stretch the last fault's window over a time in which no client was running.
-  let workloadEndTime = 0;
-  for (const e of recorder.events) if (e.time > workloadEndTime) workloadEndTime = e.time;
-  const stalls = failoverStalls(events.filter((e) => e.type !== 'leader' || e.time <= workloadEndTime));
-  const convergence = replicas !== undefined ? checkConvergence(replicas) : undefined;
-
-  const opCounts = { operations: 0, ok: 0, fail: 0, info: 0, reads: 0, writes: 0, flushes: 0 };
-  const completed = new Set<string>();
-  for (const e of recorder.events) {
-    if (e.type === 'invoke') {
-      opCounts.operations++;
-      if (e.f === 'read') opCounts.reads++;
-      else if (e.f === 'write') opCounts.writes++;
-      else opCounts.flushes++;
-    } else if (e.type === 'ok' || e.type === 'fail' || e.type === 'info') {
-      opCounts[e.type]++;
-      completed.add(`${e.process}/${e.opId}`);
-    }
-  }
-  opCounts.info += opCounts.operations - completed.size;
-  const notes = [
-    `seed ${options.seed} · mode ${options.mode === RunMode.Netns ? 'network namespaces + nftables (real network faults)' : 'local processes + fault-injecting transport (testing.faultsFile)'}`,
-    `${options.nodes} nodes · ${options.clients} clients · ${(options.durationMs / 1000).toFixed(0)} s · faults: ${options.faults.join(', ') || 'none'}${options.unsafeLocalReads ? ' · BROKEN BACKEND: testing.unsafeLocalReads' : ''}`,
-    `replay: chard chaos --seed ${options.seed} --nodes ${options.nodes} --clients ${options.clients} --duration ${Math.round(options.durationMs / 1000)}s --faults ${options.faults.join(',') || 'none'}`,
-    ...resourceErrors.map((e) => `FAILED: ${e}`),
-    ...errors.map((e) => `error: ${e}`),
-    ...faultErrors.map((e) => `fault step error: ${e}`),
-  ];
-  let verdict = overallVerdict({
-    linearizability,
-    ackedWrites,
-    leaders,
-    ...(convergence ? { convergence } : {}),
-  });
-  // A node that ran away (memory) is a failure of the system under test, whatever else held.
-  if (resourceErrors.length > 0) verdict = 'fail';
-  // A run that could not heal, read back or verify has not proven anything: never PASS.
-  if (verdict === 'pass' && (errors.length > 0 || !convergenceResult.ok || recorder.truncated || opCounts.ok === 0)) verdict = 'unknown';
-  const reportVerdict = overallVerdict({ linearizability, ackedWrites, leaders, ...(convergence ? { convergence } : {}) });
-  const html = renderReport(events, {
-    title: `chard chaos — seed ${options.seed}`,
-    notes,
-    linearizability,
-    ackedWrites,
-    leaders,
-    stalls,
-    ...(convergence ? { convergence } : {}),
-  });
-  writeFileSync(path.join(outDir, 'report.html'), overrideBanner(html, reportVerdict, verdict, [...resourceErrors, ...errors]));
-  const minutes = Math.max(workloadMs, 1) / 60_000;
-  const results: ChaosResults = {
-    verdict,
-    valid: verdict === 'pass',
+  const judgement = judgeRun(events, { convergence: convergenceFact, errors, resourceErrors });
+  const meta: RunMeta = {
     seed: options.seed,
     mode: options.mode,
     nodes: options.nodes,
@@ -636,31 +582,72 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResults> {
     faults: [...options.faults],
     unsafeLocalReads: options.unsafeLocalReads === true,
     schedule: scheduleLines,
-    figures: {
-      ...opCounts,
-      operationsCheckedPerMinute: Math.round(opCounts.operations / minutes),
-      checkerMs: Math.round(checkerMs),
-      ackedWriteCheckMs: Math.round(ackedWriteCheckMs),
-      workloadMs: Math.round(workloadMs),
-      healMs: Math.round(healMs),
-      runMs: Math.round(performance.now() - runStart),
-      keysTouched: finalReads.length,
-    },
-    checks: {
-      linearizability: summarizeLinearizability(linearizability),
-      ackedWrites: { ok: ackedWrites.ok, verdict: ackedWrites.result.verdict, unreadKeys: ackedWrites.unreadKeys },
-      leaders: { ok: leaders.ok, termCount: leaders.termCount, conflicts: leaders.conflicts.map((c) => ({ term: c.term, nodes: c.nodes })) },
-      convergence: convergenceResult,
-    },
-    stalls,
-    stallsByFault: summarizeStalls(stalls),
     faultErrors,
-    resourceErrors,
-    errors,
   };
+  const results = buildResults(meta, judgement, { workloadMs, healMs, runMs: performance.now() - runStart });
+  writeFileSync(path.join(outDir, 'report.html'), renderRunReport(events, results, judgement));
   writeFileSync(path.join(outDir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
   if (options.mode === RunMode.Local && existsSync(cluster.faultsFile())) copyFileSync(cluster.faultsFile(), path.join(outDir, 'faults.last.json'));
   return results;
+}
+
+/** RunMeta: the parts of ChaosResults that describe the run rather than judge it. */
+export type RunMeta = Pick<ChaosResults, 'seed' | 'mode' | 'nodes' | 'clients' | 'durationMs' | 'faults' | 'unsafeLocalReads' | 'schedule' | 'faultErrors'>;
+
+/** buildResults: results.json of a run (or of a recheck) from its description and its judgement. */
+export function buildResults(meta: RunMeta, j: Judgement, timings: { workloadMs: number; healMs: number; runMs: number }): ChaosResults {
+  const minutes = Math.max(timings.workloadMs, 1) / 60_000;
+  return {
+    verdict: j.verdict,
+    valid: j.verdict === 'pass',
+    ...meta,
+    reasons: j.reasons,
+    figures: {
+      ...j.opCounts,
+      operationsCheckedPerMinute: Math.round(j.opCounts.operations / minutes),
+      checkerMs: Math.round(j.checkerMs),
+      ackedWriteCheckMs: Math.round(j.ackedWriteCheckMs),
+      workloadMs: Math.round(timings.workloadMs),
+      healMs: Math.round(timings.healMs),
+      runMs: Math.round(timings.runMs),
+      keysTouched: j.keysTouched,
+    },
+    checks: {
+      linearizability: summarizeLinearizability(j.linearizability),
+      ackedWrites: { ok: j.ackedWrites.ok, verdict: j.ackedWrites.result.verdict, unreadKeys: j.ackedWrites.unreadKeys },
+      leaders: { ok: j.leaders.ok, termCount: j.leaders.termCount, conflicts: j.leaders.conflicts.map((c) => ({ term: c.term, nodes: c.nodes })) },
+      convergence: j.convergenceResult,
+      truncated: j.truncation !== undefined ? { eventsMax: j.truncation.eventsMax, dropped: j.truncation.dropped } : null,
+    },
+    stalls: j.stalls,
+    stallsByFault: summarizeStalls(j.stalls),
+    resourceErrors: [...j.facts.resourceErrors],
+    errors: [...j.facts.errors],
+  };
+}
+
+/** renderRunReport: report.html of a run, its banner overridden by the run's verdict (overrideBanner). */
+export function renderRunReport(events: readonly HistoryEvent[], r: ChaosResults, j: Judgement): string {
+  const notes = [
+    `seed ${r.seed} · mode ${r.mode === RunMode.Netns ? 'network namespaces + nftables (real network faults)' : 'local processes + fault-injecting transport (testing.faultsFile)'}`,
+    `${r.nodes} nodes · ${r.clients} clients · ${(r.durationMs / 1000).toFixed(0)} s · faults: ${r.faults.join(', ') || 'none'}${r.unsafeLocalReads ? ' · BROKEN BACKEND: testing.unsafeLocalReads' : ''}`,
+    `replay: chard chaos --seed ${r.seed} --nodes ${r.nodes} --clients ${r.clients} --duration ${Math.round(r.durationMs / 1000)}s --faults ${r.faults.join(',') || 'none'}`,
+    `re-check from the files: chard chaos --recheck DIR`,
+    ...r.resourceErrors.map((e) => `FAILED: ${e}`),
+    ...r.errors.map((e) => `error: ${e}`),
+    ...(j.truncation !== undefined ? [`UNKNOWN: ${truncatedReason(j.truncation)}`] : []),
+    ...r.faultErrors.map((e) => `fault step error: ${e}`),
+  ];
+  const html = renderReport(events, {
+    title: `chard chaos — seed ${r.seed}`,
+    notes,
+    linearizability: j.linearizability,
+    ackedWrites: j.ackedWrites,
+    leaders: j.leaders,
+    stalls: j.stalls,
+    ...(j.convergence ? { convergence: j.convergence } : {}),
+  });
+  return overrideBanner(html, j.reportVerdict, j.verdict, j.reasons);
 }
 
 /**
@@ -723,7 +710,14 @@ async function waitConverged(cluster: ChaosCluster, timeoutMs: number): Promise<
  * executeStep: injects one scheduled fault, holds it, and undoes it. Records fault start/stop
  * events (fault name = the variant) with the concrete targets in `detail`.
  */
-async function executeStep(step: ScheduleStep, cluster: ChaosCluster, recorder: HistoryRecorder, log: (line: string) => void, faultErrors: string[]): Promise<void> {
+async function executeStep(
+  step: ScheduleStep,
+  cluster: ChaosCluster,
+  recorder: HistoryRecorder,
+  workload: WorkloadOptions,
+  log: (line: string) => void,
+  faultErrors: string[],
+): Promise<void> {
   const members = [...cluster.members].sort((a, b) => a - b);
   const leader = await cluster.leader().catch(() => 0);
   const followers = members.filter((id) => id !== leader);
@@ -753,11 +747,26 @@ async function executeStep(step: ScheduleStep, cluster: ChaosCluster, recorder: 
     case FaultVariant.PauseLeader:
     case FaultVariant.PauseFollower: {
       const target = step.variant === FaultVariant.PauseLeader ? leaderOrAny : pickOf(followers.length ? followers : members);
-      start(`SIGSTOP n${target}${target === leader ? ' (leader)' : ''} for ${step.durationMs} ms`);
+      // A client connected to the node before it stops keeps reading while it is stopped: the
+      // reads queue in its socket and run when it resumes (before its timers: the stale-lease case).
+      const random = new SeededRandom((step.pick ^ 0x5bd1e995) >>> 0);
+      const reads = await QueuedReads.open(cluster.nbdTarget(target), `paused-${step.index}`, recorder, () => random.float(), workload).catch(
+        (error: unknown) => {
+          faultErrors.push(`step #${step.index} ${step.variant}: no client could connect to n${target} before the pause: ${(error as Error).message}`);
+          return undefined;
+        },
+      );
+      start(`SIGSTOP n${target}${target === leader ? ' (leader)' : ''} for ${step.durationMs} ms${reads ? `; client paused-${step.index} keeps reading from it` : ''}`);
       cluster.pause(target);
+      reads?.start(Math.max(0, endAt - performance.now()) / pausedReadsMax);
       await hold();
+      reads?.stopIssuing();
       cluster.resume(target);
       stop();
+      if (reads) {
+        await reads.finish(workload.opTimeoutMs);
+        log(`chaos: #${step.index} ${reads.issued} reads queued at paused n${target} completed`);
+      }
       return;
     }
     case FaultVariant.IsolateLeader: {

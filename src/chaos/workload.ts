@@ -23,7 +23,7 @@ import net from 'node:net';
 import { assert } from '../assert.js';
 import { ErrorCode, RemoteError } from '../errors.js';
 import { Command, Magic, Option, OptionReply, ClientFlag } from '../nbd/protocol.js';
-import { serializeEvent, type HistoryEvent, type OpFunction, type RegisterValue } from './history.js';
+import { finalReadProcess, serializeEvent, type HistoryEvent, type OpFunction, type RegisterValue, type TruncatedEvent } from './history.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** blockBytes: the register size; every op reads or writes exactly one aligned block. */
@@ -260,20 +260,28 @@ export function decodeTag(block: Buffer): RegisterValue {
 /** UntimedEvent: a history event whose time the recorder stamps (unless given). */
 export type UntimedEvent = HistoryEvent extends infer E ? (E extends HistoryEvent ? Omit<E, 'time'> & { time?: number } : never) : never;
 
-/** HistoryRecorder: the one clock and event list of a run. */
+/** recorderEventsMax: the default cap of a HistoryRecorder (events kept in memory). */
+export const recorderEventsMax = 5_000_000;
+
+/**
+ * HistoryRecorder: the one clock and event list of a run. Past `eventsMax` events it drops new
+ * ones and counts them; `truncation()` is then the marker that says so in history.jsonl.
+ */
 export class HistoryRecorder {
   readonly events: HistoryEvent[] = [];
-  private overflowed = false;
+  private dropped = 0;
+  private droppedFrom = 0;
   constructor(
     readonly now: () => number,
-    readonly eventsMax = 5_000_000,
+    readonly eventsMax = recorderEventsMax,
   ) {}
 
   /** record: appends an event stamped now (or at `time`); returns its time. */
   record(event: UntimedEvent): number {
     const time = event.time ?? this.now();
     if (this.events.length >= this.eventsMax) {
-      this.overflowed = true;
+      if (this.dropped === 0) this.droppedFrom = time;
+      this.dropped++;
       return time;
     }
     this.events.push({ ...event, time } as HistoryEvent);
@@ -281,11 +289,23 @@ export class HistoryRecorder {
   }
 
   get truncated(): boolean {
-    return this.overflowed;
+    return this.dropped > 0;
+  }
+
+  /** truncation: the marker event (at the time of the first dropped event), if any was dropped. */
+  truncation(): TruncatedEvent | undefined {
+    if (this.dropped === 0) return undefined;
+    return { type: 'truncated', eventsMax: this.eventsMax, dropped: this.dropped, time: this.droppedFrom };
+  }
+
+  /** recorded: the events plus the truncation marker (what history.jsonl must hold). */
+  recorded(): HistoryEvent[] {
+    const marker = this.truncation();
+    return marker ? [...this.events, marker] : [...this.events];
   }
 
   toJsonl(): string {
-    return this.events.map((e) => serializeEvent(e) + '\n').join('');
+    return this.recorded().map((e) => serializeEvent(e) + '\n').join('');
   }
 }
 
@@ -447,16 +467,114 @@ export class WorkloadClient {
   }
 }
 
-/** readBlocks: final reads of many blocks over one connection per attempt round. */
+/** pausedReadsMax / pausedReadIntervalMs: reads a QueuedReads probe queues at a paused node. */
+export const pausedReadsMax = 48;
+export const pausedReadIntervalMs = 40;
+
+/**
+ * QueuedReads: a history process connected to one node before it is paused (SIGSTOP) that keeps
+ * issuing reads while the node is stopped. The kernel queues them in the node's socket; when the
+ * node resumes, Node runs that waiting socket I/O before its timers, so a deposed leader that
+ * trusts a lease on a clock it has not caught up answers them from its old state: a stale read
+ * the checker sees, because each read was invoked after writes the new leader acknowledged.
+ * Outcomes are recorded like a WorkloadClient's: ok with the value, fail on an error reply or a
+ * lost connection, info when unanswered by the deadline given to finish().
+ */
+export class QueuedReads {
+  private opId = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly reads: Promise<void>[] = [];
+  private readonly settlers: ((timedOut: boolean) => void)[] = [];
+
+  private constructor(
+    private readonly connection: NbdClient,
+    readonly process: string,
+    private readonly recorder: HistoryRecorder,
+    private readonly random: () => number,
+    private readonly options: Pick<WorkloadOptions, 'volume' | 'keyCount'>,
+  ) {}
+
+  /** open: connects (and completes the NBD handshake) while the node still runs. */
+  static async open(target: Target, process: string, recorder: HistoryRecorder, random: () => number, options: Pick<WorkloadOptions, 'volume' | 'keyCount'>): Promise<QueuedReads> {
+    const connection = await NbdClient.connect(target.host, target.port, options.volume);
+    return new QueuedReads(connection, process, recorder, random, options);
+  }
+
+  /** start: one read now and one every intervalMs (>= pausedReadIntervalMs) until stopIssuing() or pausedReadsMax. */
+  start(intervalMs = pausedReadIntervalMs): void {
+    assert(this.timer === undefined, 'QueuedReads starts once');
+    this.issue();
+    this.timer = setInterval(() => this.issue(), Math.max(pausedReadIntervalMs, intervalMs));
+  }
+
+  get issued(): number {
+    return this.opId;
+  }
+
+  stopIssuing(): void {
+    clearInterval(this.timer);
+  }
+
+  /** finish: no more reads; waits until each is answered or `timeoutMs` passed (then info), closes. */
+  async finish(timeoutMs: number): Promise<void> {
+    this.stopIssuing();
+    const timer = setTimeout(() => {
+      for (const settle of this.settlers) settle(true);
+    }, timeoutMs);
+    await Promise.all(this.reads);
+    clearTimeout(timer);
+    this.connection.close('queued reads done');
+  }
+
+  private issue(): void {
+    if (this.opId >= pausedReadsMax || this.connection.closed) return this.stopIssuing();
+    const opId = this.opId++;
+    const block = Math.floor(this.random() * this.options.keyCount);
+    const base = { process: this.process, opId, f: 'read' as const, key: `${this.options.volume}/${block}` };
+    this.recorder.record({ type: 'invoke', ...base, value: null });
+    let settled = false;
+    this.reads.push(
+      new Promise<void>((resolve) => {
+        const settle = (timedOut: boolean, value?: RegisterValue, failed?: boolean) => {
+          if (settled) return;
+          settled = true;
+          if (timedOut) this.recorder.record({ type: 'info', ...base, value: null });
+          else if (failed) this.recorder.record({ type: 'fail', ...base, value: null });
+          else this.recorder.record({ type: 'ok', ...base, value: value ?? null });
+          resolve();
+        };
+        this.settlers.push(settle);
+        this.connection.read(block * blockBytes, blockBytes).then(
+          (data) => settle(false, decodeTag(data)),
+          () => settle(false, null, true),
+        );
+      }),
+    );
+  }
+}
+
+/** finalReadEventsMax: the events readBlocks may record (invoke + completion per attempt). */
+export function finalReadEventsMax(blockCount: number, roundsMax: number): number {
+  return 2 * blockCount * roundsMax;
+}
+
+/**
+ * readBlocks: final reads of many blocks over one connection per attempt round. With a recorder,
+ * every attempt is recorded as a read op of process `finalReadProcess` (opIds `final-<n>`) with
+ * its real invoke and completion times: ok with the value read, fail on an error or a lost
+ * connection, info on a timeout. That is the record the lost-write check re-reads (checks.ts).
+ */
 export async function readBlocks(
   targets: Target[],
   volume: string,
   blocks: number[],
   attemptTimeoutMs: number,
   roundsMax: number,
+  recorder?: HistoryRecorder,
 ): Promise<Map<number, RegisterValue>> {
   const out = new Map<number, RegisterValue>();
   let last = 'no targets';
+  let opId = 0;
   for (let round = 0; round < roundsMax && out.size < blocks.length; round++) {
     const target = targets[round % targets.length]!;
     let client: NbdClient | undefined;
@@ -464,8 +582,18 @@ export async function readBlocks(
       client = await NbdClient.connect(target.host, target.port, volume);
       for (const block of blocks) {
         if (out.has(block)) continue;
-        const data = await withTimeout(client.read(block * blockBytes, blockBytes), attemptTimeoutMs);
-        out.set(block, decodeTag(data));
+        const base = { process: finalReadProcess, opId: `final-${opId++}`, f: 'read' as const, key: `${volume}/${block}` };
+        recorder?.record({ type: 'invoke', ...base, value: null });
+        let data: Buffer;
+        try {
+          data = await withTimeout(client.read(block * blockBytes, blockBytes), attemptTimeoutMs);
+        } catch (error) {
+          recorder?.record({ type: error instanceof TimedOut ? 'info' : 'fail', ...base, value: null });
+          throw error;
+        }
+        const value = decodeTag(data);
+        recorder?.record({ type: 'ok', ...base, value });
+        out.set(block, value);
       }
     } catch (error) {
       last = `${target.label}: ${(error as Error).message}`;
@@ -478,12 +606,14 @@ export async function readBlocks(
   return out;
 }
 
+class TimedOut extends Error {}
+
 async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   try {
     return await Promise.race([
       promise,
-      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms))),
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new TimedOut(`timed out after ${ms} ms`)), ms))),
     ]);
   } finally {
     clearTimeout(timer);

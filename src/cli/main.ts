@@ -362,6 +362,7 @@ program
   .option('--snapshot-every <n>', "nodes' snapshot interval in entries (0: node default)", '2000')
   .option('--unsafe-local-reads', 'start every node with testing.unsafeLocalReads (a deliberately broken backend)')
   .option('--json', 'print a JSON summary instead of the verdict line')
+  .option('--recheck <dir>', "no run: judge a finished run again from DIR's history.jsonl and results.json alone")
   .addOption(new Option('--inside-lab <file>', 'internal: run inside the lab described by FILE').hideHelp())
   .action(async (options) => {
     const { chaos } = await import('../chaos/command.js');

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { inflateSync } from 'node:zlib';
 import { checkHistory } from '../../src/chaos/linearizability.js';
-import { checkConvergence, checkLeaders, checkNoAckedWriteLost, failoverStalls } from '../../src/chaos/checks.js';
+import { appendFinalReads, checkConvergence, checkLeaders, checkNoAckedWriteLost, failoverStalls } from '../../src/chaos/checks.js';
 import { renderReport, type ReportResults } from '../../src/chaos/report.js';
 import type { HistoryEvent } from '../../src/chaos/history.js';
 import { HistoryBuilder, xorshift32 } from './builder.js';
@@ -63,7 +63,7 @@ function results(events: HistoryEvent[], finalReads: { key: string; value: strin
     title: 'chaos: partition + leader kill (test fixture)',
     notes: ['seed=11 nodes=3'],
     linearizability: checkHistory(events),
-    ackedWrites: checkNoAckedWriteLost(events, finalReads),
+    ackedWrites: checkNoAckedWriteLost(appendFinalReads(events, finalReads)),
     leaders: checkLeaders(events),
     stalls: failoverStalls(events),
     convergence: checkConvergence([

@@ -7,7 +7,8 @@
  * a 2-minute run with every fault kind on 5 nodes in network namespaces is VALID (exit 0; PASS in
  * results.json; linearizable, no acknowledged write lost, one leader per term, replicas equal)
  * and writes report.html (rendered in headless Chromium to artifacts/chaos/runner-report.png),
- * history.jsonl and results.json; (3) a deliberately broken backend (`--unsafe-local-reads`: reads
+ * history.jsonl (with the final reads, and reads queued at every paused node) and results.json,
+ * and `--recheck` of those files agrees with the run; (3) a deliberately broken backend (`--unsafe-local-reads`: reads
  * skip the linearizable barrier) under partitions is reported INVALID with a linearizability
  * violation (exit 1); (4) without root, local mode (faults through the nodes' testing.faultsFile)
  * runs a short valid run and says so in results.json and the report. (2) and (3) need root
@@ -23,7 +24,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NetLab } from '../../src/chaos/netlab.js';
-import { parseHistory } from '../../src/chaos/history.js';
+import { finalReadProcess, pairOperations, parseHistory } from '../../src/chaos/history.js';
 import { drawSchedule, faultKinds, parseFaults } from '../../src/chaos/schedule.js';
 import { overrideBanner, type ChaosResults } from '../../src/chaos/runner.js';
 import { checkHistory } from '../../src/chaos/linearizability.js';
@@ -125,6 +126,20 @@ test.serial('a 2-minute run with all faults on 5 nodes in network namespaces is 
   const history = parseHistory(readFileSync(path.join(out, 'history.jsonl'), 'utf8'));
   t.true(history.some((e) => e.type === 'fault'), 'fault windows recorded');
   t.true(history.some((e) => e.type === 'leader'), 'leader changes recorded');
+  t.false(history.some((e) => e.type === 'truncated'), 'the history is complete');
+  const ops = pairOperations(history);
+  t.is(new Set(ops.filter((op) => op.process === finalReadProcess && op.status === 'ok').map((op) => op.key)).size, results.figures.keysTouched, 'the final reads are in history.jsonl');
+  // Every pause step had a client reading from the stopped node.
+  const pauses = history.filter((e) => e.type === 'fault' && e.phase === 'start' && e.fault.startsWith('pause-'));
+  for (const start of pauses) {
+    const stop = history.find((e) => e.type === 'fault' && e.phase === 'stop' && e.time >= start.time)!;
+    const queued = ops.filter((op) => typeof op.process === 'string' && op.process.startsWith('paused-') && op.callTime >= start.time && op.callTime <= stop.time);
+    t.true(queued.length > 0, `reads queued during the pause at ${(start.time / 1000).toFixed(1)} s`);
+  }
+  t.log(`${pauses.length} pauses; ${ops.filter((op) => typeof op.process === 'string' && op.process.startsWith('paused-')).length} reads queued at paused nodes`);
+  const recheck = await chard(['chaos', '--recheck', out], 120_000);
+  t.is(recheck.stdout.trim().split('\n')[1], 'recheck: agrees with the run (pass)', recheck.stdout + recheck.stderr.slice(-2000));
+  t.is(recheck.code, 0);
   for (let id = 1; id <= 5; id++) t.true(existsSync(path.join(out, `n${id}`, 'node.log')), `node ${id} log kept`);
   const html = readFileSync(path.join(out, 'report.html'), 'utf8');
   t.regex(html, /PASS/);
