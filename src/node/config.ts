@@ -38,6 +38,8 @@ export interface NodeConfig {
   limits?: Partial<ReplicaLimits>;
   /** store: limits of the block store (snapshot trailing entries, caches). */
   store?: Partial<BlockStoreLimits>;
+  /** metrics: HOST:PORT of the Prometheus /metrics listener (none when absent). */
+  metrics?: string;
   /** logLevel: pino level (default info). */
   logLevel?: string;
   /** testing: fault injection and deliberately broken behaviour for the chaos harness's own tests. */
@@ -87,6 +89,22 @@ function validateAddresses(value: unknown, what: string): MemberAddresses {
     parseHostPort(v[key] as string, `${what}.${key}`);
   }
   return { raft: v.raft as string, admin: v.admin as string, nbd: v.nbd as string };
+}
+
+function validateListen(value: unknown, what: string): string {
+  if (typeof value !== 'string') throw bad(`${what} must be a "host:port" string`);
+  parseHostPort(value, what);
+  return value;
+}
+
+/** logLevels: pino's levels. */
+export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+export function validateLogLevel(value: unknown, what = 'logLevel'): string {
+  if (typeof value !== 'string' || !(logLevels as readonly string[]).includes(value)) {
+    throw bad(`${what} must be one of ${logLevels.join(', ')}, got ${JSON.stringify(value)}`);
+  }
+  return value;
 }
 
 function plainObject(value: unknown, what: string): Record<string, number | string> {
@@ -155,6 +173,7 @@ export function validateNodeConfig(value: unknown, baseDir = process.cwd()): Nod
     ...(peers ? { peers } : {}),
     limits: plainObject(v.limits, 'limits') as Partial<ReplicaLimits>,
     store: plainObject(v.store, 'store') as Partial<BlockStoreLimits>,
+    ...(v.metrics !== undefined ? { metrics: validateListen(v.metrics, 'metrics') } : {}),
     logLevel: typeof v.logLevel === 'string' ? v.logLevel : 'info',
     ...(v.testing !== undefined ? { testing: validateTesting(v.testing, baseDir) } : {}),
   };
