@@ -317,7 +317,7 @@ export class AttachAgent {
       throw new UsageError(ErrorCode.NotFound, `no volume named "${options.volume}" (volumes: ${volumes.map((v) => v.name).join(', ') || 'none'})`);
     }
     const server = new NbdServer({
-      backend: meteredBackend(new VolumeBackend(service), service.counters),
+      backend: meteredBackend(new VolumeBackend(service), service.counters, options.logger),
       ...(options.logger ? { logger: options.logger } : {}),
       onEvent: (event, amount) => service.counters.inc(`nbd.${event}`, amount),
     });

@@ -192,7 +192,7 @@ export async function clusterDown(dirOption: string): Promise<{ id: number; resu
 }
 
 /** nodeStartFromDir: (re)start node `id` of the local cluster in `dir`. */
-export async function nodeStartFromDir(dirOption: string, id: number, foreground: boolean): Promise<{ pid: number } | undefined> {
+export async function nodeStartFromDir(dirOption: string, id: number, foreground: boolean, logLevel?: string): Promise<{ pid: number } | undefined> {
   const dir = path.resolve(dirOption);
   const cluster = readClusterFile(dir);
   const entry = cluster.nodes.find((n) => n.id === id);
@@ -202,7 +202,7 @@ export async function nodeStartFromDir(dirOption: string, id: number, foreground
   }
   if (foreground) {
     const { runNodeProcess } = await import('../node/process.js');
-    await runNodeProcess(path.join(nodeDir(dir, id), 'node.json'));
+    await runNodeProcess(path.join(nodeDir(dir, id), 'node.json'), logLevel !== undefined ? { logLevel } : {});
     return undefined;
   }
   const pid = spawnNode(dir, id);

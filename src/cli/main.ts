@@ -10,6 +10,7 @@ import { ChardError, ErrorCode, UsageError } from '../errors.js';
 import { ClusterClient, clusterTargets } from './client.js';
 import { formatSize, parseSize, table } from './cluster-file.js';
 import { clusterDown, clusterUp, nodeInit, nodeStartFromDir } from './cluster.js';
+import { validateLogLevel } from '../node/config.js';
 
 const program = new Command();
 program
@@ -62,6 +63,7 @@ cluster
   .option('--base-port <port>', 'first port (3 per node: raft, admin, nbd); 0 = any free ports', '0')
   .option('--volume-size <size>', 'size of the default volume', '1GiB')
   .option('--detach', 'return once a leader is elected (default: run in the foreground until Ctrl-C)')
+  .option('--log-level <level>', "the nodes' log level, written to each node.json (fatal, error, warn, info, debug, trace, silent)")
   .option('--json', 'print the cluster file as JSON')
   .addOption(new Option('--node-options <json>', 'extra node.json fields for every node (limits, store)').hideHelp())
   .action(async (options) => {
@@ -81,6 +83,7 @@ cluster
       volumeSizeBytes: parseSize(options.volumeSize),
       detach: options.detach === true,
       json: options.json === true,
+      ...(options.logLevel !== undefined ? { logLevel: validateLogLevel(options.logLevel, '--log-level') } : {}),
     });
   });
 cluster
@@ -103,17 +106,18 @@ node
   .option('--dir <dir>', 'directory of a local cluster')
   .option('--id <id>', 'node id within --dir')
   .option('--foreground', 'with --dir: run in this process instead of detaching')
+  .option('--log-level <level>', 'with --config or --foreground: log level (fatal, error, warn, info, debug, trace, silent); overrides the config file')
   .option('--json', 'with --dir: print {"id", "pid"}')
   .action(async (options) => {
     if (options.config !== undefined) {
       const { runNodeProcess } = await import('../node/process.js');
-      await runNodeProcess(options.config);
+      await runNodeProcess(options.config, options.logLevel !== undefined ? { logLevel: options.logLevel } : {});
       return;
     }
     if (options.dir === undefined || options.id === undefined) {
       throw new UsageError(ErrorCode.InvalidArgument, 'node start needs --config FILE, or --dir DIR and --id ID');
     }
-    const result = await nodeStartFromDir(options.dir, parseId(options.id), options.foreground === true);
+    const result = await nodeStartFromDir(options.dir, parseId(options.id), options.foreground === true, options.logLevel);
     if (result !== undefined) print(options, { id: parseId(options.id), pid: result.pid }, () => `node ${options.id} started (pid ${result.pid})`);
   });
 
@@ -299,6 +303,8 @@ program
   .option('--device <dev>', 'attach this kernel device (e.g. /dev/nbd0) with nbd-client')
   .option('--connections <n>', 'kernel connections (the agent advertises CAN_MULTI_CONN)', '2')
   .option('--timeout <ms>', 'how long requests wait for an unreachable cluster before failing with EIO', '120000')
+  .option('--metrics <addr>', 'serve Prometheus metrics on HOST:PORT (GET /metrics)')
+  .option('--log-level <level>', 'agent log level on stderr (fatal, error, warn, info, debug, trace, silent)', 'info')
   .option('--status', 'print the state of the running agents and exit')
   .option('--json', 'print JSON')
   .action(async (options) => {
@@ -353,7 +359,6 @@ program
     process.exit(process.exitCode ?? 0);
   });
 
-program.addOption(new Option('--log-level <level>', 'log level').hideHelp());
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   if (error instanceof ChardError) {

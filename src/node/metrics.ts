@@ -14,6 +14,7 @@
 
 import * as prom from 'prom-client';
 import type { BlockBackend, ExportHandle } from '../nbd/backend.js';
+import { Role } from '../raft/types.js';
 
 /** CounterSink: receives every inc/set/observe of a Counters (the Prometheus exporter). */
 export interface CounterSink {
@@ -78,19 +79,39 @@ export class Counters {
 export const nbdCommands = ['read', 'write', 'trim', 'write_zeroes', 'flush', 'cache', 'block_status'] as const;
 export type NbdCommandName = (typeof nbdCommands)[number];
 
+/** slowRequestMs: an NBD request that takes longer is logged at warn with its request id. */
+export const slowRequestMs = 1_000;
+
+/** RequestLogger: the subset of pino the metered backend logs with. */
+export interface RequestLogger {
+  debug(o: object, m?: string): void;
+  warn(o: object, m?: string): void;
+}
+
 /**
  * meteredBackend: wraps a BlockBackend so that every export call is timed
  * (`nbd.<command>_ms`, from the call to its settling) and the calls in flight are a gauge
  * (`nbd.inflight`). The NBD server counts the requests themselves (`nbd.<command>Requests`).
+ * With a logger, every opened export gets a connection id and every request an id
+ * (`req: "c<conn>.<n>"`), logged at debug when it settles and at warn when slower than
+ * `slowRequestMs` or failed.
  */
-export function meteredBackend(backend: BlockBackend, counters: Counters): BlockBackend {
+export function meteredBackend(backend: BlockBackend, counters: Counters, logger?: RequestLogger): BlockBackend {
   let inflight = 0;
-  const timed = <T>(command: NbdCommandName, call: () => Promise<T>): Promise<T> => {
+  let connections = 0;
+  const timed = <T>(conn: number, seq: () => number, command: NbdCommandName, offset: number, length: number, call: () => Promise<T>): Promise<T> => {
     const started = performance.now();
     counters.set('nbd.inflight', ++inflight);
-    const settle = () => {
+    const req = logger === undefined ? '' : `c${conn}.${seq()}`;
+    const settle = (error?: unknown) => {
       counters.set('nbd.inflight', --inflight);
-      counters.observe(`nbd.${command}_ms`, performance.now() - started);
+      const ms = performance.now() - started;
+      counters.observe(`nbd.${command}_ms`, ms);
+      if (logger === undefined) return;
+      const fields = { req, command, offset, length, ms: Math.round(ms * 100) / 100 };
+      if (error !== undefined) logger.warn({ ...fields, err: String(error) }, 'nbd request failed');
+      else if (ms > slowRequestMs) logger.warn(fields, 'slow nbd request');
+      else logger.debug(fields, 'nbd request');
     };
     let promise: Promise<T>;
     try {
@@ -99,7 +120,7 @@ export function meteredBackend(backend: BlockBackend, counters: Counters): Block
       settle();
       throw error;
     }
-    promise.then(settle, settle);
+    promise.then(() => settle(), (error: unknown) => settle(error ?? 'rejected'));
     return promise;
   };
   return {
@@ -107,16 +128,23 @@ export function meteredBackend(backend: BlockBackend, counters: Counters): Block
     defaultExportName: () => backend.defaultExportName(),
     open: async (name: string): Promise<ExportHandle> => {
       const handle = await backend.open(name);
+      const conn = ++connections;
+      let requests = 0;
+      const seq = () => ++requests;
+      logger?.debug({ conn: `c${conn}`, export: name }, 'nbd export opened');
       return {
         info: () => handle.info(),
-        read: (offset, length) => timed('read', () => handle.read(offset, length)),
-        write: (offset, data, flags) => timed('write', () => handle.write(offset, data, flags)),
-        trim: (offset, length, flags) => timed('trim', () => handle.trim(offset, length, flags)),
-        writeZeroes: (offset, length, flags) => timed('write_zeroes', () => handle.writeZeroes(offset, length, flags)),
-        flush: () => timed('flush', () => handle.flush()),
-        cache: (offset, length) => timed('cache', () => handle.cache(offset, length)),
-        blockStatus: (offset, length) => timed('block_status', () => handle.blockStatus(offset, length)),
-        close: () => handle.close(),
+        read: (offset, length) => timed(conn, seq, 'read', offset, length, () => handle.read(offset, length)),
+        write: (offset, data, flags) => timed(conn, seq, 'write', offset, data.length, () => handle.write(offset, data, flags)),
+        trim: (offset, length, flags) => timed(conn, seq, 'trim', offset, length, () => handle.trim(offset, length, flags)),
+        writeZeroes: (offset, length, flags) => timed(conn, seq, 'write_zeroes', offset, length, () => handle.writeZeroes(offset, length, flags)),
+        flush: () => timed(conn, seq, 'flush', 0, 0, () => handle.flush()),
+        cache: (offset, length) => timed(conn, seq, 'cache', offset, length, () => handle.cache(offset, length)),
+        blockStatus: (offset, length) => timed(conn, seq, 'block_status', offset, length, () => handle.blockStatus(offset, length)),
+        close: () => {
+          logger?.debug({ conn: `c${conn}`, requests }, 'nbd export closed');
+          return handle.close();
+        },
       };
     },
   };
@@ -142,7 +170,8 @@ export interface RaftStatusView {
   progress: { id: number; match: number; snapshotSent: number; snapshotAcked: number }[];
 }
 
-export const raftRoles = ['follower', 'precandidate', 'candidate', 'leader'] as const;
+/** raftRoles: the label values of chard_raft_role (the raft core's role names). */
+export const raftRoles = Object.values(Role);
 
 const nbdCommandOfEvent: Record<string, NbdCommandName> = {
   readRequests: 'read',

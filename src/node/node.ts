@@ -46,6 +46,13 @@ export interface ChardNodeOptions {
   /** transport: replace the gRPC peer transport (tests, the chaos harness's faulty transport). */
   transport?: (defaults: { clusterId: string; nodeId: number; listen: string }) => Transport;
   defaultVolume?: string;
+  /** logContext: filled once the replica exists, so a logger's mixin can add the current term. */
+  logContext?: LogContext;
+}
+
+/** LogContext: what a process-wide logger may add to every line (pino `mixin`). */
+export interface LogContext {
+  term?: () => number;
 }
 
 export class ChardNode {
@@ -118,6 +125,7 @@ export class ChardNode {
       counters,
       logger,
     });
+    if (options.logContext !== undefined) options.logContext.term = () => replica.raw.raft.term;
     const admin = new NodeAdmin(replica, store, clock);
     const forwarder = new BlockForwarder((id) => replica.addressOf(id)?.admin, config.clusterId, options.credentials);
     volumes = new LocalVolumeService(replica, store, encodeBlockCommand, forwarder, clock, options.defaultVolume ?? 'default', {}, counters);
@@ -134,7 +142,7 @@ export class ChardNode {
       ...(options.credentials ? { credentials: options.credentials } : {}),
     });
     const nbd = new NbdServer({
-      backend: meteredBackend(new VolumeBackend(volumes), counters),
+      backend: meteredBackend(new VolumeBackend(volumes), counters, logger),
       logger,
       onEvent: (event, amount) => counters.inc(`nbd.${event}`, amount),
     });

@@ -71,7 +71,7 @@ test('every node serves Prometheus metrics that move after writes', async (t) =>
   const leaders = [...before].filter(([, f]) => value(f, 'chard_raft_role', { role: 'leader' }) === 1).map(([id]) => id);
   t.deepEqual(leaders, [leader], 'exactly the leader reports role="leader" 1');
   for (const [id, f] of before) {
-    for (const role of ['follower', 'candidate', 'precandidate', 'leader']) t.not(value(f, 'chard_raft_role', { role }), undefined, `node ${id} exports role ${role}`);
+    for (const role of ['follower', 'candidate', 'pre-candidate', 'leader']) t.not(value(f, 'chard_raft_role', { role }), undefined, `node ${id} exports role ${role}`);
   }
 
   await writeBlocks(cluster.node(leader).nbd, 20, 0xa1);
