@@ -10,7 +10,7 @@ import { ChardError, ErrorCode, UsageError } from '../errors.js';
 import { ClusterClient, clusterTargets } from './client.js';
 import { formatSize, parseSize, table } from './cluster-file.js';
 import { clusterDown, clusterUp, nodeInit, nodeStartFromDir } from './cluster.js';
-import { validateLogLevel } from '../node/config.js';
+import { hostNodeConfig, hostPorts, parseMembers, validateLogLevel } from '../node/config.js';
 
 const program = new Command();
 program
@@ -123,11 +123,50 @@ node
 
 node
   .command('init')
-  .description('prepare a new (joining) node ID in the local cluster DIR; then start it and `chard member add` it')
-  .requiredOption('--dir <dir>', 'directory of a local cluster')
+  .description(
+    'with --dir: prepare a new (joining) node ID in the local cluster DIR; then start it and `chard member add` it. ' +
+      'With --out: write the node.json of a node that has a host to itself (NBD on 10809; see docs/deploy.md)',
+  )
+  .option('--dir <dir>', 'directory of a local cluster')
   .requiredOption('--id <id>', 'id of the new node')
+  .option('--out <file>', 'write a one-node-per-host config to FILE (instead of --dir)')
+  .option('--cluster-id <id>', 'with --out: the cluster id (the same on every host)')
+  .option('--host <addr>', 'with --out: name or IP this node listens on and the others dial')
+  .option('--members <list>', 'with --out: ID=HOST,... of the initial members (or, with --join, of the current members)')
+  .option('--join', 'with --out: a node that joins a running cluster (then `chard member add`)')
+  .option('--data-dir <dir>', 'with --out: data directory', '/var/lib/chard')
+  .option('--nbd-port <port>', 'with --out: NBD port', String(hostPorts.nbd))
+  .option('--raft-port <port>', 'with --out: raft port', String(hostPorts.raft))
+  .option('--admin-port <port>', 'with --out: admin port', String(hostPorts.admin))
+  .option('--metrics-port <port>', 'with --out: Prometheus metrics port', String(hostPorts.metrics))
   .option('--json', 'print JSON')
   .action(async (options) => {
+    if (options.out !== undefined) {
+      if (options.dir !== undefined) throw new UsageError(ErrorCode.InvalidArgument, 'give --dir or --out, not both');
+      for (const flag of ['clusterId', 'host', 'members'] as const) {
+        if (options[flag] === undefined) throw new UsageError(ErrorCode.InvalidArgument, `node init --out needs --${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
+      }
+      const port = (flag: string, text: string) => {
+        const n = Number(text);
+        if (!Number.isInteger(n) || n < 1 || n > 65535) throw new UsageError(ErrorCode.InvalidArgument, `--${flag} must be a port 1..65535, got "${text}"`);
+        return n;
+      };
+      const config = hostNodeConfig({
+        clusterId: options.clusterId,
+        id: parseId(options.id),
+        host: options.host,
+        members: parseMembers(options.members),
+        join: options.join === true,
+        dataDir: options.dataDir,
+        ports: { nbd: port('nbd-port', options.nbdPort), raft: port('raft-port', options.raftPort), admin: port('admin-port', options.adminPort), metrics: port('metrics-port', options.metricsPort) },
+      });
+      const { existsSync, writeFileSync } = await import('node:fs');
+      if (existsSync(options.out)) throw new UsageError(ErrorCode.AlreadyExists, `${options.out} exists; not overwriting it`);
+      writeFileSync(options.out, `${JSON.stringify(config, null, 2)}\n`);
+      print(options, config, () => `wrote ${options.out} (node ${config.id}: nbd ${config.listen.nbd}, raft ${config.listen.raft}, admin ${config.listen.admin}, metrics ${config.metrics}); start it with: chard node start --config ${options.out}`);
+      return;
+    }
+    if (options.dir === undefined) throw new UsageError(ErrorCode.InvalidArgument, 'node init needs --dir DIR (a local cluster) or --out FILE (a node on its own host)');
     const entry = await nodeInit(options.dir, parseId(options.id));
     print(options, entry, () =>
       [

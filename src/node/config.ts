@@ -248,3 +248,67 @@ export function loadNodeConfig(file: string): NodeConfig {
     throw error;
   }
 }
+
+/**
+ * Well-known ports of a node that has its host to itself (one node per host): NBD's IANA port
+ * 10809, and fixed raft / admin / metrics ports so every host's config looks the same.
+ */
+export const hostPorts = { raft: 7401, admin: 7402, nbd: 10809, metrics: 9101 } as const;
+
+export interface HostNodeConfigOptions {
+  clusterId: string;
+  id: number;
+  /** host: the name or IP address this node listens on and the others dial. */
+  host: string;
+  /** members: id → host of every initial member (bootstrap), or with `join` the current members. */
+  members: Record<string, string>;
+  join?: boolean;
+  dataDir?: string;
+  ports?: Partial<Record<keyof typeof hostPorts, number>>;
+  logLevel?: string;
+}
+
+function hostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/**
+ * hostNodeConfig: the node.json of one node on its own host (`chard node init --out FILE`):
+ * every member on the same well-known ports, NBD on 10809 unless told otherwise. The result is
+ * validated like any config file.
+ */
+export function hostNodeConfig(options: HostNodeConfigOptions): NodeConfig {
+  const ports = { ...hostPorts, ...options.ports };
+  const addressesOf = (host: string): MemberAddresses => ({ raft: hostPort(host, ports.raft), admin: hostPort(host, ports.admin), nbd: hostPort(host, ports.nbd) });
+  const members = Object.fromEntries(Object.entries(options.members).map(([id, host]) => [id, addressesOf(host)]));
+  const config: Record<string, unknown> = {
+    clusterId: options.clusterId,
+    id: options.id,
+    dataDir: options.dataDir ?? '/var/lib/chard',
+    listen: addressesOf(options.host),
+    metrics: hostPort(options.host, ports.metrics),
+    ...(options.logLevel !== undefined ? { logLevel: options.logLevel } : {}),
+  };
+  if (options.join === true) {
+    config.join = true;
+    config.peers = members;
+  } else {
+    config.initialMembers = { ...members, [String(options.id)]: addressesOf(options.host) };
+  }
+  validateNodeConfig(config, '/');
+  return config as unknown as NodeConfig;
+}
+
+/** parseMembers: "1=10.0.0.1,2=host-b,3=[fd00::3]" → { "1": "10.0.0.1", ... } (INVALID_ARGUMENT naming the flag). */
+export function parseMembers(text: string, what = '--members'): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const part of text.split(',').filter((p) => p.trim() !== '')) {
+    const m = /^\s*([1-9]\d*)=(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)\s*$/.exec(part);
+    if (m === null) throw bad(`${what}: "${part}" is not ID=HOST`);
+    validateNodeId(Number(m[1]), `${what} id`);
+    if (m[1]! in out) throw bad(`${what}: node ${m[1]} is listed twice`);
+    out[m[1]!] = m[2]!.replace(/^\[|\]$/g, '');
+  }
+  if (Object.keys(out).length === 0) throw bad(`${what} lists no member`);
+  return out;
+}
