@@ -180,26 +180,62 @@ node
 
 // ------------------------------------------------------------------ status
 
-targetOptions(program.command('status').description('leader, and per node: role, term, commit and applied index, lag, reachable')).action(
-  async (options: TargetOptions) => {
+/** statusText: the status table; the leader's row is marked with `*`, lag is entries behind the leader's commit. */
+function statusText(report: Awaited<ReturnType<ClusterClient['clusterStatus']>>): string {
+  const rows = report.nodes.map((n) => [
+    `${n.id}${n.id === report.leader ? ' *' : ''}`,
+    n.address,
+    n.reachable ? (n.role ?? '') : 'unreachable',
+    n.term ?? '',
+    n.commitIndex ?? '',
+    n.appliedIndex ?? '',
+    n.lag ?? '',
+  ]);
+  return `leader: ${report.leader === 0 ? 'none' : report.leader}\n${table(['id', 'admin', 'role', 'term', 'commit', 'applied', 'lag'], rows)}`;
+}
+
+/** watchIntervalMin: the fastest --watch refresh (each round asks every node). */
+const watchIntervalMin = 100;
+const clearScreen = '\x1b[H\x1b[2J';
+
+targetOptions(program.command('status').description('leader, and per node: role, term, commit and applied index, lag, reachable'))
+  .option('--watch', 'refresh until Ctrl-C (clears the terminal and redraws; with --json one line per refresh)')
+  .option('--interval <ms>', 'with --watch: refresh interval', '1000')
+  .action(async (options: TargetOptions & { watch?: boolean; interval: string }) => {
     await withClient(options, async (client) => {
-      const report = await client.clusterStatus();
-      print(options, report, () => {
-        const rows = report.nodes.map((n) => [
-          n.id,
-          n.address,
-          n.reachable ? (n.role ?? '') : 'unreachable',
-          n.term ?? '',
-          n.commitIndex ?? '',
-          n.appliedIndex ?? '',
-          n.lag ?? '',
-        ]);
-        return `leader: ${report.leader === 0 ? 'none' : report.leader}\n${table(['id', 'admin', 'role', 'term', 'commit', 'applied', 'lag'], rows)}`;
-      });
-      if (report.leader === 0) process.exitCode = 1;
+      if (options.watch !== true) {
+        const report = await client.clusterStatus();
+        print(options, report, () => statusText(report));
+        if (report.leader === 0) process.exitCode = 1;
+        return;
+      }
+      const interval = Number(options.interval);
+      if (!Number.isInteger(interval) || interval < watchIntervalMin || interval > 3_600_000) {
+        throw new UsageError(ErrorCode.InvalidArgument, `--interval must be ${watchIntervalMin}..3600000 ms, got "${options.interval}"`);
+      }
+      let stopped = false;
+      let wake: (() => void) | undefined;
+      let timer: NodeJS.Timeout | undefined;
+      const stop = () => {
+        stopped = true;
+        clearTimeout(timer);
+        wake?.();
+      };
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+      while (!stopped) {
+        const started = Date.now();
+        const report = await client.clusterStatus(Math.min(2000, interval));
+        if (stopped) break;
+        if (options.json) process.stdout.write(`${JSON.stringify({ at: new Date().toISOString(), ...report })}\n`);
+        else process.stdout.write(`${clearScreen}${new Date().toISOString()}  every ${interval} ms, Ctrl-C stops\n${statusText(report)}\n`);
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          timer = setTimeout(resolve, Math.max(0, interval - (Date.now() - started)));
+        });
+      }
     });
-  },
-);
+  });
 
 // ------------------------------------------------------------------ volume
 
