@@ -16,7 +16,8 @@ import { ChardError, ErrorCode, InternalError, NotLeaderError, RemoteError, Usag
 import type { Extent, ReadChunk } from '../nbd/backend.js';
 import { NbdServer, type NbdListenAddress } from '../nbd/server.js';
 import { ClusterClient, type ClusterTarget } from '../cli/client.js';
-import { Counters } from '../node/metrics.js';
+import { Counters, meteredBackend, PromExporter } from '../node/metrics.js';
+import { type MetricsServerHandle, startMetricsServer } from '../node/metrics-http.js';
 import { type BlockCommand, VolumeBackend, type VolumeInfo, type VolumeService } from '../node/volume-backend.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -282,6 +283,8 @@ export interface AgentOptions {
   limits?: Partial<AgentLimits>;
   credentials?: grpc.ChannelCredentials;
   logger?: { info(o: object, m?: string): void; warn(o: object, m?: string): void; error(o: object, m?: string): void; debug(o: object, m?: string): void };
+  /** metrics: HOST:PORT of a Prometheus /metrics listener for this agent (none when absent). */
+  metrics?: string;
 }
 
 export class AttachAgent {
@@ -290,7 +293,13 @@ export class AttachAgent {
     private readonly server: NbdServer,
     readonly address: NbdListenAddress,
     private readonly volume: string,
+    private readonly metrics: MetricsServerHandle | undefined,
   ) {}
+
+  /** metricsAddress: where this agent serves /metrics (undefined without `metrics`). */
+  get metricsAddress(): string | undefined {
+    return this.metrics?.address;
+  }
 
   static async start(options: AgentOptions): Promise<AttachAgent> {
     const limits = { ...defaultAgentLimits, ...options.limits };
@@ -308,12 +317,24 @@ export class AttachAgent {
       throw new UsageError(ErrorCode.NotFound, `no volume named "${options.volume}" (volumes: ${volumes.map((v) => v.name).join(', ') || 'none'})`);
     }
     const server = new NbdServer({
-      backend: new VolumeBackend(service),
+      backend: meteredBackend(new VolumeBackend(service), service.counters, options.logger),
       ...(options.logger ? { logger: options.logger } : {}),
       onEvent: (event, amount) => service.counters.inc(`nbd.${event}`, amount),
     });
     const address = await server.listen(options.listen);
-    return new AttachAgent(service, server, address, options.volume);
+    let metrics: MetricsServerHandle | undefined;
+    if (options.metrics !== undefined) {
+      const exporter = new PromExporter({ labels: { agent: options.volume } });
+      service.counters.attach(exporter);
+      try {
+        metrics = await startMetricsServer({ listen: options.metrics, exporter, ...(options.logger ? { logger: options.logger } : {}), onRefused: () => service.counters.inc('refused.metrics.connections_max') });
+      } catch (error) {
+        await server.close();
+        client.close();
+        throw error;
+      }
+    }
+    return new AttachAgent(service, server, address, options.volume, metrics);
   }
 
   status(): AgentStatus {
@@ -334,6 +355,7 @@ export class AttachAgent {
   }
 
   async close(): Promise<void> {
+    await this.metrics?.close();
     await this.server.close();
     this.service.client.close();
   }

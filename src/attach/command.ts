@@ -11,9 +11,10 @@ import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { pino } from 'pino';
+import { destination, pino } from 'pino';
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
 import { clusterTargets } from '../cli/client.js';
+import { validateLogLevel } from '../node/config.js';
 import { AttachAgent, type AgentStatus } from './agent.js';
 
 const execFileAsync = promisify(execFile);
@@ -32,6 +33,10 @@ export interface AttachOptions {
   connections: string;
   timeout: string;
   json?: boolean;
+  /** metrics: HOST:PORT for the agent's Prometheus /metrics listener. */
+  metrics?: string;
+  /** logLevel: pino level of the agent's JSON log on stderr (default info). */
+  logLevel?: string;
 }
 
 export interface PublishedStatus extends AgentStatus {
@@ -75,10 +80,10 @@ export async function attach(options: AttachOptions): Promise<void> {
       );
     }
   }
-  const logger = pino({ level: 'info', base: { agent: options.volume } });
+  const logger = pino({ level: validateLogLevel(options.logLevel ?? 'info', '--log-level'), base: { agent: options.volume, pid: process.pid } }, destination(2));
   const listen = socket !== undefined ? { path: socket } : { host: '127.0.0.1', port: Number(options.port) };
   if (socket !== undefined) rmSync(socket, { force: true });
-  const agent = await AttachAgent.start({ cluster: targets, volume: options.volume, listen, limits: { unavailableTimeoutMs: timeoutMs }, logger });
+  const agent = await AttachAgent.start({ cluster: targets, volume: options.volume, listen, limits: { unavailableTimeoutMs: timeoutMs }, logger, ...(options.metrics !== undefined ? { metrics: options.metrics } : {}) });
   const where = 'path' in agent.address ? agent.address.path : `${agent.address.host}:${agent.address.port}`;
   const uri = 'path' in agent.address ? `nbd+unix:///${options.volume}?socket=${agent.address.path}` : `nbd://${where}/${options.volume}`;
   const statusFile = path.join(runDir(), `${name}.json`);
@@ -91,7 +96,7 @@ export async function attach(options: AttachOptions): Promise<void> {
   };
   publish();
   const timer = setInterval(publish, 1000);
-  console.log(options.json ? JSON.stringify({ pid: process.pid, listen: where, uri, statusFile }) : `chard attach: serving volume ${options.volume} at ${uri} (pid ${process.pid})`);
+  console.log(options.json ? JSON.stringify({ pid: process.pid, listen: where, uri, statusFile, ...(agent.metricsAddress ? { metrics: agent.metricsAddress } : {}) }) : `chard attach: serving volume ${options.volume} at ${uri} (pid ${process.pid})`);
 
   if (options.device !== undefined) {
     const args = ['-b', '4096', '-t', String(Math.ceil(timeoutMs / 1000) + 30), '-C', String(connections), '-N', options.volume];

@@ -14,6 +14,8 @@ export interface ClusterNodeEntry {
   raft: string;
   admin: string;
   nbd: string;
+  /** metrics: HOST:PORT of the node's Prometheus /metrics listener (absent in older files). */
+  metrics?: string;
   data: string;
 }
 

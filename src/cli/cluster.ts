@@ -13,9 +13,10 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
 import type { NodeConfig } from '../node/config.js';
+import type { MemberAddresses } from '../node/replica.js';
 import { ClusterClient } from './client.js';
 import { type ClusterFile, clusterFilePath, formatSize, readClusterFile, table, writeClusterFile } from './cluster-file.js';
-import { isAlive, nodeDir, planAddresses, readNodeConfigFile, spawnNode, stopProcess, writeNodeConfig } from './processes.js';
+import { freePorts, isAlive, nodeDir, planAddresses, readNodeConfigFile, spawnNode, stopProcess, writeNodeConfig } from './processes.js';
 
 export const clusterNodesMax = 7;
 export const defaultVolumeName = 'default';
@@ -31,6 +32,21 @@ export interface ClusterUpOptions {
   nodeOptions?: Partial<NodeConfig>;
   /** leaderTimeoutMs: how long to wait for the first leader. */
   leaderTimeoutMs?: number;
+  /** logLevel: the nodes' pino level (node.json `logLevel`). */
+  logLevel?: string;
+}
+
+/**
+ * planMetrics: a loopback /metrics address per node — after the 3 ports per node of
+ * `--base-port` (base + 3n + i), or free ports when the base is 0.
+ */
+async function planMetrics(ids: number[], basePort: number, taken: Map<number, MemberAddresses>, host = '127.0.0.1'): Promise<Map<number, string>> {
+  // Free ports are asked for again after planAddresses released its own: skip any it chose.
+  const used = new Set([...taken.values()].flatMap((a) => [a.raft, a.admin, a.nbd]).map((a) => Number(a.slice(a.lastIndexOf(':') + 1))));
+  const ports = basePort === 0 ? (await freePorts(ids.length + used.size, host)).filter((p) => !used.has(p)).slice(0, ids.length) : ids.map((_, i) => basePort + ids.length * 3 + i);
+  if (ports.length < ids.length) throw new RemoteError(ErrorCode.Unavailable, 'no free ports for the metrics listeners');
+  if (ports.some((p) => p > 65535)) throw new UsageError(ErrorCode.InvalidArgument, `--base-port ${basePort} leaves no room for ${ids.length} metrics ports`);
+  return new Map(ids.map((id, i) => [id, `${host}:${ports[i]}`]));
 }
 
 /** startAttemptsMax: start-ups of a fresh cluster on OS-chosen ports (a port can be taken between choosing and binding it). */
@@ -69,15 +85,25 @@ export async function clusterUp(options: ClusterUpOptions): Promise<ClusterFile>
       fresh = true;
       const ids = Array.from({ length: options.nodes }, (_, i) => i + 1);
       const addresses = await planAddresses(ids, options.basePort);
+      const metrics = await planMetrics(ids, options.basePort, addresses);
       const clusterId = `chard-${randomBytes(4).toString('hex')}`;
       const initialMembers = Object.fromEntries([...addresses].map(([id, a]) => [String(id), a]));
       for (const id of ids) {
-        const config: NodeConfig = { ...options.nodeOptions, clusterId, id, dataDir: '.', listen: addresses.get(id)!, initialMembers };
+        const config: NodeConfig = {
+          ...options.nodeOptions,
+          clusterId,
+          id,
+          dataDir: '.',
+          listen: addresses.get(id)!,
+          initialMembers,
+          metrics: metrics.get(id)!,
+          ...(options.logLevel !== undefined ? { logLevel: options.logLevel } : {}),
+        };
         writeNodeConfig(dir, config);
       }
       cluster = {
         clusterId,
-        nodes: ids.map((id) => ({ id, pid: spawnNode(dir, id), ...addresses.get(id)!, data: nodeDir(dir, id) })),
+        nodes: ids.map((id) => ({ id, pid: spawnNode(dir, id), ...addresses.get(id)!, metrics: metrics.get(id)!, data: nodeDir(dir, id) })),
       };
     }
     writeClusterFile(dir, cluster);
@@ -134,11 +160,11 @@ export async function clusterUp(options: ClusterUpOptions): Promise<ClusterFile>
 }
 
 function printWelcome(dir: string, cluster: ClusterFile, volumes: { name: string; sizeBytes: number }[]): void {
-  const rows = cluster.nodes.map((n) => [n.id, n.pid, n.raft, n.admin, n.nbd]);
+  const rows = cluster.nodes.map((n) => [n.id, n.pid, n.raft, n.admin, n.nbd, n.metrics ?? '']);
   const first = cluster.nodes[0]!;
   const lines = [
     `chard: ${cluster.nodes.length}-node cluster ${cluster.clusterId} running in ${dir}`,
-    table(['node', 'pid', 'raft', 'admin', 'nbd'], rows),
+    table(['node', 'pid', 'raft', 'admin', 'nbd', 'metrics'], rows),
     '',
     `volumes: ${volumes.map((v) => `${v.name} (${formatSize(v.sizeBytes)})`).join(', ') || 'none'}`,
     'NBD exports (every node serves every volume; a write is answered once committed on a quorum):',
@@ -166,7 +192,7 @@ export async function clusterDown(dirOption: string): Promise<{ id: number; resu
 }
 
 /** nodeStartFromDir: (re)start node `id` of the local cluster in `dir`. */
-export async function nodeStartFromDir(dirOption: string, id: number, foreground: boolean): Promise<{ pid: number } | undefined> {
+export async function nodeStartFromDir(dirOption: string, id: number, foreground: boolean, logLevel?: string): Promise<{ pid: number } | undefined> {
   const dir = path.resolve(dirOption);
   const cluster = readClusterFile(dir);
   const entry = cluster.nodes.find((n) => n.id === id);
@@ -176,7 +202,7 @@ export async function nodeStartFromDir(dirOption: string, id: number, foreground
   }
   if (foreground) {
     const { runNodeProcess } = await import('../node/process.js');
-    await runNodeProcess(path.join(nodeDir(dir, id), 'node.json'));
+    await runNodeProcess(path.join(nodeDir(dir, id), 'node.json'), logLevel !== undefined ? { logLevel } : {});
     return undefined;
   }
   const pid = spawnNode(dir, id);
@@ -199,6 +225,7 @@ export async function nodeInit(dirOption: string, id: number, basePort = 0): Pro
     throw new UsageError(ErrorCode.AlreadyExists, `node ${id} already exists in ${dir}`);
   }
   const addresses = (await planAddresses([id], basePort)).get(id)!;
+  const metrics = (await planMetrics([id], 0, new Map([[id, addresses]]))).get(id)!;
   const template = readNodeConfigFile(dir, cluster.nodes[0]!.id);
   const peers = Object.fromEntries(cluster.nodes.map((n) => [String(n.id), { raft: n.raft, admin: n.admin, nbd: n.nbd }]));
   const config: NodeConfig = {
@@ -208,11 +235,13 @@ export async function nodeInit(dirOption: string, id: number, basePort = 0): Pro
     listen: addresses,
     join: true,
     peers,
+    metrics,
+    ...(template.logLevel !== undefined ? { logLevel: template.logLevel } : {}),
     ...(template.limits ? { limits: template.limits } : {}),
     ...(template.store ? { store: template.store } : {}),
   };
   writeNodeConfig(dir, config);
-  const entry = { id, pid: 0, ...addresses, data: nodeDir(dir, id) };
+  const entry = { id, pid: 0, ...addresses, metrics, data: nodeDir(dir, id) };
   cluster.nodes.push(entry);
   writeClusterFile(dir, cluster);
   return entry;

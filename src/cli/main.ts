@@ -11,6 +11,7 @@ import { ChardError, ErrorCode, UsageError } from '../errors.js';
 import { ClusterClient, clusterTargets } from './client.js';
 import { formatSize, parseSize, table } from './cluster-file.js';
 import { clusterDown, clusterUp, nodeInit, nodeStartFromDir } from './cluster.js';
+import { hostNodeConfig, hostPorts, parseMembers, validateLogLevel } from '../node/config.js';
 
 const program = new Command();
 program
@@ -63,6 +64,7 @@ cluster
   .option('--base-port <port>', 'first port (3 per node: raft, admin, nbd); 0 = any free ports', '0')
   .option('--volume-size <size>', 'size of the default volume', '1GiB')
   .option('--detach', 'return once a leader is elected (default: run in the foreground until Ctrl-C)')
+  .option('--log-level <level>', "the nodes' log level, written to each node.json (fatal, error, warn, info, debug, trace, silent)")
   .option('--json', 'print the cluster file as JSON')
   .addOption(new Option('--node-options <json>', 'extra node.json fields for every node (limits, store)').hideHelp())
   .action(async (options) => {
@@ -82,6 +84,7 @@ cluster
       volumeSizeBytes: parseSize(options.volumeSize),
       detach: options.detach === true,
       json: options.json === true,
+      ...(options.logLevel !== undefined ? { logLevel: validateLogLevel(options.logLevel, '--log-level') } : {}),
     });
   });
 cluster
@@ -104,27 +107,67 @@ node
   .option('--dir <dir>', 'directory of a local cluster')
   .option('--id <id>', 'node id within --dir')
   .option('--foreground', 'with --dir: run in this process instead of detaching')
+  .option('--log-level <level>', 'with --config or --foreground: log level (fatal, error, warn, info, debug, trace, silent); overrides the config file')
   .option('--json', 'with --dir: print {"id", "pid"}')
   .action(async (options) => {
     if (options.config !== undefined) {
       const { runNodeProcess } = await import('../node/process.js');
-      await runNodeProcess(options.config);
+      await runNodeProcess(options.config, options.logLevel !== undefined ? { logLevel: options.logLevel } : {});
       return;
     }
     if (options.dir === undefined || options.id === undefined) {
       throw new UsageError(ErrorCode.InvalidArgument, 'node start needs --config FILE, or --dir DIR and --id ID');
     }
-    const result = await nodeStartFromDir(options.dir, parseId(options.id), options.foreground === true);
+    const result = await nodeStartFromDir(options.dir, parseId(options.id), options.foreground === true, options.logLevel);
     if (result !== undefined) print(options, { id: parseId(options.id), pid: result.pid }, () => `node ${options.id} started (pid ${result.pid})`);
   });
 
 node
   .command('init')
-  .description('prepare a new (joining) node ID in the local cluster DIR; then start it and `chard member add` it')
-  .requiredOption('--dir <dir>', 'directory of a local cluster')
+  .description(
+    'with --dir: prepare a new (joining) node ID in the local cluster DIR; then start it and `chard member add` it. ' +
+      'With --out: write the node.json of a node that has a host to itself (NBD on 10809; see docs/deploy.md)',
+  )
+  .option('--dir <dir>', 'directory of a local cluster')
   .requiredOption('--id <id>', 'id of the new node')
+  .option('--out <file>', 'write a one-node-per-host config to FILE (instead of --dir)')
+  .option('--cluster-id <id>', 'with --out: the cluster id (the same on every host)')
+  .option('--host <addr>', 'with --out: name or IP this node listens on and the others dial')
+  .option('--members <list>', 'with --out: ID=HOST,... of the initial members (or, with --join, of the current members)')
+  .option('--join', 'with --out: a node that joins a running cluster (then `chard member add`)')
+  .option('--data-dir <dir>', 'with --out: data directory', '/var/lib/chard')
+  .option('--nbd-port <port>', 'with --out: NBD port', String(hostPorts.nbd))
+  .option('--raft-port <port>', 'with --out: raft port', String(hostPorts.raft))
+  .option('--admin-port <port>', 'with --out: admin port', String(hostPorts.admin))
+  .option('--metrics-port <port>', 'with --out: Prometheus metrics port', String(hostPorts.metrics))
   .option('--json', 'print JSON')
   .action(async (options) => {
+    if (options.out !== undefined) {
+      if (options.dir !== undefined) throw new UsageError(ErrorCode.InvalidArgument, 'give --dir or --out, not both');
+      for (const flag of ['clusterId', 'host', 'members'] as const) {
+        if (options[flag] === undefined) throw new UsageError(ErrorCode.InvalidArgument, `node init --out needs --${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
+      }
+      const port = (flag: string, text: string) => {
+        const n = Number(text);
+        if (!Number.isInteger(n) || n < 1 || n > 65535) throw new UsageError(ErrorCode.InvalidArgument, `--${flag} must be a port 1..65535, got "${text}"`);
+        return n;
+      };
+      const config = hostNodeConfig({
+        clusterId: options.clusterId,
+        id: parseId(options.id),
+        host: options.host,
+        members: parseMembers(options.members),
+        join: options.join === true,
+        dataDir: options.dataDir,
+        ports: { nbd: port('nbd-port', options.nbdPort), raft: port('raft-port', options.raftPort), admin: port('admin-port', options.adminPort), metrics: port('metrics-port', options.metricsPort) },
+      });
+      const { existsSync, writeFileSync } = await import('node:fs');
+      if (existsSync(options.out)) throw new UsageError(ErrorCode.AlreadyExists, `${options.out} exists; not overwriting it`);
+      writeFileSync(options.out, `${JSON.stringify(config, null, 2)}\n`);
+      print(options, config, () => `wrote ${options.out} (node ${config.id}: nbd ${config.listen.nbd}, raft ${config.listen.raft}, admin ${config.listen.admin}, metrics ${config.metrics}); start it with: chard node start --config ${options.out}`);
+      return;
+    }
+    if (options.dir === undefined) throw new UsageError(ErrorCode.InvalidArgument, 'node init needs --dir DIR (a local cluster) or --out FILE (a node on its own host)');
     const entry = await nodeInit(options.dir, parseId(options.id));
     print(options, entry, () =>
       [
@@ -138,26 +181,62 @@ node
 
 // ------------------------------------------------------------------ status
 
-targetOptions(program.command('status').description('leader, and per node: role, term, commit and applied index, lag, reachable')).action(
-  async (options: TargetOptions) => {
+/** statusText: the status table; the leader's row is marked with `*`, lag is entries behind the leader's commit. */
+function statusText(report: Awaited<ReturnType<ClusterClient['clusterStatus']>>): string {
+  const rows = report.nodes.map((n) => [
+    `${n.id}${n.id === report.leader ? ' *' : ''}`,
+    n.address,
+    n.reachable ? (n.role ?? '') : 'unreachable',
+    n.term ?? '',
+    n.commitIndex ?? '',
+    n.appliedIndex ?? '',
+    n.lag ?? '',
+  ]);
+  return `leader: ${report.leader === 0 ? 'none' : report.leader}\n${table(['id', 'admin', 'role', 'term', 'commit', 'applied', 'lag'], rows)}`;
+}
+
+/** watchIntervalMin: the fastest --watch refresh (each round asks every node). */
+const watchIntervalMin = 100;
+const clearScreen = '\x1b[H\x1b[2J';
+
+targetOptions(program.command('status').description('leader, and per node: role, term, commit and applied index, lag, reachable'))
+  .option('--watch', 'refresh until Ctrl-C (clears the terminal and redraws; with --json one line per refresh)')
+  .option('--interval <ms>', 'with --watch: refresh interval', '1000')
+  .action(async (options: TargetOptions & { watch?: boolean; interval: string }) => {
     await withClient(options, async (client) => {
-      const report = await client.clusterStatus();
-      print(options, report, () => {
-        const rows = report.nodes.map((n) => [
-          n.id,
-          n.address,
-          n.reachable ? (n.role ?? '') : 'unreachable',
-          n.term ?? '',
-          n.commitIndex ?? '',
-          n.appliedIndex ?? '',
-          n.lag ?? '',
-        ]);
-        return `leader: ${report.leader === 0 ? 'none' : report.leader}\n${table(['id', 'admin', 'role', 'term', 'commit', 'applied', 'lag'], rows)}`;
-      });
-      if (report.leader === 0) process.exitCode = 1;
+      if (options.watch !== true) {
+        const report = await client.clusterStatus();
+        print(options, report, () => statusText(report));
+        if (report.leader === 0) process.exitCode = 1;
+        return;
+      }
+      const interval = Number(options.interval);
+      if (!Number.isInteger(interval) || interval < watchIntervalMin || interval > 3_600_000) {
+        throw new UsageError(ErrorCode.InvalidArgument, `--interval must be ${watchIntervalMin}..3600000 ms, got "${options.interval}"`);
+      }
+      let stopped = false;
+      let wake: (() => void) | undefined;
+      let timer: NodeJS.Timeout | undefined;
+      const stop = () => {
+        stopped = true;
+        clearTimeout(timer);
+        wake?.();
+      };
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+      while (!stopped) {
+        const started = Date.now();
+        const report = await client.clusterStatus(Math.min(2000, interval));
+        if (stopped) break;
+        if (options.json) process.stdout.write(`${JSON.stringify({ at: new Date().toISOString(), ...report })}\n`);
+        else process.stdout.write(`${clearScreen}${new Date().toISOString()}  every ${interval} ms, Ctrl-C stops\n${statusText(report)}\n`);
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          timer = setTimeout(resolve, Math.max(0, interval - (Date.now() - started)));
+        });
+      }
     });
-  },
-);
+  });
 
 // ------------------------------------------------------------------ volume
 
@@ -315,6 +394,8 @@ program
   .option('--device <dev>', 'attach this kernel device (e.g. /dev/nbd0) with nbd-client')
   .option('--connections <n>', 'kernel connections (the agent advertises CAN_MULTI_CONN)', '2')
   .option('--timeout <ms>', 'how long requests wait for an unreachable cluster before failing with EIO', '120000')
+  .option('--metrics <addr>', 'serve Prometheus metrics on HOST:PORT (GET /metrics)')
+  .option('--log-level <level>', 'agent log level on stderr (fatal, error, warn, info, debug, trace, silent)', 'info')
   .option('--status', 'print the state of the running agents and exit')
   .option('--json', 'print JSON')
   .action(async (options) => {
@@ -370,7 +451,6 @@ program
     process.exit(process.exitCode ?? 0);
   });
 
-program.addOption(new Option('--log-level <level>', 'log level').hideHelp());
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   if (error instanceof ChardError) {

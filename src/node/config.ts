@@ -16,8 +16,9 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { ErrorCode, UsageError } from '../errors.js';
-import type { BlockStoreLimits } from '../blockstore/index.js';
-import type { MemberAddresses, ReplicaLimits } from './replica.js';
+import { type BlockStoreLimits, defaultBlockStoreLimits } from '../blockstore/index.js';
+import { ReadOnlyOption } from '../raft/config.js';
+import { defaultReplicaLimits, type MemberAddresses, type ReplicaLimits } from './replica.js';
 
 export interface NodeConfig {
   clusterId: string;
@@ -38,6 +39,8 @@ export interface NodeConfig {
   limits?: Partial<ReplicaLimits>;
   /** store: limits of the block store (snapshot trailing entries, caches). */
   store?: Partial<BlockStoreLimits>;
+  /** metrics: HOST:PORT of the Prometheus /metrics listener (none when absent). */
+  metrics?: string;
   /** logLevel: pino level (default info). */
   logLevel?: string;
   /** testing: fault injection and deliberately broken behaviour for the chaos harness's own tests. */
@@ -79,53 +82,116 @@ export function validateNodeId(id: unknown, what = 'node id'): number {
   return id;
 }
 
-function validateAddresses(value: unknown, what: string): MemberAddresses {
-  if (typeof value !== 'object' || value === null) throw bad(`${what} must be an object with raft, admin and nbd addresses`);
-  const v = value as Record<string, unknown>;
+/** onlyKnown: refuses a field that is not in `known` (a typo would otherwise be ignored silently). */
+function onlyKnown(value: Record<string, unknown>, known: readonly string[], what: string): void {
+  for (const key of Object.keys(value)) {
+    if (!known.includes(key)) throw bad(`${what === '' ? '' : `${what}.`}${key} is not a known field (known: ${known.join(', ')})`);
+  }
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * validateAddresses: raft, admin and nbd "host:port". `listen` may ask for port 0 (any free port);
+ * an address others dial (advertise, members, peers) needs a real port.
+ */
+function validateAddresses(value: unknown, what: string, portZeroAllowed = false): MemberAddresses {
+  if (!isObject(value)) throw bad(`${what} must be an object with raft, admin and nbd addresses`);
+  const v = value;
+  onlyKnown(v, ['raft', 'admin', 'nbd'], what);
   for (const key of ['raft', 'admin', 'nbd'] as const) {
     if (typeof v[key] !== 'string') throw bad(`${what}.${key} must be a "host:port" string`);
-    parseHostPort(v[key] as string, `${what}.${key}`);
+    const { port } = parseHostPort(v[key] as string, `${what}.${key}`);
+    if (port === 0 && !portZeroAllowed) throw bad(`${what}.${key}: port 0 is only allowed in listen (others must dial a real port)`);
   }
   return { raft: v.raft as string, admin: v.admin as string, nbd: v.nbd as string };
 }
 
-function plainObject(value: unknown, what: string): Record<string, number | string> {
-  if (value === undefined) return {};
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad(`${what} must be an object`);
-  for (const [key, v] of Object.entries(value)) {
-    if (typeof v !== 'number' && typeof v !== 'string') throw bad(`${what}.${key} must be a number or a string`);
-  }
-  return value as Record<string, number | string>;
+function validateListen(value: unknown, what: string): string {
+  if (typeof value !== 'string') throw bad(`${what} must be a "host:port" string`);
+  parseHostPort(value, what);
+  return value;
 }
 
-function validateTesting(value: unknown, baseDir: string): NodeTesting {
-  if (typeof value !== 'object' || value === null) throw bad('testing must be an object');
-  const v = value as Record<string, unknown>;
-  const out: NodeTesting = {};
-  if (v.faultsFile !== undefined) {
-    if (typeof v.faultsFile !== 'string') throw bad('testing.faultsFile must be a path');
-    out.faultsFile = path.resolve(baseDir, v.faultsFile);
+/** logLevels: pino's levels. */
+export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+export function validateLogLevel(value: unknown, what = 'logLevel'): string {
+  if (typeof value !== 'string' || !(logLevels as readonly string[]).includes(value)) {
+    throw bad(`${what} must be one of ${logLevels.join(', ')}, got ${JSON.stringify(value)}`);
   }
-  if (v.unsafeLocalReads !== undefined) out.unsafeLocalReads = v.unsafeLocalReads === true;
+  return value;
+}
+
+/**
+ * validateLimits: every key must be one the defaults have, with the same shape: a non-negative
+ * safe integer for a number, one of the allowed values for a string, recursively for an object.
+ */
+function validateLimits(value: unknown, defaults: object, what: string): Record<string, unknown> {
+  if (value === undefined) return {};
+  if (!isObject(value)) throw bad(`${what} must be an object`);
+  const known = defaults as Record<string, unknown>;
+  onlyKnown(value, Object.keys(known), what);
+  const out: Record<string, unknown> = {};
+  for (const [key, v] of Object.entries(value)) {
+    const d = known[key];
+    const field = `${what}.${key}`;
+    if (typeof d === 'number') {
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw bad(`${field} must be a non-negative integer, got ${JSON.stringify(v)}`);
+    } else if (key === 'readOnlyOption') {
+      const allowed = Object.values(ReadOnlyOption) as string[];
+      if (typeof v !== 'string' || !allowed.includes(v)) throw bad(`${field} must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);
+    } else if (isObject(d)) {
+      out[key] = { ...d, ...validateLimits(v, d, field) };
+      continue;
+    } else if (typeof v !== typeof d) {
+      throw bad(`${field} must be a ${typeof d}`);
+    }
+    out[key] = v;
+  }
   return out;
 }
 
+function validateTesting(value: unknown, baseDir: string): NodeTesting {
+  if (!isObject(value)) throw bad('testing must be an object');
+  const v = value;
+  onlyKnown(v, ['faultsFile', 'unsafeLocalReads'], 'testing');
+  const out: NodeTesting = {};
+  if (v.faultsFile !== undefined) {
+    if (typeof v.faultsFile !== 'string' || v.faultsFile.length === 0 || v.faultsFile.includes('\0')) throw bad('testing.faultsFile must be a file path');
+    out.faultsFile = path.resolve(baseDir, v.faultsFile);
+  }
+  if (v.unsafeLocalReads !== undefined) {
+    if (typeof v.unsafeLocalReads !== 'boolean') throw bad('testing.unsafeLocalReads must be true or false');
+    out.unsafeLocalReads = v.unsafeLocalReads;
+  }
+  return out;
+}
+
+/** nodeConfigFields: the top-level fields of a node config (docs/operations.md describes each). */
+export const nodeConfigFields = ['clusterId', 'id', 'dataDir', 'listen', 'advertise', 'initialMembers', 'join', 'peers', 'limits', 'store', 'metrics', 'logLevel', 'testing'] as const;
+
 /** validateNodeConfig: checks every field; returns a normalized copy (absolute dataDir). */
 export function validateNodeConfig(value: unknown, baseDir = process.cwd()): NodeConfig {
-  if (typeof value !== 'object' || value === null) throw bad('node config must be a JSON object');
-  const v = value as Record<string, unknown>;
+  if (!isObject(value)) throw bad('node config must be a JSON object');
+  const v = value;
+  onlyKnown(v, nodeConfigFields, '');
   if (typeof v.clusterId !== 'string' || !clusterIdPattern.test(v.clusterId)) {
     throw bad('clusterId must be 1..64 characters of [A-Za-z0-9._-]');
   }
-  const id = validateNodeId(v.id);
-  if (typeof v.dataDir !== 'string' || v.dataDir.length === 0) throw bad('dataDir must be a directory path');
-  const listen = validateAddresses(v.listen, 'listen');
+  const id = validateNodeId(v.id, 'id');
+  if (typeof v.dataDir !== 'string' || v.dataDir.length === 0 || v.dataDir.includes('\0')) throw bad('dataDir must be a directory path');
+  if (v.join !== undefined && typeof v.join !== 'boolean') throw bad('join must be true or false');
+  const listen = validateAddresses(v.listen, 'listen', true);
   const advertise = v.advertise === undefined ? undefined : validateAddresses(v.advertise, 'advertise');
   let initialMembers: Record<string, MemberAddresses> | undefined;
   if (v.initialMembers !== undefined) {
-    if (typeof v.initialMembers !== 'object' || v.initialMembers === null) throw bad('initialMembers must be an object');
+    if (!isObject(v.initialMembers)) throw bad('initialMembers must be an object');
     initialMembers = {};
     for (const [key, addresses] of Object.entries(v.initialMembers as Record<string, unknown>)) {
+      if (!/^[1-9]\d*$/.test(key)) throw bad(`initialMembers key "${key}" must be a node id`);
       validateNodeId(Number(key), `initialMembers key "${key}"`);
       initialMembers[key] = validateAddresses(addresses, `initialMembers.${key}`);
     }
@@ -135,9 +201,10 @@ export function validateNodeConfig(value: unknown, baseDir = process.cwd()): Nod
   let peers: Record<string, MemberAddresses> | undefined;
   if (v.peers !== undefined) {
     if (!join) throw bad('peers is only for a joining node ("join": true); initial members use initialMembers');
-    if (typeof v.peers !== 'object' || v.peers === null) throw bad('peers must be an object');
+    if (!isObject(v.peers)) throw bad('peers must be an object');
     peers = {};
     for (const [key, addresses] of Object.entries(v.peers as Record<string, unknown>)) {
+      if (!/^[1-9]\d*$/.test(key)) throw bad(`peers key "${key}" must be a node id`);
       validateNodeId(Number(key), `peers key "${key}"`);
       peers[key] = validateAddresses(addresses, `peers.${key}`);
     }
@@ -153,9 +220,10 @@ export function validateNodeConfig(value: unknown, baseDir = process.cwd()): Nod
     ...(initialMembers ? { initialMembers } : {}),
     join,
     ...(peers ? { peers } : {}),
-    limits: plainObject(v.limits, 'limits') as Partial<ReplicaLimits>,
-    store: plainObject(v.store, 'store') as Partial<BlockStoreLimits>,
-    logLevel: typeof v.logLevel === 'string' ? v.logLevel : 'info',
+    limits: validateLimits(v.limits, defaultReplicaLimits, 'limits') as Partial<ReplicaLimits>,
+    store: validateLimits(v.store, defaultBlockStoreLimits, 'store') as Partial<BlockStoreLimits>,
+    ...(v.metrics !== undefined ? { metrics: validateListen(v.metrics, 'metrics') } : {}),
+    logLevel: v.logLevel === undefined ? 'info' : validateLogLevel(v.logLevel),
     ...(v.testing !== undefined ? { testing: validateTesting(v.testing, baseDir) } : {}),
   };
 }
@@ -173,5 +241,74 @@ export function loadNodeConfig(file: string): NodeConfig {
   } catch {
     throw bad(`${file} is not valid JSON`);
   }
-  return validateNodeConfig(parsed, path.dirname(path.resolve(file)));
+  try {
+    return validateNodeConfig(parsed, path.dirname(path.resolve(file)));
+  } catch (error) {
+    if (error instanceof UsageError) throw bad(`${file}: ${error.message}`);
+    throw error;
+  }
+}
+
+/**
+ * Well-known ports of a node that has its host to itself (one node per host): NBD's IANA port
+ * 10809, and fixed raft / admin / metrics ports so every host's config looks the same.
+ */
+export const hostPorts = { raft: 7401, admin: 7402, nbd: 10809, metrics: 9101 } as const;
+
+export interface HostNodeConfigOptions {
+  clusterId: string;
+  id: number;
+  /** host: the name or IP address this node listens on and the others dial. */
+  host: string;
+  /** members: id → host of every initial member (bootstrap), or with `join` the current members. */
+  members: Record<string, string>;
+  join?: boolean;
+  dataDir?: string;
+  ports?: Partial<Record<keyof typeof hostPorts, number>>;
+  logLevel?: string;
+}
+
+function hostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/**
+ * hostNodeConfig: the node.json of one node on its own host (`chard node init --out FILE`):
+ * every member on the same well-known ports, NBD on 10809 unless told otherwise. The result is
+ * validated like any config file.
+ */
+export function hostNodeConfig(options: HostNodeConfigOptions): NodeConfig {
+  const ports = { ...hostPorts, ...options.ports };
+  const addressesOf = (host: string): MemberAddresses => ({ raft: hostPort(host, ports.raft), admin: hostPort(host, ports.admin), nbd: hostPort(host, ports.nbd) });
+  const members = Object.fromEntries(Object.entries(options.members).map(([id, host]) => [id, addressesOf(host)]));
+  const config: Record<string, unknown> = {
+    clusterId: options.clusterId,
+    id: options.id,
+    dataDir: options.dataDir ?? '/var/lib/chard',
+    listen: addressesOf(options.host),
+    metrics: hostPort(options.host, ports.metrics),
+    ...(options.logLevel !== undefined ? { logLevel: options.logLevel } : {}),
+  };
+  if (options.join === true) {
+    config.join = true;
+    config.peers = members;
+  } else {
+    config.initialMembers = { ...members, [String(options.id)]: addressesOf(options.host) };
+  }
+  validateNodeConfig(config, '/');
+  return config as unknown as NodeConfig;
+}
+
+/** parseMembers: "1=10.0.0.1,2=host-b,3=[fd00::3]" → { "1": "10.0.0.1", ... } (INVALID_ARGUMENT naming the flag). */
+export function parseMembers(text: string, what = '--members'): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const part of text.split(',').filter((p) => p.trim() !== '')) {
+    const m = /^\s*([1-9]\d*)=(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)\s*$/.exec(part);
+    if (m === null) throw bad(`${what}: "${part}" is not ID=HOST`);
+    validateNodeId(Number(m[1]), `${what} id`);
+    if (m[1]! in out) throw bad(`${what}: node ${m[1]} is listed twice`);
+    out[m[1]!] = m[2]!.replace(/^\[|\]$/g, '');
+  }
+  if (Object.keys(out).length === 0) throw bad(`${what} lists no member`);
+  return out;
 }

@@ -1,22 +1,44 @@
 /**
- * metrics: the one place that counts events in a node process. Every layer reports through an
- * `onEvent(name, value?)` callback that ends here; a Prometheus exporter (prom-client) can later
- * read `snapshot()` without touching any layer.
+ * metrics: the one place that counts events in a node (or attach agent) process. Every layer
+ * reports through `Counters` (`inc`, `set`, `observe`, or the `onEvent(name, value?)` callback);
+ * `PromExporter` maps those names onto prom-client metrics in its own Registry (never the global
+ * one), so a layer never imports prom-client and the Admin.Metrics JSON and the Prometheus text
+ * (src/node/metrics-http.ts) are fed by the same calls.
+ *
+ * Durations are observed in milliseconds under names ending in `_ms` and exported in seconds.
+ * A Counters name the exporter does not map explicitly is still exported, as
+ * `chard_events_total{event="<name>"}` (names come from code, never from peer input, so the label
+ * set is bounded). A name `refused.<listener>.<reason>` is exported as
+ * `chard_refused_connections_total{listener, reason}` without a mapping entry.
  */
+
+import * as prom from 'prom-client';
+import type { BlockBackend, ExportHandle } from '../nbd/backend.js';
+import { Role } from '../raft/types.js';
+
+/** CounterSink: receives every inc/set/observe of a Counters (the Prometheus exporter). */
+export interface CounterSink {
+  inc(name: string, by: number): void;
+  set(name: string, value: number): void;
+  observe(name: string, value: number): void;
+}
 
 export class Counters {
   private readonly counts = new Map<string, number>();
   private readonly gauges = new Map<string, number>();
   private readonly histograms = new Map<string, number[]>();
+  private readonly sinks: CounterSink[] = [];
   /** samplesMax: bounded memory per histogram (a ring of the most recent samples). */
   constructor(readonly samplesMax = 4096) {}
 
   inc(name: string, by = 1): void {
     this.counts.set(name, (this.counts.get(name) ?? 0) + by);
+    for (const sink of this.sinks) sink.inc(name, by);
   }
 
   set(name: string, value: number): void {
     this.gauges.set(name, value);
+    for (const sink of this.sinks) sink.set(name, value);
   }
 
   observe(name: string, value: number): void {
@@ -27,6 +49,14 @@ export class Counters {
     }
     if (samples.length >= this.samplesMax) samples.shift();
     samples.push(value);
+    for (const sink of this.sinks) sink.observe(name, value);
+  }
+
+  /** attach: forward every later event to `sink`, after replaying the counts and gauges so far. */
+  attach(sink: CounterSink): void {
+    for (const [name, value] of this.counts) sink.inc(name, value);
+    for (const [name, value] of this.gauges) sink.set(name, value);
+    this.sinks.push(sink);
   }
 
   /** onEvent: a callback to hand to layers (`onEvent('nbd.request.read')`). */
@@ -41,4 +71,422 @@ export class Counters {
     }
     return { counts: Object.fromEntries(this.counts), gauges: Object.fromEntries(this.gauges), quantiles };
   }
+}
+
+// ------------------------------------------------------------------ NBD latency and in-flight
+
+/** nbdCommands: the label values of `command` (NBD_CMD_* in lower case). */
+export const nbdCommands = ['read', 'write', 'trim', 'write_zeroes', 'flush', 'cache', 'block_status'] as const;
+export type NbdCommandName = (typeof nbdCommands)[number];
+
+/** slowRequestMs: an NBD request that takes longer is logged at warn with its request id. */
+export const slowRequestMs = 1_000;
+
+/** RequestLogger: the subset of pino the metered backend logs with. */
+export interface RequestLogger {
+  debug(o: object, m?: string): void;
+  warn(o: object, m?: string): void;
+}
+
+/**
+ * meteredBackend: wraps a BlockBackend so that every export call is timed
+ * (`nbd.<command>_ms`, from the call to its settling) and the calls in flight are a gauge
+ * (`nbd.inflight`). The NBD server counts the requests themselves (`nbd.<command>Requests`).
+ * With a logger, every opened export gets a connection id and every request an id
+ * (`req: "c<conn>.<n>"`), logged at debug when it settles and at warn when slower than
+ * `slowRequestMs` or failed.
+ */
+export function meteredBackend(backend: BlockBackend, counters: Counters, logger?: RequestLogger): BlockBackend {
+  let inflight = 0;
+  let connections = 0;
+  const timed = <T>(conn: number, seq: () => number, command: NbdCommandName, offset: number, length: number, call: () => Promise<T>): Promise<T> => {
+    const started = performance.now();
+    counters.set('nbd.inflight', ++inflight);
+    const req = logger === undefined ? '' : `c${conn}.${seq()}`;
+    const settle = (error?: unknown) => {
+      counters.set('nbd.inflight', --inflight);
+      const ms = performance.now() - started;
+      counters.observe(`nbd.${command}_ms`, ms);
+      if (logger === undefined) return;
+      const fields = { req, command, offset, length, ms: Math.round(ms * 100) / 100 };
+      if (error !== undefined) logger.warn({ ...fields, err: String(error) }, 'nbd request failed');
+      else if (ms > slowRequestMs) logger.warn(fields, 'slow nbd request');
+      else logger.debug(fields, 'nbd request');
+    };
+    let promise: Promise<T>;
+    try {
+      promise = call();
+    } catch (error) {
+      settle();
+      throw error;
+    }
+    promise.then(() => settle(), (error: unknown) => settle(error ?? 'rejected'));
+    return promise;
+  };
+  return {
+    listExports: () => backend.listExports(),
+    defaultExportName: () => backend.defaultExportName(),
+    open: async (name: string): Promise<ExportHandle> => {
+      const handle = await backend.open(name);
+      const conn = ++connections;
+      let requests = 0;
+      const seq = () => ++requests;
+      logger?.debug({ conn: `c${conn}`, export: name }, 'nbd export opened');
+      return {
+        info: () => handle.info(),
+        read: (offset, length) => timed(conn, seq, 'read', offset, length, () => handle.read(offset, length)),
+        write: (offset, data, flags) => timed(conn, seq, 'write', offset, data.length, () => handle.write(offset, data, flags)),
+        trim: (offset, length, flags) => timed(conn, seq, 'trim', offset, length, () => handle.trim(offset, length, flags)),
+        writeZeroes: (offset, length, flags) => timed(conn, seq, 'write_zeroes', offset, length, () => handle.writeZeroes(offset, length, flags)),
+        flush: () => timed(conn, seq, 'flush', 0, 0, () => handle.flush()),
+        cache: (offset, length) => timed(conn, seq, 'cache', offset, length, () => handle.cache(offset, length)),
+        blockStatus: (offset, length) => timed(conn, seq, 'block_status', offset, length, () => handle.blockStatus(offset, length)),
+        close: () => {
+          logger?.debug({ conn: `c${conn}`, requests }, 'nbd export closed');
+          return handle.close();
+        },
+      };
+    },
+  };
+}
+
+// ------------------------------------------------------------------ Prometheus exporter
+
+/** latencyBuckets: seconds, 0.25 ms .. 10 s. */
+export const latencyBuckets = [0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+export const entriesBuckets = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
+
+/** Status the exporter reads at scrape time from a node (absent for the agent). */
+export interface RaftStatusView {
+  term: number;
+  role: string;
+  leader: number;
+  commitIndex: number;
+  appliedIndex: number;
+  lastIndex: number;
+  snapshotIndex: number;
+  snapshotBytes: number;
+  /** progress: the leader's view of each member (empty on a follower). */
+  progress: { id: number; match: number; snapshotSent: number; snapshotAcked: number }[];
+}
+
+/** raftRoles: the label values of chard_raft_role (the raft core's role names). */
+export const raftRoles = Object.values(Role);
+
+const nbdCommandOfEvent: Record<string, NbdCommandName> = {
+  readRequests: 'read',
+  writeRequests: 'write',
+  trimRequests: 'trim',
+  writeZeroesRequests: 'write_zeroes',
+  flushRequests: 'flush',
+  cacheRequests: 'cache',
+  blockStatusRequests: 'block_status',
+};
+
+/** refusedEvents: Counters names that count a refused connection or frame, by listener and reason. */
+const refusedEvents: Record<string, { listener: string; reason: string }> = {
+  'nbd.connectionsRejected': { listener: 'nbd', reason: 'connections_max' },
+  'nbd.handshakeTimeouts': { listener: 'nbd', reason: 'handshake_timeout' },
+  'nbd.protocolViolations': { listener: 'nbd', reason: 'protocol_violation' },
+  'transport.frame.wrong-cluster': { listener: 'raft', reason: 'wrong_cluster' },
+  'transport.frame.wrong-node': { listener: 'raft', reason: 'wrong_node' },
+  'transport.frame.rejected': { listener: 'raft', reason: 'bad_frame' },
+  'raft.message.refused': { listener: 'raft', reason: 'bad_message' },
+};
+
+const nbdLatencyHelp = 'NBD request latency at the backend, by command';
+const refusedHelp = 'connections, frames and messages refused, by listener and reason';
+const agentStallHelp = 'attach agent: how long the cluster did not answer during a failover';
+const leaderChangesHelp = 'leader changes this node has seen';
+const proposalHelp = 'from proposing an entry to its being applied on the leader';
+const fsyncHelp = 'durable write of a batch of log entries (write + fsync)';
+const entriesHelp = 'log entries made durable by one fsync (group commit)';
+const snapshotHelp = 'creating a local snapshot';
+
+type Labels = Record<string, string>;
+
+/**
+ * PromExporter: prom-client metrics in a Registry of their own, fed by one Counters (attach) and,
+ * for a node, by the raft status read at scrape time.
+ */
+export class PromExporter implements CounterSink {
+  readonly registry = new prom.Registry();
+  private readonly counters = new Map<string, prom.Counter<string>>();
+  private readonly gauges = new Map<string, prom.Gauge<string>>();
+  private readonly histograms = new Map<string, prom.Histogram<string>>();
+  private lastLeader = 0;
+
+  constructor(options: { labels?: Labels; status?: () => RaftStatusView; processMetrics?: boolean } = {}) {
+    if (options.labels !== undefined) this.registry.setDefaultLabels(options.labels);
+    if (options.processMetrics !== false) prom.collectDefaultMetrics({ register: this.registry, prefix: 'chard_' });
+    const status = options.status;
+    if (status !== undefined) this.raftGauges(status);
+    this.declare(status !== undefined);
+  }
+
+  /**
+   * declare: the families a dashboard expects, present (at zero) from the first scrape rather
+   * than once first used; NBD families with every command label.
+   */
+  private declare(node: boolean): void {
+    for (const command of Object.keys(nbdCommandOfEvent)) this.mapCount(`nbd.${command}`, 0);
+    this.mapCount('nbd.bytesRead', 0);
+    this.mapCount('nbd.bytesWritten', 0);
+    this.set('nbd.inflight', 0);
+    for (const command of nbdCommands) this.histogram('chard_nbd_request_duration_seconds', nbdLatencyHelp, latencyBuckets, ['command']).zero({ command });
+    this.counter('chard_refused_connections_total', refusedHelp, ['listener', 'reason']);
+    if (!node) {
+      for (const name of ['agent.retries', 'agent.leader_moved']) this.mapCount(name, 0);
+      this.histogram('chard_agent_stall_duration_seconds', agentStallHelp, latencyBuckets);
+      return;
+    }
+    for (const name of ['raft.proposed', 'raft.applied', 'raft.became_leader', 'store.fsync', 'volume.forwarded', 'volume.forward.abandoned']) this.mapCount(name, 0);
+        this.counter('chard_raft_leader_changes_total', leaderChangesHelp);
+    for (const event of ['created', 'installed', 'failed']) this.mapCount(`snapshot.${event}`, 0);
+    for (const op of ['read', 'write']) {
+      this.mapCount(`volume.${op}.retry`, 0);
+      this.mapCount(`volume.${op}.retried_ok`, 0);
+      this.mapCount(`volume.${op}.gave_up`, 0);
+    }
+    this.histogram('chard_raft_proposal_duration_seconds', proposalHelp, latencyBuckets);
+    this.histogram('chard_raft_fsync_duration_seconds', fsyncHelp, latencyBuckets);
+    this.histogram('chard_raft_entries_per_fsync', entriesHelp, entriesBuckets);
+    this.histogram('chard_snapshot_create_duration_seconds', snapshotHelp, latencyBuckets);
+  }
+
+  private counter(name: string, help: string, labelNames: string[] = []): prom.Counter<string> {
+    let metric = this.counters.get(name);
+    if (metric === undefined) {
+      metric = new prom.Counter({ name, help, labelNames, registers: [this.registry] });
+      this.counters.set(name, metric);
+    }
+    return metric;
+  }
+
+  private gauge(name: string, help: string, labelNames: string[] = []): prom.Gauge<string> {
+    let metric = this.gauges.get(name);
+    if (metric === undefined) {
+      metric = new prom.Gauge({ name, help, labelNames, registers: [this.registry] });
+      this.gauges.set(name, metric);
+    }
+    return metric;
+  }
+
+  private histogram(name: string, help: string, buckets: number[], labelNames: string[] = []): prom.Histogram<string> {
+    let metric = this.histograms.get(name);
+    if (metric === undefined) {
+      metric = new prom.Histogram({ name, help, buckets, labelNames, registers: [this.registry] });
+      this.histograms.set(name, metric);
+    }
+    return metric;
+  }
+
+  /** raftGauges: term, role, indexes, snapshot progress and follower lag, read at scrape time. */
+  private raftGauges(status: () => RaftStatusView): void {
+    const register = (name: string, help: string, labelNames: string[], fill: (g: prom.Gauge<string>, s: RaftStatusView) => void) => {
+      const gauge: prom.Gauge<string> = new prom.Gauge({
+        name,
+        help,
+        labelNames,
+        registers: [this.registry],
+        collect() {
+          gauge.reset();
+          fill(gauge, status());
+        },
+      });
+      this.gauges.set(name, gauge);
+    };
+    register('chard_raft_term', 'current raft term of this node', [], (g, s) => g.set(s.term));
+    register('chard_raft_role', 'raft role of this node (1 for the current role)', ['role'], (g, s) => {
+      for (const role of raftRoles) g.set({ role }, s.role === role ? 1 : 0);
+    });
+    register('chard_raft_leader', 'id of the leader this node knows (0: none)', [], (g, s) => g.set(s.leader));
+    register('chard_raft_commit_index', 'highest log index known committed', [], (g, s) => g.set(s.commitIndex));
+    register('chard_raft_applied_index', 'highest log index applied to the block state', [], (g, s) => g.set(s.appliedIndex));
+    register('chard_raft_last_index', 'last index of the local log', [], (g, s) => g.set(s.lastIndex));
+    register('chard_raft_follower_lag_entries', 'on the leader: entries each member is behind the leader log', ['peer'], (g, s) => {
+      for (const p of s.progress) g.set({ peer: String(p.id) }, Math.max(0, s.lastIndex - p.match));
+    });
+    register('chard_snapshot_index', 'log index of the latest local snapshot', [], (g, s) => g.set(s.snapshotIndex));
+    register('chard_snapshot_bytes', 'size of the latest local snapshot', [], (g, s) => g.set(s.snapshotBytes));
+    register('chard_snapshot_transfer_bytes', 'on the leader: bytes of the snapshot being sent to a member, sent and acknowledged', ['peer', 'state'], (g, s) => {
+      for (const p of s.progress) {
+        if (p.snapshotSent === 0 && p.snapshotAcked === 0) continue;
+        g.set({ peer: String(p.id), state: 'sent' }, p.snapshotSent);
+        g.set({ peer: String(p.id), state: 'acked' }, p.snapshotAcked);
+      }
+    });
+  }
+
+  inc(name: string, by: number): void {
+    const refused = refusedEvents[name] ?? refusedLabels(name);
+    if (refused !== undefined) {
+      this.counter('chard_refused_connections_total', refusedHelp, ['listener', 'reason']).inc(refused, by);
+      if (name.startsWith('refused.')) return;
+    }
+    const mapped = this.mapCount(name, by);
+    if (!mapped && refused === undefined) this.counter('chard_events_total', 'every other counted event, by its internal name', ['event']).inc({ event: name }, by);
+  }
+
+  /** mapCount: the explicit name → metric table; false when `name` is not in it. */
+  private mapCount(name: string, by: number): boolean {
+    const parts = name.split('.');
+    if (parts[0] === 'nbd') {
+      const event = parts[1] ?? '';
+      const command = nbdCommandOfEvent[event];
+      if (command !== undefined) {
+        this.counter('chard_nbd_requests_total', 'valid NBD requests, by command', ['command']).inc({ command }, by);
+        return true;
+      }
+      switch (event) {
+        case 'bytesWritten':
+          this.counter('chard_nbd_bytes_total', 'NBD payload bytes, in (written) and out (read)', ['direction']).inc({ direction: 'in' }, by);
+          return true;
+        case 'bytesRead':
+          this.counter('chard_nbd_bytes_total', 'NBD payload bytes, in (written) and out (read)', ['direction']).inc({ direction: 'out' }, by);
+          return true;
+        case 'connectionsAccepted':
+          this.counter('chard_nbd_connections_total', 'NBD connections accepted and closed', ['event']).inc({ event: 'accepted' }, by);
+          return true;
+        case 'connectionsClosed':
+          this.counter('chard_nbd_connections_total', 'NBD connections accepted and closed', ['event']).inc({ event: 'closed' }, by);
+          return true;
+        case 'fuaRequests':
+          this.counter('chard_nbd_fua_requests_total', 'NBD write-like requests with the FUA flag').inc(by);
+          return true;
+        case 'replyErrors':
+        case 'internalErrors':
+        case 'backendBugs':
+        case 'remoteErrorDisconnects':
+          this.counter('chard_nbd_errors_total', 'NBD error replies and disconnects, by kind', ['kind']).inc({ kind: event }, by);
+          return true;
+        default:
+          return false;
+      }
+    }
+    switch (name) {
+      case 'raft.proposed':
+        this.counter('chard_raft_proposals_total', 'entries proposed by this node as leader').inc(by);
+        return true;
+      case 'raft.applied':
+        this.counter('chard_raft_applied_entries_total', 'log entries applied to the block state').inc(by);
+        return true;
+      case 'raft.became_leader':
+        this.counter('chard_raft_became_leader_total', 'times this node became the leader').inc(by);
+        return true;
+      case 'raft.conf_change':
+        this.counter('chard_raft_conf_changes_total', 'membership changes applied').inc(by);
+        return true;
+      case 'store.fsync':
+        this.counter('chard_raft_fsyncs_total', 'durable log writes (one fsync each)').inc(by);
+        return true;
+      case 'store.entries':
+        // Counted once per fsync with that fsync's entry count: both the total and the distribution.
+        this.counter('chard_raft_persisted_entries_total', 'log entries made durable').inc(by);
+        this.histogram('chard_raft_entries_per_fsync', entriesHelp, entriesBuckets).observe(by);
+        return true;
+      case 'snapshot.created':
+      case 'snapshot.installed':
+      case 'snapshot.failed':
+        this.counter('chard_snapshots_total', 'snapshots created, installed (received from the leader) and failed', ['event']).inc({ event: parts[1]! }, by);
+        return true;
+      case 'volume.forwarded':
+        this.counter('chard_forwarded_requests_total', 'writes this follower forwarded to the leader').inc(by);
+        return true;
+      case 'volume.forward.abandoned':
+        this.counter('chard_forwarded_abandoned_total', 'forwarded writes abandoned because the leader changed (then retried)').inc(by);
+        return true;
+      case 'agent.retries':
+        this.counter('chard_agent_retried_requests_total', 'extra attempts the attach agent made (other node, new leader)').inc(by);
+        return true;
+      case 'agent.leader_moved':
+        this.counter('chard_agent_leader_changes_total', 'waiting requests redirected to a new leader').inc(by);
+        return true;
+      default:
+        break;
+    }
+    if (parts[0] === 'volume' && parts.length === 3) {
+      const op = parts[1]!;
+      if (parts[2] === 'retry') {
+        this.counter('chard_retried_requests_total', 'retries of a read barrier or write on this node, by operation', ['op']).inc({ op }, by);
+        return true;
+      }
+      if (parts[2] === 'retried_ok' || parts[2] === 'gave_up') {
+        this.counter('chard_retry_outcomes_total', 'operations that needed retries, by outcome', ['op', 'outcome']).inc({ op, outcome: parts[2] }, by);
+        return true;
+      }
+    }
+    if (parts[0] === 'agent' && parts[2] === 'failed' && parts.length === 3) {
+      this.counter('chard_agent_failed_requests_total', 'attach agent requests failed after unavailableTimeoutMs', ['op']).inc({ op: parts[1]! }, by);
+      return true;
+    }
+    if (parts[0] === 'grpc' && parts.length === 4) {
+      this.counter('chard_grpc_requests_total', 'admin and block RPCs served, by method and outcome', ['method', 'outcome']).inc({ method: `${parts[1]}.${parts[2]}`, outcome: parts[3]! }, by);
+      return true;
+    }
+    if (name === 'transport.messages.sent' || name === 'transport.messages.received') {
+      this.counter('chard_raft_messages_total', 'raft messages exchanged with peers', ['direction']).inc({ direction: parts[2]! }, by);
+      return true;
+    }
+    return false;
+  }
+
+  set(name: string, value: number): void {
+    switch (name) {
+      case 'raft.leader':
+        if (value !== 0 && value !== this.lastLeader) {
+          this.lastLeader = value;
+          this.counter('chard_raft_leader_changes_total', leaderChangesHelp).inc();
+        }
+        return;
+      case 'nbd.inflight':
+        this.gauge('chard_nbd_inflight_requests', 'NBD requests being served').set(value);
+        return;
+      default:
+        return; // raft indexes are read from the status at scrape time
+    }
+  }
+
+  observe(name: string, value: number): void {
+    const seconds = value / 1000;
+    if (name.startsWith('nbd.') && name.endsWith('_ms')) {
+      const command = name.slice(4, -3);
+      if ((nbdCommands as readonly string[]).includes(command)) {
+        this.histogram('chard_nbd_request_duration_seconds', nbdLatencyHelp, latencyBuckets, ['command']).observe({ command }, seconds);
+      }
+      return;
+    }
+    switch (name) {
+      case 'raft.propose_ms':
+        this.histogram('chard_raft_proposal_duration_seconds', proposalHelp, latencyBuckets).observe(seconds);
+        return;
+      case 'store.persist_ms':
+        this.histogram('chard_raft_fsync_duration_seconds', fsyncHelp, latencyBuckets).observe(seconds);
+        return;
+      case 'snapshot.create_ms':
+        this.histogram('chard_snapshot_create_duration_seconds', snapshotHelp, latencyBuckets).observe(seconds);
+        return;
+      case 'agent.stall_ms':
+        this.histogram('chard_agent_stall_duration_seconds', agentStallHelp, latencyBuckets).observe(seconds);
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** text: the Prometheus text exposition of every metric. */
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}
+
+function refusedLabels(name: string): { listener: string; reason: string } | undefined {
+  if (!name.startsWith('refused.')) return undefined;
+  const [, listener, reason] = name.split('.');
+  if (listener === undefined || reason === undefined) return undefined;
+  return { listener, reason };
 }

@@ -20,7 +20,8 @@ import { FaultsFileWatcher } from './faults-file.js';
 import { NodeAdmin } from './admin.js';
 import { type Clock, systemClock } from './clock.js';
 import { type NodeConfig, parseHostPort } from './config.js';
-import { Counters } from './metrics.js';
+import { Counters, meteredBackend, PromExporter } from './metrics.js';
+import { type MetricsServerHandle, startMetricsServer } from './metrics-http.js';
 import { type MemberAddresses, Replica } from './replica.js';
 import { BlockForwarder, encodeBlockCommand, startNodeRpcServer, type RpcServerHandle } from './rpc.js';
 import { VolumeBackend } from './volume-backend.js';
@@ -45,6 +46,13 @@ export interface ChardNodeOptions {
   /** transport: replace the gRPC peer transport (tests, the chaos harness's faulty transport). */
   transport?: (defaults: { clusterId: string; nodeId: number; listen: string }) => Transport;
   defaultVolume?: string;
+  /** logContext: filled once the replica exists, so a logger's mixin can add the current term. */
+  logContext?: LogContext;
+}
+
+/** LogContext: what a process-wide logger may add to every line (pino `mixin`). */
+export interface LogContext {
+  term?: () => number;
 }
 
 export class ChardNode {
@@ -62,7 +70,13 @@ export class ChardNode {
     readonly addresses: MemberAddresses,
     private readonly logger: Logger,
     private readonly faultsWatcher: FaultsFileWatcher | undefined,
+    private readonly metrics: MetricsServerHandle | undefined,
   ) {}
+
+  /** metricsAddress: where /metrics is served (undefined without a `metrics` listener). */
+  get metricsAddress(): string | undefined {
+    return this.metrics?.address;
+  }
 
   static async start(options: ChardNodeOptions): Promise<ChardNode> {
     const { config } = options;
@@ -111,6 +125,7 @@ export class ChardNode {
       counters,
       logger,
     });
+    if (options.logContext !== undefined) options.logContext.term = () => replica.raw.raft.term;
     const admin = new NodeAdmin(replica, store, clock);
     const forwarder = new BlockForwarder((id) => replica.addressOf(id)?.admin, config.clusterId, options.credentials);
     volumes = new LocalVolumeService(replica, store, encodeBlockCommand, forwarder, clock, options.defaultVolume ?? 'default', {}, counters);
@@ -127,17 +142,30 @@ export class ChardNode {
       ...(options.credentials ? { credentials: options.credentials } : {}),
     });
     const nbd = new NbdServer({
-      backend: new VolumeBackend(volumes),
+      backend: meteredBackend(new VolumeBackend(volumes), counters, logger),
       logger,
       onEvent: (event, amount) => counters.inc(`nbd.${event}`, amount),
     });
     const nbdListen = parseHostPort(config.listen.nbd, 'listen.nbd');
     const nbdBound = await nbd.listen({ host: nbdListen.host, port: nbdListen.port });
     const nbdAddress = 'port' in nbdBound ? `${nbdListen.host}:${nbdBound.port}` : config.listen.nbd;
+    // Metrics: prom-client fed by the same Counters, the raft status read at each scrape.
+    let metrics: MetricsServerHandle | undefined;
+    if (config.metrics !== undefined) {
+      const exporter = new PromExporter({
+        labels: { node: String(config.id) },
+        status: () => {
+          const s = admin.status();
+          return { ...s, snapshotIndex: replica.snapshotIndex(), progress: s.progress };
+        },
+      });
+      counters.attach(exporter);
+      metrics = await startMetricsServer({ listen: config.metrics, exporter, logger, onRefused: () => counters.inc('refused.metrics.connections_max') });
+    }
     replica.start();
     const addresses = { raft: transport.address(), admin: rpc.address, nbd: nbdAddress };
-    logger.info({ id: config.id, cluster: config.clusterId, ...addresses }, 'node started');
-    const node = new ChardNode(config, store, transport, replica, admin, volumes, rpc, nbd, forwarder, addresses, logger, faultsWatcher);
+    logger.info({ id: config.id, cluster: config.clusterId, ...addresses, ...(metrics ? { metrics: metrics.address } : {}) }, 'node started');
+    const node = new ChardNode(config, store, transport, replica, admin, volumes, rpc, nbd, forwarder, addresses, logger, faultsWatcher, metrics);
     (node as { counters: Counters }).counters = counters;
     return node;
   }
@@ -146,6 +174,7 @@ export class ChardNode {
   async stop(options: { transfer?: boolean } = {}): Promise<void> {
     this.logger.info({ transfer: options.transfer === true }, 'node stopping');
     this.faultsWatcher?.close();
+    await this.metrics?.close();
     await this.replica.close({ transfer: options.transfer === true });
     await this.nbd.close();
     await this.rpc.close();

@@ -6,15 +6,27 @@
  */
 
 import { pino } from 'pino';
-import { loadNodeConfig } from './config.js';
-import { ChardNode } from './node.js';
+import { loadNodeConfig, validateLogLevel } from './config.js';
+import { ChardNode, type LogContext } from './node.js';
 
-export async function runNodeProcess(configFile: string): Promise<void> {
+export interface NodeProcessOptions {
+  /** logLevel: overrides the config file's `logLevel` (`--log-level`). */
+  logLevel?: string;
+}
+
+export async function runNodeProcess(configFile: string, options: NodeProcessOptions = {}): Promise<void> {
   const config = loadNodeConfig(configFile);
-  const logger = pino({ level: config.logLevel ?? 'info', base: { node: config.id } });
+  const level = options.logLevel !== undefined ? validateLogLevel(options.logLevel, '--log-level') : (config.logLevel ?? 'info');
+  // Every line carries the node id and cluster id, and (once the node runs) its current term.
+  const logContext: LogContext = {};
+  const logger = pino({
+    level,
+    base: { node: config.id, cluster: config.clusterId, pid: process.pid },
+    mixin: () => (logContext.term === undefined ? {} : { term: logContext.term() }),
+  });
   let node: ChardNode;
   try {
-    node = await ChardNode.start({ config, logger });
+    node = await ChardNode.start({ config, logger, logContext });
   } catch (error) {
     logger.error({ err: error instanceof Error ? { message: error.message, code: (error as { code?: string }).code, stack: error.stack } : String(error) }, 'node failed to start');
     throw error;

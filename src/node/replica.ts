@@ -456,8 +456,10 @@ export class Replica {
     } catch (error) {
       return Promise.reject(error);
     }
-    const waiter = this.proposals.add(index, this.raw.raft.term, this.clock.now() + this.limits.requestTimeoutMs);
+    const proposedAt = this.clock.now();
+    const waiter = this.proposals.add(index, this.raw.raft.term, proposedAt + this.limits.requestTimeoutMs);
     this.counters?.inc('raft.proposed');
+    if (this.counters) void waiter.then(() => this.counters?.observe('raft.propose_ms', this.clock.now() - proposedAt), () => undefined);
     this.schedule();
     return waiter;
   }
