@@ -7,6 +7,7 @@
 
 import { pino } from 'pino';
 import { loadNodeConfig } from './config.js';
+import { systemScheduler } from './clock.js';
 import { ChardNode } from './node.js';
 
 export async function runNodeProcess(configFile: string): Promise<void> {
@@ -14,7 +15,7 @@ export async function runNodeProcess(configFile: string): Promise<void> {
   const logger = pino({ level: config.logLevel ?? 'info', base: { node: config.id } });
   let node: ChardNode;
   try {
-    node = await ChardNode.start({ config, logger });
+    node = await ChardNode.start({ config, logger, scheduler: systemScheduler });
   } catch (error) {
     logger.error({ err: error instanceof Error ? { message: error.message, code: (error as { code?: string }).code, stack: error.stack } : String(error) }, 'node failed to start');
     throw error;

@@ -6,8 +6,9 @@
  *
  * The Ready loop (docs/design.md): send messagesEarly → persist (one fsynced transaction) → send
  * messages → apply committed entries (one transaction) → advance. Ready handling is coalesced with
- * setImmediate, so every proposal and message that arrives in one turn of the event loop shares
- * one fsync (group commit).
+ * `scheduler.soon` (setImmediate in production), so every proposal and message that arrives in one
+ * turn of the event loop shares one fsync (group commit). Every timer and every reading of time goes
+ * through the Scheduler port (src/node/clock.ts), so the seeded simulator runs this very code.
  */
 
 import { assert } from '../assert.js';
@@ -29,7 +30,7 @@ import {
   type SnapshotMetadata,
 } from '../raft/types.js';
 import type { Transport } from '../transport/transport.js';
-import { type Clock, Ticker } from './clock.js';
+import { type Scheduler, Ticker, type Timer } from './clock.js';
 import type { Counters } from './metrics.js';
 import { ProposalWaiters, ReadWaiters } from './waiters.js';
 
@@ -105,7 +106,11 @@ export interface ReplicaOptions {
   id: NodeId;
   store: ReplicaStore;
   transport: Transport;
-  clock: Clock;
+  /**
+   * scheduler: the replica's only source of time and of event-loop turns (ticks, the coalesced
+   * Ready handling, deadlines). Production passes `systemScheduler`; the simulator a step-clocked one.
+   */
+  scheduler: Scheduler;
   random: Random;
   limits?: Partial<ReplicaLimits>;
   counters?: Counters;
@@ -136,14 +141,14 @@ export class Replica {
   readonly limits: ReplicaLimits;
   private readonly store: ReplicaStore;
   private readonly transport: Transport;
-  private readonly clock: Clock;
+  private readonly scheduler: Scheduler;
   private readonly ticker: Ticker;
   private readonly proposals: ProposalWaiters<Uint8Array>;
   private readonly reads: ReadWaiters;
   private readonly counters: Counters | undefined;
   private readonly logger: ReplicaOptions['logger'];
   private readonly onApplied: ReplicaOptions['onApplied'];
-  private tickTimer: NodeJS.Timeout | undefined;
+  private tickTimer: Timer | undefined;
   private readyScheduled = false;
   /** readyInFlight: a Ready was taken and is not yet advanced (its persist is pending). */
   private readyInFlight = false;
@@ -151,6 +156,8 @@ export class Replica {
   private lastExpireMs = 0;
   /** leaderWatchers: callbacks of leaderChange(), each waiting for the leader to stop being `from`. */
   private readonly leaderWatchers = new Set<{ from: NodeId; notify: () => void }>();
+  /** stateWatchers: callbacks of waitUntil(), run after every role/leader change and on close. */
+  private readonly stateWatchers = new Set<() => void>();
   private appliedSinceSnapshot = 0;
   private snapshotting = false;
   private leaderSince = 0;
@@ -162,12 +169,12 @@ export class Replica {
     this.id = options.id;
     this.store = options.store;
     this.transport = options.transport;
-    this.clock = options.clock;
+    this.scheduler = options.scheduler;
     this.counters = options.counters;
     this.logger = options.logger;
     this.onApplied = options.onApplied;
     this.limits = { ...defaultReplicaLimits, ...options.limits };
-    this.ticker = new Ticker(this.clock, this.limits.tickIntervalMs);
+    this.ticker = new Ticker(this.scheduler, this.limits.tickIntervalMs);
     this.proposals = new ProposalWaiters(this.limits.proposalsInflightMax);
     this.reads = new ReadWaiters(this.limits.readsInflightMax);
     this.readPrefix = `${this.id}-${options.random.int(2 ** 31)}`;
@@ -196,15 +203,14 @@ export class Replica {
 
   start(): void {
     assert(this.tickTimer === undefined, 'replica started twice');
-    this.tickTimer = setInterval(() => this.onTick(), this.limits.tickIntervalMs);
-    this.tickTimer.unref?.();
+    this.tickTimer = this.scheduler.every(this.limits.tickIntervalMs, () => this.onTick());
     this.schedule();
   }
 
   private onTick(): void {
     if (this.closed) return;
     this.catchUpTicks();
-    const now = this.clock.now();
+    const now = this.scheduler.now();
     // Deadlines are seconds long: scanning the waiters every tick would be wasted work.
     if (now - this.lastExpireMs >= expireEveryMs) {
       this.lastExpireMs = now;
@@ -251,7 +257,7 @@ export class Replica {
   private schedule(): void {
     if (this.readyScheduled || this.closed) return;
     this.readyScheduled = true;
-    setImmediate(() => {
+    this.scheduler.soon(() => {
       this.readyScheduled = false;
       this.handleReadys();
     });
@@ -271,7 +277,7 @@ export class Replica {
       if (rd.messagesEarly.length > 0) this.transport.send(rd.messagesEarly);
       if (rd.messagesEarly.length > 0 && rd.mustSync) {
         this.readyInFlight = true;
-        setImmediate(() => {
+        this.scheduler.soon(() => {
           this.readyInFlight = false;
           if (this.closed) return;
           this.finishReady(rd);
@@ -285,12 +291,12 @@ export class Replica {
   }
 
   private finishReady(rd: Ready): void {
-    const persistStart = this.clock.now();
+    const persistStart = this.scheduler.now();
     this.store.persist(rd);
     if (rd.mustSync) {
       this.counters?.inc('store.fsync');
       this.counters?.inc('store.entries', rd.entries.length);
-      this.counters?.observe('store.persist_ms', this.clock.now() - persistStart);
+      this.counters?.observe('store.persist_ms', this.scheduler.now() - persistStart);
     }
     if (rd.snapshot !== undefined) {
       this.store.installSnapshot(rd.snapshot);
@@ -359,7 +365,7 @@ export class Replica {
     this.counters?.set('raft.leader', leader);
     this.logger?.info({ role, leader, term: this.raw.raft.term }, 'role changed');
     if (role === 'leader') {
-      this.leaderSince = this.clock.now();
+      this.leaderSince = this.scheduler.now();
       this.counters?.inc('raft.became_leader');
     } else {
       // Outcome unknown: the entries may still commit under the next leader. The client retries
@@ -368,13 +374,35 @@ export class Replica {
     }
     // A ReadIndex sent to the old leader will not be answered by the new one: queue it again so
     // finishReady issues it (after advance) now rather than after an election timeout.
-    this.reads.retryInFlight(this.clock.now(), 0);
+    this.reads.retryInFlight(this.scheduler.now(), 0);
     for (const watcher of this.leaderWatchers) {
       if (leader !== watcher.from) {
         this.leaderWatchers.delete(watcher);
         watcher.notify();
       }
     }
+    for (const check of [...this.stateWatchers]) check();
+  }
+
+  /**
+   * waitUntil: resolves true as soon as `condition()` holds (checked now, after every role or
+   * leader change, and on close), or false at `deadline` (scheduler time). No polling.
+   */
+  private waitUntil(condition: () => boolean, deadline: number): Promise<boolean> {
+    if (condition()) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      const finish = (result: boolean) => {
+        this.stateWatchers.delete(check);
+        timer.cancel();
+        resolve(result);
+      };
+      const check = () => {
+        if (condition()) finish(true);
+        else if (this.closed) finish(false);
+      };
+      const timer = this.scheduler.after(Math.max(0, deadline - this.scheduler.now()), () => finish(condition()));
+      this.stateWatchers.add(check);
+    });
   }
 
   /**
@@ -399,12 +427,12 @@ export class Replica {
   private maybeSnapshot(): void {
     if (this.appliedSinceSnapshot < this.limits.snapshotEveryEntries || this.snapshotting) return;
     this.appliedSinceSnapshot = 0;
-    const started = this.clock.now();
+    const started = this.scheduler.now();
     const done = (metadata: SnapshotMetadata | undefined) => {
       if (metadata === undefined) return;
       this.counters?.inc('snapshot.created');
-      this.counters?.observe('snapshot.create_ms', this.clock.now() - started);
-      this.logger?.info({ index: metadata.index, bytes: metadata.sizeBytes, ms: Math.round(this.clock.now() - started) }, 'snapshot created');
+      this.counters?.observe('snapshot.create_ms', this.scheduler.now() - started);
+      this.logger?.info({ index: metadata.index, bytes: metadata.sizeBytes, ms: Math.round(this.scheduler.now() - started) }, 'snapshot created');
     };
     if (this.store.createSnapshotAsync === undefined) {
       done(this.store.createSnapshot());
@@ -427,13 +455,13 @@ export class Replica {
     if (this.closed) return;
     const status = this.raw.raft;
     if (status.lead === None && status.role !== 'leader') return;
-    const context = this.reads.nextRequest(this.clock.now(), this.readPrefix);
+    const context = this.reads.nextRequest(this.scheduler.now(), this.readPrefix);
     if (context === undefined) return;
     try {
       this.raw.readIndex(context);
     } catch (error) {
       if (!(error instanceof ChardError)) throw error;
-      this.reads.retryInFlight(this.clock.now(), 0);
+      this.reads.retryInFlight(this.scheduler.now(), 0);
     }
     this.schedule();
   }
@@ -482,7 +510,7 @@ export class Replica {
     } catch (error) {
       return Promise.reject(error);
     }
-    const waiter = this.proposals.add(index, this.raw.raft.term, this.clock.now() + this.limits.requestTimeoutMs);
+    const waiter = this.proposals.add(index, this.raw.raft.term, this.scheduler.now() + this.limits.requestTimeoutMs);
     this.counters?.inc('raft.proposed');
     this.schedule();
     return waiter;
@@ -497,7 +525,7 @@ export class Replica {
     } catch (error) {
       return Promise.reject(error);
     }
-    const waiter = this.proposals.add(index, this.raw.raft.term, this.clock.now() + this.limits.requestTimeoutMs);
+    const waiter = this.proposals.add(index, this.raw.raft.term, this.scheduler.now() + this.limits.requestTimeoutMs);
     this.schedule();
     return waiter;
   }
@@ -509,7 +537,7 @@ export class Replica {
   readBarrier(): Promise<void> {
     if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
     if (this.raw.raft.lead === None) return Promise.reject(this.notLeaderError());
-    const waiter = this.reads.wait(this.clock.now() + this.limits.requestTimeoutMs);
+    const waiter = this.reads.wait(this.scheduler.now() + this.limits.requestTimeoutMs);
     this.issueReadIndex();
     return waiter;
   }
@@ -521,16 +549,13 @@ export class Replica {
   }
 
   status(): Status & { removed: boolean; leaderForMs: number } {
-    return { ...this.raw.status(), removed: this.removed, leaderForMs: this.isLeader() ? this.clock.now() - this.leaderSince : 0 };
+    return { ...this.raw.status(), removed: this.removed, leaderForMs: this.isLeader() ? this.scheduler.now() - this.leaderSince : 0 };
   }
 
   /** waitForLeader: resolves with the leader id once one is known (bounded by timeoutMs). */
   async waitForLeader(timeoutMs: number): Promise<NodeId> {
-    const deadline = this.clock.now() + timeoutMs;
-    while (this.clock.now() < deadline) {
-      if (this.raw.raft.lead !== None) return this.raw.raft.lead;
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    const known = await this.waitUntil(() => this.raw.raft.lead !== None, this.scheduler.now() + timeoutMs);
+    if (known) return this.raw.raft.lead;
     throw new RemoteError(ErrorCode.Timeout, `no leader within ${timeoutMs} ms`);
   }
 
@@ -561,19 +586,19 @@ export class Replica {
       if (best !== None) {
         try {
           this.transferLeadership(best);
-          const deadline = this.clock.now() + (options.transferTimeoutMs ?? 3000);
-          while (this.isLeader() && this.clock.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+          await this.waitUntil(() => !this.isLeader(), this.scheduler.now() + (options.transferTimeoutMs ?? 3000));
         } catch (error) {
           this.logger?.warn({ err: String(error) }, 'leadership transfer on shutdown failed');
         }
       }
     }
     this.closed = true;
-    if (this.tickTimer !== undefined) clearInterval(this.tickTimer);
+    this.tickTimer?.cancel();
     const closing = () => new RemoteError(ErrorCode.Closed, 'node is shutting down');
     this.proposals.failAll(closing);
     this.reads.failAll(closing);
     for (const watcher of this.leaderWatchers) watcher.notify();
     this.leaderWatchers.clear();
+    for (const check of [...this.stateWatchers]) check();
   }
 }
