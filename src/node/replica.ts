@@ -234,7 +234,7 @@ export class Replica {
   private catchUpTicks(): void {
     const due = this.ticker.due();
     const stalledTicksMax = Math.max(1, Math.floor(stalledFollowerMsMax / this.limits.tickIntervalMs));
-    const ticks = this.raw.raft.role === 'leader' ? due : Math.min(due, stalledTicksMax);
+    const ticks = this.raw.basicStatus().role === 'leader' ? due : Math.min(due, stalledTicksMax);
     if (ticks < due) this.counters?.inc('raft.ticks_dropped_after_stall', due - ticks);
     for (let i = 0; i < ticks; i++) this.raw.tick();
   }
@@ -309,7 +309,7 @@ export class Replica {
     for (const rs of rd.readStates) this.reads.readState(rs.requestContext, rs.index);
     if (rd.softState !== undefined) this.onSoftState(rd.softState.role, rd.softState.leader);
     this.raw.advance();
-    this.reads.applied(this.raw.raft.log.applied);
+    this.reads.applied(this.raw.basicStatus().applied);
     this.issueReadIndex();
     this.maybeSnapshot();
   }
@@ -363,7 +363,7 @@ export class Replica {
 
   private onSoftState(role: string, leader: NodeId): void {
     this.counters?.set('raft.leader', leader);
-    this.logger?.info({ role, leader, term: this.raw.raft.term }, 'role changed');
+    this.logger?.info({ role, leader, term: this.raw.basicStatus().term }, 'role changed');
     if (role === 'leader') {
       this.leaderSince = this.scheduler.now();
       this.counters?.inc('raft.became_leader');
@@ -416,7 +416,7 @@ export class Replica {
     const promise = new Promise<void>((resolve) => {
       watcher = { from, notify: resolve };
     });
-    if (this.closed || this.raw.raft.lead !== from) {
+    if (this.closed || this.raw.basicStatus().leader !== from) {
       watcher!.notify();
       return { promise, cancel: () => {} };
     }
@@ -453,8 +453,8 @@ export class Replica {
 
   private issueReadIndex(): void {
     if (this.closed) return;
-    const status = this.raw.raft;
-    if (status.lead === None && status.role !== 'leader') return;
+    const status = this.raw.basicStatus();
+    if (status.leader === None && status.role !== 'leader') return;
     const context = this.reads.nextRequest(this.scheduler.now(), this.readPrefix);
     if (context === undefined) return;
     try {
@@ -488,15 +488,15 @@ export class Replica {
   }
 
   leaderId(): NodeId {
-    return this.raw.raft.lead;
+    return this.raw.basicStatus().leader;
   }
 
   isLeader(): boolean {
-    return this.raw.raft.role === 'leader';
+    return this.raw.basicStatus().role === 'leader';
   }
 
   notLeaderError(): NotLeaderError {
-    const leader = this.raw.raft.lead;
+    const leader = this.raw.basicStatus().leader;
     return new NotLeaderError(leader, leader === None ? undefined : this.addressOf(leader)?.admin);
   }
 
@@ -510,7 +510,7 @@ export class Replica {
     } catch (error) {
       return Promise.reject(error);
     }
-    const waiter = this.proposals.add(index, this.raw.raft.term, this.scheduler.now() + this.limits.requestTimeoutMs);
+    const waiter = this.proposals.add(index, this.raw.basicStatus().term, this.scheduler.now() + this.limits.requestTimeoutMs);
     this.counters?.inc('raft.proposed');
     this.schedule();
     return waiter;
@@ -525,7 +525,7 @@ export class Replica {
     } catch (error) {
       return Promise.reject(error);
     }
-    const waiter = this.proposals.add(index, this.raw.raft.term, this.scheduler.now() + this.limits.requestTimeoutMs);
+    const waiter = this.proposals.add(index, this.raw.basicStatus().term, this.scheduler.now() + this.limits.requestTimeoutMs);
     this.schedule();
     return waiter;
   }
@@ -536,7 +536,7 @@ export class Replica {
    */
   readBarrier(): Promise<void> {
     if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
-    if (this.raw.raft.lead === None) return Promise.reject(this.notLeaderError());
+    if (this.raw.basicStatus().leader === None) return Promise.reject(this.notLeaderError());
     const waiter = this.reads.wait(this.scheduler.now() + this.limits.requestTimeoutMs);
     this.issueReadIndex();
     return waiter;
@@ -554,8 +554,8 @@ export class Replica {
 
   /** waitForLeader: resolves with the leader id once one is known (bounded by timeoutMs). */
   async waitForLeader(timeoutMs: number): Promise<NodeId> {
-    const known = await this.waitUntil(() => this.raw.raft.lead !== None, this.scheduler.now() + timeoutMs);
-    if (known) return this.raw.raft.lead;
+    const known = await this.waitUntil(() => this.leaderId() !== None, this.scheduler.now() + timeoutMs);
+    if (known) return this.leaderId();
     throw new RemoteError(ErrorCode.Timeout, `no leader within ${timeoutMs} ms`);
   }
 

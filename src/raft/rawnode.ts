@@ -59,6 +59,16 @@ export interface Status {
   progress: Map<NodeId, ProgressStatus>;
 }
 
+/** BasicStatus: the narrow read-only view the runtime needs on every request (no allocation of progress). */
+export interface BasicStatus {
+  id: NodeId;
+  role: Role;
+  leader: NodeId;
+  term: number;
+  commit: number;
+  applied: number;
+}
+
 interface InFlightReady {
   lastEntry: { index: number; term: number } | undefined;
   snapshotIndex: number | undefined;
@@ -241,6 +251,12 @@ export class RawNode {
     }
     if (inFlight.lastEntry !== undefined) raft.persisted(inFlight.lastEntry.index, inFlight.lastEntry.term);
     if (inFlight.committedTo !== undefined) raft.appliedTo(inFlight.committedTo);
+  }
+
+  /** basicStatus: role, leader, term, commit and applied index, read-only. */
+  basicStatus(): BasicStatus {
+    const raft = this.raft;
+    return { id: raft.id, role: raft.role, leader: raft.lead, term: raft.term, commit: raft.log.committed, applied: raft.log.applied };
   }
 
   status(): Status {
