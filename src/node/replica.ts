@@ -117,6 +117,22 @@ export interface ReplicaOptions {
   logger?: { info(o: object, m?: string): void; warn(o: object, m?: string): void; error(o: object, m?: string): void };
   /** onApplied: called after each applied batch (e.g. to wake waiters of the NBD layer). */
   onApplied?: (appliedIndex: number) => void;
+  /** testing: knobs that each restore one known defect, for the simulator's knock-out list. Never set in production. */
+  testing?: ReplicaTestingKnobs;
+}
+
+/**
+ * ReplicaTestingKnobs: TEST-ONLY switches, each bringing back one defect so that a test or the
+ * simulator can show it is caught. Nothing outside tests sets them.
+ */
+export interface ReplicaTestingKnobs {
+  /**
+   * skipCatchUpOnEntry: client entry points (readBarrier, propose, proposeConfChange,
+   * transferLeadership) no longer deliver the ticks that elapsed before consulting the lease or
+   * the role. A leader resumed from a pause then runs queued client reads before its timers and
+   * serves them on a lease that expired while it was stopped (defect a of issue 11).
+   */
+  skipCatchUpOnEntry?: boolean;
 }
 
 const encoder = new TextEncoder();
@@ -164,6 +180,7 @@ export class Replica {
   /** removed: this node applied a configuration without itself. */
   removed = false;
   private readonly readPrefix: string;
+  private readonly testing: ReplicaTestingKnobs;
 
   constructor(options: ReplicaOptions) {
     this.id = options.id;
@@ -173,6 +190,7 @@ export class Replica {
     this.counters = options.counters;
     this.logger = options.logger;
     this.onApplied = options.onApplied;
+    this.testing = options.testing ?? {};
     this.limits = { ...defaultReplicaLimits, ...options.limits };
     this.ticker = new Ticker(this.scheduler, this.limits.tickIntervalMs);
     this.proposals = new ProposalWaiters(this.limits.proposalsInflightMax);
@@ -231,12 +249,25 @@ export class Replica {
    * healthy leader. Counting less time only delays a follower's election and prolongs its vote
    * refusal (the lease side), so it never weakens safety.
    */
-  private catchUpTicks(): void {
+  private catchUpTicks(): number {
     const due = this.ticker.due();
+    if (due === 0) return 0;
     const stalledTicksMax = Math.max(1, Math.floor(stalledFollowerMsMax / this.limits.tickIntervalMs));
     const ticks = this.raw.basicStatus().role === 'leader' ? due : Math.min(due, stalledTicksMax);
     if (ticks < due) this.counters?.inc('raft.ticks_dropped_after_stall', due - ticks);
     for (let i = 0; i < ticks; i++) this.raw.tick();
+    return ticks;
+  }
+
+  /**
+   * enter: the first step of every client entry point that consults the lease or the role. After
+   * a pause, Node runs the I/O callbacks that queued up (client reads, proposals) BEFORE the tick
+   * timer, so without this a deposed leader would check its lease against a tick count from before
+   * the pause and serve a stale read. Ticks that produced work (heartbeats, a step-down) get a Ready.
+   */
+  private enter(): void {
+    if (this.testing.skipCatchUpOnEntry === true) return;
+    if (this.catchUpTicks() > 0) this.schedule();
   }
 
   private receive(m: Message): void {
@@ -503,6 +534,7 @@ export class Replica {
   /** propose: replicate `data` and resolve with the state machine's result once applied here. */
   propose(data: Uint8Array): Promise<Uint8Array> {
     if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
+    this.enter();
     if (!this.isLeader()) return Promise.reject(this.notLeaderError());
     let index: number;
     try {
@@ -518,6 +550,8 @@ export class Replica {
 
   /** proposeConfChange: a membership change; resolves once applied here. */
   proposeConfChange(cc: ConfChange): Promise<Uint8Array> {
+    if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
+    this.enter();
     if (!this.isLeader()) return Promise.reject(this.notLeaderError());
     let index: number;
     try {
@@ -536,6 +570,7 @@ export class Replica {
    */
   readBarrier(): Promise<void> {
     if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
+    this.enter();
     if (this.raw.basicStatus().leader === None) return Promise.reject(this.notLeaderError());
     const waiter = this.reads.wait(this.scheduler.now() + this.limits.requestTimeoutMs);
     this.issueReadIndex();
@@ -543,6 +578,7 @@ export class Replica {
   }
 
   transferLeadership(to: NodeId): void {
+    this.enter();
     if (!this.isLeader()) throw this.notLeaderError();
     this.raw.transferLeadership(to);
     this.schedule();
