@@ -13,7 +13,7 @@
 
 import { assert } from '../assert.js';
 import { ChardError, ErrorCode, NotLeaderError, RemoteError, UsageError } from '../errors.js';
-import type { ReadOnlyOption } from '../raft/config.js';
+import type { RaftConfigInput, ReadOnlyOption } from '../raft/config.js';
 import { decodeConfChange } from '../raft/confchange.js';
 import { RawNode, type Status } from '../raft/rawnode.js';
 import type { LogStorage } from '../raft/storage.js';
@@ -119,6 +119,12 @@ export interface ReplicaOptions {
   onApplied?: (appliedIndex: number) => void;
   /** testing: knobs that each restore one known defect, for the simulator's knock-out list. Never set in production. */
   testing?: ReplicaTestingKnobs;
+  /**
+   * raft: TEST-ONLY overrides of the core's configuration (the simulator draws preVote,
+   * checkQuorum, flow-control limits and the core's own testing knobs per seed). Spread last, so
+   * they win over the values derived from `limits`. Production leaves it unset.
+   */
+  raft?: Partial<Omit<RaftConfigInput, 'id' | 'storage' | 'random' | 'applied'>>;
 }
 
 /**
@@ -149,6 +155,18 @@ export function decodeMembersContext(context: Uint8Array): Record<number, Member
   } catch {
     return {};
   }
+}
+
+/**
+ * retryableCoreRefusal: the core refuses a proposal it did not append with a plain ChardError BUSY
+ * (uncommitted tail at its limit) or PROPOSAL_DROPPED (leadership transfer, leader being removed).
+ * Both mean "not now": callers retry RemoteErrors only, so they are raised as RemoteErrors.
+ */
+function retryableCoreRefusal(error: unknown): unknown {
+  if (error instanceof ChardError && !(error instanceof RemoteError) && (error.code === ErrorCode.Busy || error.code === ErrorCode.ProposalDropped)) {
+    return new RemoteError(error.code, error.message, { cause: error });
+  }
+  return error;
 }
 
 export class Replica {
@@ -209,6 +227,7 @@ export class Replica {
       preVote: true,
       appendBytesMax: this.limits.appendBytesMax,
       snapshotChunkBytes: this.limits.snapshotChunkBytes,
+      ...options.raft,
     });
     for (const [id, addresses] of this.store.members()) if (id !== this.id) this.transport.addPeer(id, addresses.raft);
     this.transport.onMessage((m) => this.receive(m));
@@ -531,35 +550,38 @@ export class Replica {
     return new NotLeaderError(leader, leader === None ? undefined : this.addressOf(leader)?.admin);
   }
 
-  /** propose: replicate `data` and resolve with the state machine's result once applied here. */
+  /**
+   * propose: replicate `data` and resolve with the state machine's result once applied here.
+   * Refusals are decided before the entry is appended (an appended entry may commit, so refusing
+   * it afterwards would make the client's retry land twice). BUSY and PROPOSAL_DROPPED are
+   * RemoteErrors: the caller backs off and retries.
+   */
   propose(data: Uint8Array): Promise<Uint8Array> {
-    if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
-    this.enter();
-    if (!this.isLeader()) return Promise.reject(this.notLeaderError());
-    let index: number;
-    try {
-      index = this.raw.propose(data);
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    const waiter = this.proposals.add(index, this.raw.basicStatus().term, this.scheduler.now() + this.limits.requestTimeoutMs);
-    this.counters?.inc('raft.proposed');
-    this.schedule();
-    return waiter;
+    return this.proposeWith(() => this.raw.propose(data), true);
   }
 
   /** proposeConfChange: a membership change; resolves once applied here. */
   proposeConfChange(cc: ConfChange): Promise<Uint8Array> {
+    return this.proposeWith(() => this.raw.proposeConfChange(cc), false);
+  }
+
+  private proposeWith(append: () => number, count: boolean): Promise<Uint8Array> {
     if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
     this.enter();
     if (!this.isLeader()) return Promise.reject(this.notLeaderError());
+    const refusal = this.proposals.refusal();
+    if (refusal !== undefined) {
+      this.counters?.inc('raft.proposal_refused.busy');
+      return Promise.reject(refusal);
+    }
     let index: number;
     try {
-      index = this.raw.proposeConfChange(cc);
+      index = append();
     } catch (error) {
-      return Promise.reject(error);
+      return Promise.reject(retryableCoreRefusal(error));
     }
     const waiter = this.proposals.add(index, this.raw.basicStatus().term, this.scheduler.now() + this.limits.requestTimeoutMs);
+    if (count) this.counters?.inc('raft.proposed');
     this.schedule();
     return waiter;
   }
