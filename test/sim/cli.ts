@@ -28,7 +28,7 @@ export function parseSeeds(text: string): number[] {
   return seeds;
 }
 
-function main(argv: string[]): number {
+async function main(argv: string[]): Promise<number> {
   const program = new Command()
     .name('sim')
     .description('seeded swarm simulator of the chard raft core')
@@ -57,7 +57,7 @@ function main(argv: string[]): number {
   const failures: SimResult[] = [];
   const totals = new Map<string, number>();
   for (let i = 0; i < seeds.length; i++) {
-    const result = runSeed(seeds[i]!, { ticks, ...(knobs ? { knobs } : {}), ...(trace ? { trace } : {}), stopOnViolation: opts.keepGoing !== true });
+    const result = await runSeed(seeds[i]!, { ticks, ...(knobs ? { knobs } : {}), ...(trace ? { trace } : {}), stopOnViolation: opts.keepGoing !== true });
     if (result.violations.length > 0) {
       failed++;
       violations += result.violations.length;
@@ -81,7 +81,7 @@ function main(argv: string[]): number {
 }
 
 try {
-  process.exitCode = main(process.argv.slice(2));
+  process.exitCode = await main(process.argv.slice(2));
 } catch (error) {
   const code = (error as { code?: string }).code;
   if (code === 'commander.helpDisplayed' || code === 'commander.version') process.exitCode = 0;
