@@ -71,6 +71,11 @@ export interface ReplicaLimits {
   readsInflightMax: number;
   /** snapshotEveryEntries: take a snapshot (and compact) after this many applied entries. */
   snapshotEveryEntries: number;
+  /**
+   * snapshotEveryLogBytes: ... or after this many bytes of applied entry data, whichever comes
+   * first: with 1 MiB writes, 20,000 entries alone would keep ~20 GiB of log between compactions.
+   */
+  snapshotEveryLogBytes: number;
   readOnlyOption: ReadOnlyOption;
   appendBytesMax: number;
   snapshotChunkBytes: number;
@@ -97,6 +102,7 @@ export const defaultReplicaLimits: ReplicaLimits = {
   proposalsInflightMax: 4096,
   readsInflightMax: 8192,
   snapshotEveryEntries: 20_000,
+  snapshotEveryLogBytes: 256 * 1024 * 1024,
   readOnlyOption: 'lease',
   appendBytesMax: 1024 * 1024,
   snapshotChunkBytes: 1024 * 1024,
@@ -193,6 +199,7 @@ export class Replica {
   /** stateWatchers: callbacks of waitUntil(), run after every role/leader change and on close. */
   private readonly stateWatchers = new Set<() => void>();
   private appliedSinceSnapshot = 0;
+  private appliedBytesSinceSnapshot = 0;
   private snapshotting = false;
   private leaderSince = 0;
   /** removed: this node applied a configuration without itself. */
@@ -376,6 +383,7 @@ export class Replica {
     }
     const last = entries[entries.length - 1]!.index;
     this.appliedSinceSnapshot += entries.length;
+    for (const entry of entries) this.appliedBytesSinceSnapshot += entry.data.length;
     this.counters?.inc('raft.applied', entries.length);
     this.counters?.set('raft.applied_index', last);
     this.onApplied?.(last);
@@ -475,8 +483,10 @@ export class Replica {
   }
 
   private maybeSnapshot(): void {
-    if (this.appliedSinceSnapshot < this.limits.snapshotEveryEntries || this.snapshotting) return;
+    if (this.snapshotting) return;
+    if (this.appliedSinceSnapshot < this.limits.snapshotEveryEntries && this.appliedBytesSinceSnapshot < this.limits.snapshotEveryLogBytes) return;
     this.appliedSinceSnapshot = 0;
+    this.appliedBytesSinceSnapshot = 0;
     const started = this.scheduler.now();
     const done = (metadata: SnapshotMetadata | undefined) => {
       if (metadata === undefined) return;
