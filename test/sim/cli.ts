@@ -9,10 +9,9 @@
  */
 
 import { Command } from 'commander';
-import type { TestingKnobs } from '../../src/raft/config.js';
 import { knobNames } from './knobs.js';
 import { swarmTicks } from './swarm.js';
-import { type SimResult, runSeed } from './simulator.js';
+import { type SimKnobs, type SimResult, runSeed } from './simulator.js';
 
 /** parseSeeds: "N", "A-B" or "A,B,C-D" into a list of seeds. */
 export function parseSeeds(text: string): number[] {
@@ -41,7 +40,7 @@ async function main(argv: string[]): Promise<number> {
     .exitOverride();
   program.parse(argv, { from: 'user' });
   const opts = program.opts<{ seeds?: string; seed?: string; trace?: boolean; knob?: string; ticks: string; keepGoing?: boolean }>();
-  let knobs: TestingKnobs | undefined;
+  let knobs: SimKnobs | undefined;
   if (opts.knob !== undefined) {
     if (!(knobNames as readonly string[]).includes(opts.knob)) throw new Error(`unknown knob ${opts.knob}; one of ${knobNames.join(', ')}`);
     knobs = { [opts.knob]: true };

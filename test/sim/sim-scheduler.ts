@@ -154,6 +154,7 @@ export class NodeScheduler implements Scheduler {
   private heldOther: SimEvent[] = [];
   /** inCallback: a callback of this node is running (busy() is only meaningful then). */
   private inCallback = false;
+  private onResume: ((heldIo: number) => void) | undefined;
 
   constructor(
     readonly world: SimWorld,
@@ -209,10 +210,11 @@ export class NodeScheduler implements Scheduler {
   }
 
   /** pause: the process stops running anything until `until` (then resume order as above). */
-  pause(until: number): void {
+  pause(until: number, onResume?: (heldIo: number) => void): void {
     if (this.state !== 'up') return;
     this.state = 'paused';
     this.pausedUntil = until;
+    this.onResume = onResume;
     this.world.push(until, PhaseIo, undefined, 'control', () => this.release());
   }
 
@@ -259,7 +261,12 @@ export class NodeScheduler implements Scheduler {
   private release(): void {
     if (this.state === 'dead') return;
     if (this.world.now < this.busyUntil || (this.state === 'paused' && this.world.now < this.pausedUntil)) return;
-    this.state = 'up';
+    if (this.state === 'paused') {
+      const onResume = this.onResume;
+      this.onResume = undefined;
+      this.state = 'up';
+      onResume?.(this.heldIo.length);
+    }
     const io = this.heldIo;
     const other = this.heldOther;
     this.heldIo = [];

@@ -576,21 +576,14 @@ class Simulation {
     if (node.state !== 'up') return;
     const scheduler = node.scheduler!;
     node.state = 'paused';
-    const until = this.now() + this.ticksToMs(ticks);
-    scheduler.pause(until);
+    scheduler.pause(this.now() + this.ticksToMs(ticks), (held) => {
+      // the scheduler now runs the held I/O callbacks first, then the timers
+      if (node.scheduler === scheduler) node.state = 'up';
+      this.trace(`n${node.id} resumed (${held} queued I/O callbacks run before its timers)`);
+    });
     this.stats.pauses++;
     if (ticks > this.config.electionTimeoutTicks) this.stats.longPauses++;
     this.trace(`FAULT ${kind} n${node.id} for ${ticks} ticks`);
-    this.world.at(until, () => this.resume(node, scheduler));
-  }
-
-  /** resume: the process runs again; its scheduler runs the queued I/O first, then its timers. */
-  private resume(node: SimNode, scheduler: NodeScheduler): void {
-    if (node.state !== 'paused' || node.scheduler !== scheduler) return;
-    const held = scheduler.heldIoCount();
-    scheduler.resume();
-    node.state = 'up';
-    this.trace(`n${node.id} resumed (${held} queued I/O callbacks)`);
   }
 
   /** observe: checks that apply the moment a node's role changes (one leader per term, completeness). */
@@ -893,7 +886,7 @@ class Simulation {
     };
     for (const node of this.nodes.values()) {
       if (node.state === 'crashed') this.restart(node);
-      else if (node.state === 'paused') this.resume(node, node.scheduler!);
+      else if (node.state === 'paused') node.scheduler!.resume();
     }
     const probe: Client = { sessionId: 'live', scripted: true, sequence: 0, op: undefined, leaderHint: 0 };
     this.clients.push(probe);
