@@ -69,6 +69,10 @@ export interface ReplicaLimits {
   requestTimeoutMs: number;
   proposalsInflightMax: number;
   readsInflightMax: number;
+  /** applyEntriesPerTurnMax: committed entries applied in one turn of the event loop (then it yields). */
+  applyEntriesPerTurnMax: number;
+  /** applyBytesPerTurnMax: committed entry bytes applied in one turn (at least one entry). */
+  applyBytesPerTurnMax: number;
   /** snapshotEveryEntries: take a snapshot (and compact) after this many applied entries. */
   snapshotEveryEntries: number;
   /**
@@ -101,6 +105,8 @@ export const defaultReplicaLimits: ReplicaLimits = {
   requestTimeoutMs: 10_000,
   proposalsInflightMax: 4096,
   readsInflightMax: 8192,
+  applyEntriesPerTurnMax: 1024,
+  applyBytesPerTurnMax: 8 * 1024 * 1024,
   snapshotEveryEntries: 20_000,
   snapshotEveryLogBytes: 256 * 1024 * 1024,
   readOnlyOption: 'lease',
@@ -175,6 +181,31 @@ function retryableCoreRefusal(error: unknown): unknown {
   return error;
 }
 
+/** validateLimits: every numeric limit is a positive integer (a 0 would stall or spin the Ready loop). */
+function validateLimits(limits: ReplicaLimits): ReplicaLimits {
+  for (const [name, value] of Object.entries(limits)) {
+    if (name === 'readOnlyOption') continue;
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) {
+      throw new UsageError(ErrorCode.InvalidArgument, `replica limit ${name} must be a positive integer (got ${String(value)})`);
+    }
+  }
+  return limits;
+}
+
+function isEmptyReady(rd: Ready): boolean {
+  return (
+    rd.softState === undefined &&
+    rd.hardState === undefined &&
+    rd.entries.length === 0 &&
+    rd.snapshotChunks.length === 0 &&
+    rd.snapshot === undefined &&
+    rd.committedEntries.length === 0 &&
+    rd.messagesEarly.length === 0 &&
+    rd.messages.length === 0 &&
+    rd.readStates.length === 0
+  );
+}
+
 export class Replica {
   readonly id: NodeId;
   readonly raw: RawNode;
@@ -216,7 +247,7 @@ export class Replica {
     this.logger = options.logger;
     this.onApplied = options.onApplied;
     this.testing = options.testing ?? {};
-    this.limits = { ...defaultReplicaLimits, ...options.limits };
+    this.limits = validateLimits({ ...defaultReplicaLimits, ...options.limits });
     this.ticker = new Ticker(this.scheduler, this.limits.tickIntervalMs);
     this.proposals = new ProposalWaiters(this.limits.proposalsInflightMax);
     this.reads = new ReadWaiters(this.limits.readsInflightMax);
@@ -234,6 +265,7 @@ export class Replica {
       preVote: true,
       appendBytesMax: this.limits.appendBytesMax,
       snapshotChunkBytes: this.limits.snapshotChunkBytes,
+      committedBytesPerReadyMax: this.limits.applyBytesPerTurnMax,
       ...options.raft,
     });
     for (const [id, addresses] of this.store.members()) if (id !== this.id) this.transport.addPeer(id, addresses.raft);
@@ -326,11 +358,30 @@ export class Replica {
    * rest (persist, apply, advance) continues in the next turn of the event loop, after the
    * transport has written them to the sockets: followers receive and fsync the entries while the
    * leader fsyncs its own copy (SQLite's fsync blocks this thread).
+   *
+   * Apply work is bounded per turn: one Ready per turn carries committed entries, at most
+   * applyEntriesPerTurnMax of them and applyBytesPerTurnMax of bytes (one entry at least); the
+   * Readys after it in the same turn carry none (they still persist and send). When only committed
+   * entries remain, the loop yields (scheduler.soon), so the peer messages, client reads and ticks
+   * waiting in the event loop run between two slices of a long committed backlog. A Ready is
+   * advanced only after all of its committed entries are applied.
    */
   private handleReadys(): void {
     let rounds = 0;
+    let appliedThisTurn = false;
     while (!this.closed && !this.readyInFlight && this.raw.hasReady() && rounds++ < 64) {
-      const rd = this.raw.ready();
+      const rd = this.raw.ready(
+        appliedThisTurn
+          ? { committedEntriesMax: 0 }
+          : { committedEntriesMax: this.limits.applyEntriesPerTurnMax, committedBytesMax: this.limits.applyBytesPerTurnMax },
+      );
+      if (rd.committedEntries.length > 0) appliedThisTurn = true;
+      else if (appliedThisTurn && isEmptyReady(rd)) {
+        // Only committed entries wait: they are the next turn's slice.
+        this.raw.advance();
+        this.counters?.inc('raft.apply_yielded');
+        break;
+      }
       if (rd.messagesEarly.length > 0) this.transport.send(rd.messagesEarly);
       if (rd.messagesEarly.length > 0 && rd.mustSync) {
         this.readyInFlight = true;

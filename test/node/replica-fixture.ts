@@ -41,6 +41,8 @@ interface WorldTimer {
 /** NodeScheduler: the Scheduler of one node of a World. */
 export class NodeScheduler implements Scheduler {
   paused = false;
+  /** callbacks: how many callbacks (timers, I/O, immediates) ran so far: the index of the current turn. */
+  callbacks = 0;
   readonly io: (() => void)[] = [];
   private immediates: (() => void)[] = [];
   private timers: WorldTimer[] = [];
@@ -71,6 +73,7 @@ export class NodeScheduler implements Scheduler {
       if (timer.cancelled) continue;
       if (timer.every !== undefined) timer.at = now + timer.every;
       else timer.cancelled = true;
+      this.callbacks++;
       timer.fn();
       await microtasks();
     }
@@ -83,12 +86,14 @@ export class NodeScheduler implements Scheduler {
       if (this.io.length === 0 && this.immediates.length === 0) return;
       const io = this.io.splice(0);
       for (const fn of io) {
+        this.callbacks++;
         fn();
         await microtasks();
       }
       const immediates = this.immediates;
       this.immediates = [];
       for (const fn of immediates) {
+        this.callbacks++;
         fn();
         await microtasks();
       }
@@ -210,8 +215,10 @@ export class MemReplicaStore implements ReplicaStore {
   private applied: number;
   private readonly memberMap: Map<NodeId, MemberAddresses>;
   snapshotsCreated = 0;
-  /** applyCalls: entries of each apply() call (tests of per-turn bounds). */
-  readonly applyCalls: number[] = [];
+  /** applyCalls: each apply() call, with the scheduler callback it ran in (tests of per-turn bounds). */
+  readonly applyCalls: { turn: number; entries: number; bytes: number }[] = [];
+  /** turn: the current scheduler callback (set by cluster()). */
+  turn: () => number = () => 0;
   /** failApply: when set, apply() throws it (tests of a corrupt state). */
   failApply: Error | undefined;
 
@@ -233,7 +240,7 @@ export class MemReplicaStore implements ReplicaStore {
 
   apply(entries: Entry[], onConfChange: (cc: ConfChange, index: number) => ConfState): Map<number, ApplyOutcome> {
     if (this.failApply !== undefined) throw this.failApply;
-    this.applyCalls.push(entries.length);
+    this.applyCalls.push({ turn: this.turn(), entries: entries.length, bytes: entries.reduce((n, e) => n + e.data.length, 0) });
     const outcomes = new Map<number, ApplyOutcome>();
     for (const entry of entries) {
       assert(entry.index === this.applied + 1, `apply ${entry.index} after ${this.applied}`);
@@ -289,6 +296,8 @@ export function cluster(
   const stores = new Map<NodeId, MemReplicaStore>();
   for (const id of ids) {
     const store = new MemReplicaStore(ids);
+    const scheduler = world.scheduler(id);
+    store.turn = () => scheduler.callbacks;
     stores.set(id, store);
     const replica = new Replica({
       id,
