@@ -28,6 +28,8 @@ import {
   type Random,
   type Ready,
   type SnapshotMetadata,
+  MessageType,
+  message,
 } from '../raft/types.js';
 import type { Transport } from '../transport/transport.js';
 import { type Scheduler, Ticker, type Timer } from './clock.js';
@@ -60,6 +62,17 @@ export interface ReplicaStore {
   createSnapshotAsync?(): Promise<SnapshotMetadata | undefined>;
   members(): Map<NodeId, MemberAddresses>;
   setMember(id: NodeId, addresses: MemberAddresses | undefined): void;
+}
+
+/** ReplicaFailure: the apply failure that halted a replica (Replica.failed). */
+export interface ReplicaFailure {
+  message: string;
+  code: ErrorCode | undefined;
+  /** firstIndex..lastIndex: the committed entries whose apply failed (none of them is applied). */
+  firstIndex: number;
+  lastIndex: number;
+  /** at: scheduler time of the failure. */
+  at: number;
 }
 
 export interface ReplicaLimits {
@@ -224,6 +237,7 @@ export class Replica {
   /** readyInFlight: a Ready was taken and is not yet advanced (its persist is pending). */
   private readyInFlight = false;
   private closed = false;
+  private failure: ReplicaFailure | undefined;
   private lastExpireMs = 0;
   /** leaderWatchers: callbacks of leaderChange(), each waiting for the leader to stop being `from`. */
   private readonly leaderWatchers = new Set<{ from: NodeId; notify: () => void }>();
@@ -271,7 +285,7 @@ export class Replica {
     for (const [id, addresses] of this.store.members()) if (id !== this.id) this.transport.addPeer(id, addresses.raft);
     this.transport.onMessage((m) => this.receive(m));
     this.transport.onUnreachable((peer) => {
-      if (this.closed) return;
+      if (this.halted) return;
       this.raw.reportUnreachable(peer);
       this.schedule();
     });
@@ -284,7 +298,7 @@ export class Replica {
   }
 
   private onTick(): void {
-    if (this.closed) return;
+    if (this.halted) return;
     this.catchUpTicks();
     const now = this.scheduler.now();
     // Deadlines are seconds long: scanning the waiters every tick would be wasted work.
@@ -329,7 +343,7 @@ export class Replica {
   }
 
   private receive(m: Message): void {
-    if (this.closed) return;
+    if (this.halted) return;
     // Catch up on ticks first: a process that was paused must see elapsed time before messages.
     this.catchUpTicks();
     try {
@@ -344,7 +358,7 @@ export class Replica {
 
   /** schedule: handle Readys soon, once per turn of the event loop (group commit). */
   private schedule(): void {
-    if (this.readyScheduled || this.closed) return;
+    if (this.readyScheduled || this.halted) return;
     this.readyScheduled = true;
     this.scheduler.soon(() => {
       this.readyScheduled = false;
@@ -369,7 +383,7 @@ export class Replica {
   private handleReadys(): void {
     let rounds = 0;
     let appliedThisTurn = false;
-    while (!this.closed && !this.readyInFlight && this.raw.hasReady() && rounds++ < 64) {
+    while (!this.halted && !this.readyInFlight && this.raw.hasReady() && rounds++ < 64) {
       const rd = this.raw.ready(
         appliedThisTurn
           ? { committedEntriesMax: 0 }
@@ -387,7 +401,7 @@ export class Replica {
         this.readyInFlight = true;
         this.scheduler.soon(() => {
           this.readyInFlight = false;
-          if (this.closed) return;
+          if (this.halted) return;
           this.finishReady(rd);
           this.schedule();
         });
@@ -395,7 +409,7 @@ export class Replica {
       }
       this.finishReady(rd);
     }
-    if (!this.readyInFlight && this.raw.hasReady()) this.schedule();
+    if (!this.halted && !this.readyInFlight && this.raw.hasReady()) this.schedule();
   }
 
   private finishReady(rd: Ready): void {
@@ -413,7 +427,9 @@ export class Replica {
       this.refreshPeers();
     }
     if (rd.messages.length > 0) this.transport.send(rd.messages);
-    if (rd.committedEntries.length > 0) this.applyEntries(rd.committedEntries);
+    // A failed apply halts the replica with this Ready not advanced: the core's applied index stays
+    // what the store holds (see fail()).
+    if (rd.committedEntries.length > 0 && !this.applyEntries(rd.committedEntries)) return;
     for (const rs of rd.readStates) this.reads.readState(rs.requestContext, rs.index);
     if (rd.softState !== undefined) this.onSoftState(rd.softState.role, rd.softState.leader);
     this.raw.advance();
@@ -422,8 +438,15 @@ export class Replica {
     this.maybeSnapshot();
   }
 
-  private applyEntries(entries: Entry[]): void {
-    const outcomes = this.store.apply(entries, (cc, index) => this.applyConfChange(cc, index));
+  /** applyEntries: apply one slice; false if the store failed (the replica is then halted). */
+  private applyEntries(entries: Entry[]): boolean {
+    let outcomes: Map<number, ApplyOutcome>;
+    try {
+      outcomes = this.store.apply(entries, (cc, index) => this.applyConfChange(cc, index));
+    } catch (error) {
+      this.fail(error, entries[0]!.index, entries[entries.length - 1]!.index);
+      return false;
+    }
     for (const entry of entries) {
       this.proposals.applied(entry.index, entry.term, () => {
         const outcome = outcomes.get(entry.index);
@@ -438,6 +461,63 @@ export class Replica {
     this.counters?.inc('raft.applied', entries.length);
     this.counters?.set('raft.applied_index', last);
     this.onApplied?.(last);
+    return true;
+  }
+
+  /**
+   * fail: the state machine could not apply committed entries (a CorruptError from a rotted
+   * block, an I/O error). Throwing on would crash the process and, on restart, apply the same
+   * entry again: a crash loop. Instead the replica halts, as a crash-stopped raft member does
+   * (always safe): no more persists, applies, messages or ticks, so it never campaigns or serves
+   * again in this process. Waiters fail with a retryable UNAVAILABLE; a leader first hands its
+   * leadership to a voter that holds its whole log (TimeoutNow), otherwise its silence makes the
+   * followers elect a new leader within an election timeout. status() reports `stateCorrupt`;
+   * `failed` carries the details for the repair (restore from a peer's snapshot on restart).
+   */
+  private fail(error: unknown, firstIndex: number, lastIndex: number): void {
+    const message = error instanceof Error ? error.message : String(error);
+    const code = error instanceof ChardError ? error.code : undefined;
+    this.failure = { message, code, firstIndex, lastIndex, at: this.scheduler.now() };
+    this.counters?.inc('raft.apply_failed');
+    this.logger?.error({ err: message, code, firstIndex, lastIndex, appliedIndex: this.store.appliedIndex() }, 'applying committed entries failed: this replica stops serving and steps down');
+    if (this.isLeaderInCore()) this.handOverOnFailure();
+    this.tickTimer?.cancel();
+    const unavailable = () => this.failedError();
+    this.proposals.failAll(unavailable);
+    this.reads.failAll(unavailable);
+    for (const watcher of this.leaderWatchers) watcher.notify();
+    this.leaderWatchers.clear();
+    for (const check of [...this.stateWatchers]) check();
+  }
+
+  /** handOverOnFailure: TimeoutNow to the voter whose log matches ours to the end, if there is one. */
+  private handOverOnFailure(): void {
+    const status = this.raw.status();
+    for (const [id, pr] of status.progress) {
+      if (id === this.id || pr.learner || pr.match !== status.lastIndex) continue;
+      // Built here because the core's Ready loop is halted; a TimeoutNow only makes `id` campaign
+      // at once, and it wins only with an up-to-date log, so sending it is always safe.
+      this.transport.send([message({ type: MessageType.TimeoutNow, from: this.id, to: id, term: status.term })]);
+      this.logger?.warn({ to: id }, 'handed leadership over after the apply failure');
+      return;
+    }
+  }
+
+  private failedError(): RemoteError {
+    return new RemoteError(ErrorCode.Unavailable, `node ${this.id} stopped serving: applying entries ${this.failure?.firstIndex}..${this.failure?.lastIndex} failed (${this.failure?.message}); retry at another node`);
+  }
+
+  /**
+   * failed: why this replica halted (see fail()), or undefined while it is healthy. The restart-time
+   * repair of the block store keys on it (also reported as status().stateCorrupt).
+   */
+  get failed(): ReplicaFailure | undefined {
+    return this.failure;
+  }
+
+  /** halted: closed, or stopped by a failed apply. */
+  private get halted(): boolean {
+    return this.closed || this.failure !== undefined;
   }
 
   private applyConfChange(cc: ConfChange, index: number): ConfState {
@@ -507,7 +587,7 @@ export class Replica {
       };
       const check = () => {
         if (condition()) finish(true);
-        else if (this.closed) finish(false);
+        else if (this.halted) finish(false);
       };
       const timer = this.scheduler.after(Math.max(0, deadline - this.scheduler.now()), () => finish(condition()));
       this.stateWatchers.add(check);
@@ -525,7 +605,7 @@ export class Replica {
     const promise = new Promise<void>((resolve) => {
       watcher = { from, notify: resolve };
     });
-    if (this.closed || this.raw.basicStatus().leader !== from) {
+    if (this.halted || this.raw.basicStatus().leader !== from) {
       watcher!.notify();
       return { promise, cancel: () => {} };
     }
@@ -563,7 +643,7 @@ export class Replica {
   }
 
   private issueReadIndex(): void {
-    if (this.closed) return;
+    if (this.halted) return;
     const status = this.raw.basicStatus();
     if (status.leader === None && status.role !== 'leader') return;
     const context = this.reads.nextRequest(this.scheduler.now(), this.readPrefix);
@@ -598,11 +678,17 @@ export class Replica {
     return this.store.members().get(id);
   }
 
+  /** leaderId: the leader this node knows (None once it halted: it no longer follows anyone). */
   leaderId(): NodeId {
-    return this.raw.basicStatus().leader;
+    return this.failure !== undefined ? None : this.raw.basicStatus().leader;
   }
 
+  /** isLeader: this node leads and serves (false once it halted, even before the others notice). */
   isLeader(): boolean {
+    return this.failure === undefined && this.isLeaderInCore();
+  }
+
+  private isLeaderInCore(): boolean {
     return this.raw.basicStatus().role === 'leader';
   }
 
@@ -628,6 +714,7 @@ export class Replica {
 
   private proposeWith(append: () => number, count: boolean): Promise<Uint8Array> {
     if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
+    if (this.failure !== undefined) return Promise.reject(this.failedError());
     this.enter();
     if (!this.isLeader()) return Promise.reject(this.notLeaderError());
     const refusal = this.proposals.refusal();
@@ -653,6 +740,7 @@ export class Replica {
    */
   readBarrier(): Promise<void> {
     if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
+    if (this.failure !== undefined) return Promise.reject(this.failedError());
     this.enter();
     if (this.raw.basicStatus().leader === None) return Promise.reject(this.notLeaderError());
     const waiter = this.reads.wait(this.scheduler.now() + this.limits.requestTimeoutMs);
@@ -661,14 +749,24 @@ export class Replica {
   }
 
   transferLeadership(to: NodeId): void {
+    if (this.failure !== undefined) throw this.failedError();
     this.enter();
     if (!this.isLeader()) throw this.notLeaderError();
     this.raw.transferLeadership(to);
     this.schedule();
   }
 
-  status(): Status & { removed: boolean; leaderForMs: number } {
-    return { ...this.raw.status(), removed: this.removed, leaderForMs: this.isLeader() ? this.scheduler.now() - this.leaderSince : 0 };
+  /** status: the core's status, plus `stateCorrupt` (the replica halted on a failed apply, see `failed`). */
+  status(): Status & { removed: boolean; leaderForMs: number; stateCorrupt: boolean } {
+    const core = this.raw.status();
+    const stateCorrupt = this.failure !== undefined;
+    return {
+      ...core,
+      ...(stateCorrupt ? { role: 'follower' as const, leader: None, leaseValid: false, applied: this.store.appliedIndex() } : {}),
+      removed: this.removed,
+      leaderForMs: this.isLeader() ? this.scheduler.now() - this.leaderSince : 0,
+      stateCorrupt,
+    };
   }
 
   /** waitForLeader: resolves with the leader id once one is known (bounded by timeoutMs). */
