@@ -18,7 +18,7 @@ import type { Transport } from '../transport/transport.js';
 import { Faults, FaultyTransport } from '../transport/faulty.js';
 import { FaultsFileWatcher } from './faults-file.js';
 import { NodeAdmin } from './admin.js';
-import { type Clock, systemClock } from './clock.js';
+import { type Scheduler, systemScheduler } from './clock.js';
 import { type NodeConfig, parseHostPort } from './config.js';
 import { Counters, meteredBackend, PromExporter } from './metrics.js';
 import { type MetricsServerHandle, startMetricsServer } from './metrics-http.js';
@@ -38,7 +38,8 @@ const silent: Logger = { info() {}, warn() {}, error() {}, debug() {} };
 
 export interface ChardNodeOptions {
   config: NodeConfig;
-  clock?: Clock;
+  /** scheduler: time and timers of the node (default systemScheduler; the simulator passes its own). */
+  scheduler?: Scheduler;
   random?: Random;
   logger?: Logger;
   /** credentials: TLS seam for every listener and client of this node (default: insecure). */
@@ -80,7 +81,7 @@ export class ChardNode {
 
   static async start(options: ChardNodeOptions): Promise<ChardNode> {
     const { config } = options;
-    const clock = options.clock ?? systemClock;
+    const clock = options.scheduler ?? systemScheduler;
     const logger = options.logger ?? silent;
     const random = options.random ?? new SeededRandom(randomBytes(4).readUInt32LE(0));
     const counters = new Counters();
@@ -119,7 +120,7 @@ export class ChardNode {
       id: config.id,
       store,
       transport,
-      clock,
+      scheduler: clock,
       random,
       limits: config.limits ?? {},
       counters,

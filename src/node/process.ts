@@ -6,6 +6,7 @@
  */
 
 import { pino } from 'pino';
+import { systemScheduler } from './clock.js';
 import { loadNodeConfig, validateLogLevel } from './config.js';
 import { ChardNode, type LogContext } from './node.js';
 
@@ -26,7 +27,7 @@ export async function runNodeProcess(configFile: string, options: NodeProcessOpt
   });
   let node: ChardNode;
   try {
-    node = await ChardNode.start({ config, logger, logContext });
+    node = await ChardNode.start({ config, logger, logContext, scheduler: systemScheduler });
   } catch (error) {
     logger.error({ err: error instanceof Error ? { message: error.message, code: (error as { code?: string }).code, stack: error.stack } : String(error) }, 'node failed to start');
     throw error;

@@ -6,13 +6,14 @@
  *
  * The Ready loop (docs/design.md): send messagesEarly → persist (one fsynced transaction) → send
  * messages → apply committed entries (one transaction) → advance. Ready handling is coalesced with
- * setImmediate, so every proposal and message that arrives in one turn of the event loop shares
- * one fsync (group commit).
+ * `scheduler.soon` (setImmediate in production), so every proposal and message that arrives in one
+ * turn of the event loop shares one fsync (group commit). Every timer and every reading of time goes
+ * through the Scheduler port (src/node/clock.ts), so the seeded simulator runs this very code.
  */
 
 import { assert } from '../assert.js';
 import { ChardError, ErrorCode, NotLeaderError, RemoteError, UsageError } from '../errors.js';
-import type { ReadOnlyOption } from '../raft/config.js';
+import type { RaftConfigInput, ReadOnlyOption } from '../raft/config.js';
 import { decodeConfChange } from '../raft/confchange.js';
 import { RawNode, type Status } from '../raft/rawnode.js';
 import {
@@ -26,14 +27,27 @@ import {
   type Random,
   type Ready,
   type SnapshotMetadata,
+  MessageType,
+  message,
 } from '../raft/types.js';
 import type { Transport } from '../transport/transport.js';
-import { type Clock, Ticker } from './clock.js';
+import { type Scheduler, Ticker, type Timer } from './clock.js';
 import type { Counters } from './metrics.js';
 import { ProposalWaiters, ReadWaiters } from './waiters.js';
 
-import type { MemberAddresses, ReplicaStore } from '../blockstore/replica-store.js';
+import type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../blockstore/replica-store.js';
 export type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../blockstore/replica-store.js';
+
+/** ReplicaFailure: the apply failure that halted a replica (Replica.failed). */
+export interface ReplicaFailure {
+  message: string;
+  code: ErrorCode | undefined;
+  /** firstIndex..lastIndex: the committed entries whose apply failed (none of them is applied). */
+  firstIndex: number;
+  lastIndex: number;
+  /** at: scheduler time of the failure. */
+  at: number;
+}
 
 export interface ReplicaLimits {
   tickIntervalMs: number;
@@ -42,8 +56,17 @@ export interface ReplicaLimits {
   requestTimeoutMs: number;
   proposalsInflightMax: number;
   readsInflightMax: number;
+  /** applyEntriesPerTurnMax: committed entries applied in one turn of the event loop (then it yields). */
+  applyEntriesPerTurnMax: number;
+  /** applyBytesPerTurnMax: committed entry bytes applied in one turn (at least one entry). */
+  applyBytesPerTurnMax: number;
   /** snapshotEveryEntries: take a snapshot (and compact) after this many applied entries. */
   snapshotEveryEntries: number;
+  /**
+   * snapshotEveryLogBytes: ... or after this many bytes of applied entry data, whichever comes
+   * first: with 1 MiB writes, 20,000 entries alone would keep ~20 GiB of log between compactions.
+   */
+  snapshotEveryLogBytes: number;
   readOnlyOption: ReadOnlyOption;
   appendBytesMax: number;
   snapshotChunkBytes: number;
@@ -69,7 +92,10 @@ export const defaultReplicaLimits: ReplicaLimits = {
   requestTimeoutMs: 10_000,
   proposalsInflightMax: 4096,
   readsInflightMax: 8192,
+  applyEntriesPerTurnMax: 1024,
+  applyBytesPerTurnMax: 8 * 1024 * 1024,
   snapshotEveryEntries: 20_000,
+  snapshotEveryLogBytes: 256 * 1024 * 1024,
   readOnlyOption: 'lease',
   appendBytesMax: 1024 * 1024,
   snapshotChunkBytes: 1024 * 1024,
@@ -79,13 +105,39 @@ export interface ReplicaOptions {
   id: NodeId;
   store: ReplicaStore;
   transport: Transport;
-  clock: Clock;
+  /**
+   * scheduler: the replica's only source of time and of event-loop turns (ticks, the coalesced
+   * Ready handling, deadlines). Production passes `systemScheduler`; the simulator a step-clocked one.
+   */
+  scheduler: Scheduler;
   random: Random;
   limits?: Partial<ReplicaLimits>;
   counters?: Counters;
   logger?: { info(o: object, m?: string): void; warn(o: object, m?: string): void; error(o: object, m?: string): void };
   /** onApplied: called after each applied batch (e.g. to wake waiters of the NBD layer). */
   onApplied?: (appliedIndex: number) => void;
+  /** testing: knobs that each restore one known defect, for the simulator's knock-out list. Never set in production. */
+  testing?: ReplicaTestingKnobs;
+  /**
+   * raft: TEST-ONLY overrides of the core's configuration (the simulator draws preVote,
+   * checkQuorum, flow-control limits and the core's own testing knobs per seed). Spread last, so
+   * they win over the values derived from `limits`. Production leaves it unset.
+   */
+  raft?: Partial<Omit<RaftConfigInput, 'id' | 'storage' | 'random' | 'applied'>>;
+}
+
+/**
+ * ReplicaTestingKnobs: TEST-ONLY switches, each bringing back one defect so that a test or the
+ * simulator can show it is caught. Nothing outside tests sets them.
+ */
+export interface ReplicaTestingKnobs {
+  /**
+   * skipCatchUpOnEntry: client entry points (readBarrier, propose, proposeConfChange,
+   * transferLeadership) no longer deliver the ticks that elapsed before consulting the lease or
+   * the role. A leader resumed from a pause then runs queued client reads before its timers and
+   * serves them on a lease that expired while it was stopped (defect a of issue 11).
+   */
+  skipCatchUpOnEntry?: boolean;
 }
 
 const encoder = new TextEncoder();
@@ -104,44 +156,87 @@ export function decodeMembersContext(context: Uint8Array): Record<number, Member
   }
 }
 
+/**
+ * retryableCoreRefusal: the core refuses a proposal it did not append with a plain ChardError BUSY
+ * (uncommitted tail at its limit) or PROPOSAL_DROPPED (leadership transfer, leader being removed).
+ * Both mean "not now": callers retry RemoteErrors only, so they are raised as RemoteErrors.
+ */
+function retryableCoreRefusal(error: unknown): unknown {
+  if (error instanceof ChardError && !(error instanceof RemoteError) && (error.code === ErrorCode.Busy || error.code === ErrorCode.ProposalDropped)) {
+    return new RemoteError(error.code, error.message, { cause: error });
+  }
+  return error;
+}
+
+/** validateLimits: every numeric limit is a positive integer (a 0 would stall or spin the Ready loop). */
+function validateLimits(limits: ReplicaLimits): ReplicaLimits {
+  for (const [name, value] of Object.entries(limits)) {
+    if (name === 'readOnlyOption') continue;
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) {
+      throw new UsageError(ErrorCode.InvalidArgument, `replica limit ${name} must be a positive integer (got ${String(value)})`);
+    }
+  }
+  return limits;
+}
+
+function isEmptyReady(rd: Ready): boolean {
+  return (
+    rd.softState === undefined &&
+    rd.hardState === undefined &&
+    rd.entries.length === 0 &&
+    rd.snapshotChunks.length === 0 &&
+    rd.snapshot === undefined &&
+    rd.committedEntries.length === 0 &&
+    rd.messagesEarly.length === 0 &&
+    rd.messages.length === 0 &&
+    rd.readStates.length === 0
+  );
+}
+
 export class Replica {
   readonly id: NodeId;
   readonly raw: RawNode;
   readonly limits: ReplicaLimits;
   private readonly store: ReplicaStore;
   private readonly transport: Transport;
-  private readonly clock: Clock;
+  private readonly scheduler: Scheduler;
   private readonly ticker: Ticker;
   private readonly proposals: ProposalWaiters<Uint8Array>;
   private readonly reads: ReadWaiters;
   private readonly counters: Counters | undefined;
   private readonly logger: ReplicaOptions['logger'];
   private readonly onApplied: ReplicaOptions['onApplied'];
-  private tickTimer: NodeJS.Timeout | undefined;
+  private tickTimer: Timer | undefined;
   private readyScheduled = false;
   /** readyInFlight: a Ready was taken and is not yet advanced (its persist is pending). */
   private readyInFlight = false;
   private closed = false;
+  private failure: ReplicaFailure | undefined;
   private lastExpireMs = 0;
   /** leaderWatchers: callbacks of leaderChange(), each waiting for the leader to stop being `from`. */
   private readonly leaderWatchers = new Set<{ from: NodeId; notify: () => void }>();
+  /** stateWatchers: callbacks of waitUntil(), run after every role/leader change and on close. */
+  private readonly stateWatchers = new Set<() => void>();
   private appliedSinceSnapshot = 0;
+  private appliedBytesSinceSnapshot = 0;
   private snapshotting = false;
   private leaderSince = 0;
   /** removed: this node applied a configuration without itself. */
   removed = false;
   private readonly readPrefix: string;
+  private readonly testing: ReplicaTestingKnobs;
 
   constructor(options: ReplicaOptions) {
     this.id = options.id;
     this.store = options.store;
     this.transport = options.transport;
-    this.clock = options.clock;
+    this.scheduler = options.scheduler;
     this.counters = options.counters;
     this.logger = options.logger;
     this.onApplied = options.onApplied;
-    this.limits = { ...defaultReplicaLimits, ...options.limits };
-    this.ticker = new Ticker(this.clock, this.limits.tickIntervalMs);
+    this.testing = options.testing ?? {};
+    this.limits = validateLimits({ ...defaultReplicaLimits, ...options.limits });
+    this.ticker = new Ticker(this.scheduler, this.limits.tickIntervalMs);
     this.proposals = new ProposalWaiters(this.limits.proposalsInflightMax);
     this.reads = new ReadWaiters(this.limits.readsInflightMax);
     this.readPrefix = `${this.id}-${options.random.int(2 ** 31)}`;
@@ -158,11 +253,13 @@ export class Replica {
       preVote: true,
       appendBytesMax: this.limits.appendBytesMax,
       snapshotChunkBytes: this.limits.snapshotChunkBytes,
+      committedBytesPerReadyMax: this.limits.applyBytesPerTurnMax,
+      ...options.raft,
     });
     for (const [id, addresses] of this.store.members()) if (id !== this.id) this.transport.addPeer(id, addresses.raft);
     this.transport.onMessage((m) => this.receive(m));
     this.transport.onUnreachable((peer) => {
-      if (this.closed) return;
+      if (this.halted) return;
       this.raw.reportUnreachable(peer);
       this.schedule();
     });
@@ -170,15 +267,14 @@ export class Replica {
 
   start(): void {
     assert(this.tickTimer === undefined, 'replica started twice');
-    this.tickTimer = setInterval(() => this.onTick(), this.limits.tickIntervalMs);
-    this.tickTimer.unref?.();
+    this.tickTimer = this.scheduler.every(this.limits.tickIntervalMs, () => this.onTick());
     this.schedule();
   }
 
   private onTick(): void {
-    if (this.closed) return;
+    if (this.halted) return;
     this.catchUpTicks();
-    const now = this.clock.now();
+    const now = this.scheduler.now();
     // Deadlines are seconds long: scanning the waiters every tick would be wasted work.
     if (now - this.lastExpireMs >= expireEveryMs) {
       this.lastExpireMs = now;
@@ -199,16 +295,29 @@ export class Replica {
    * healthy leader. Counting less time only delays a follower's election and prolongs its vote
    * refusal (the lease side), so it never weakens safety.
    */
-  private catchUpTicks(): void {
+  private catchUpTicks(): number {
     const due = this.ticker.due();
+    if (due === 0) return 0;
     const stalledTicksMax = Math.max(1, Math.floor(stalledFollowerMsMax / this.limits.tickIntervalMs));
-    const ticks = this.raw.raft.role === 'leader' ? due : Math.min(due, stalledTicksMax);
+    const ticks = this.raw.basicStatus().role === 'leader' ? due : Math.min(due, stalledTicksMax);
     if (ticks < due) this.counters?.inc('raft.ticks_dropped_after_stall', due - ticks);
     for (let i = 0; i < ticks; i++) this.raw.tick();
+    return ticks;
+  }
+
+  /**
+   * enter: the first step of every client entry point that consults the lease or the role. After
+   * a pause, Node runs the I/O callbacks that queued up (client reads, proposals) BEFORE the tick
+   * timer, so without this a deposed leader would check its lease against a tick count from before
+   * the pause and serve a stale read. Ticks that produced work (heartbeats, a step-down) get a Ready.
+   */
+  private enter(): void {
+    if (this.testing.skipCatchUpOnEntry === true) return;
+    if (this.catchUpTicks() > 0) this.schedule();
   }
 
   private receive(m: Message): void {
-    if (this.closed) return;
+    if (this.halted) return;
     // Catch up on ticks first: a process that was paused must see elapsed time before messages.
     this.catchUpTicks();
     try {
@@ -223,9 +332,9 @@ export class Replica {
 
   /** schedule: handle Readys soon, once per turn of the event loop (group commit). */
   private schedule(): void {
-    if (this.readyScheduled || this.closed) return;
+    if (this.readyScheduled || this.halted) return;
     this.readyScheduled = true;
-    setImmediate(() => {
+    this.scheduler.soon(() => {
       this.readyScheduled = false;
       this.handleReadys();
     });
@@ -237,17 +346,36 @@ export class Replica {
    * rest (persist, apply, advance) continues in the next turn of the event loop, after the
    * transport has written them to the sockets: followers receive and fsync the entries while the
    * leader fsyncs its own copy (SQLite's fsync blocks this thread).
+   *
+   * Apply work is bounded per turn: one Ready per turn carries committed entries, at most
+   * applyEntriesPerTurnMax of them and applyBytesPerTurnMax of bytes (one entry at least); the
+   * Readys after it in the same turn carry none (they still persist and send). When only committed
+   * entries remain, the loop yields (scheduler.soon), so the peer messages, client reads and ticks
+   * waiting in the event loop run between two slices of a long committed backlog. A Ready is
+   * advanced only after all of its committed entries are applied.
    */
   private handleReadys(): void {
     let rounds = 0;
-    while (!this.closed && !this.readyInFlight && this.raw.hasReady() && rounds++ < 64) {
-      const rd = this.raw.ready();
+    let appliedThisTurn = false;
+    while (!this.halted && !this.readyInFlight && this.raw.hasReady() && rounds++ < 64) {
+      const rd = this.raw.ready(
+        appliedThisTurn
+          ? { committedEntriesMax: 0 }
+          : { committedEntriesMax: this.limits.applyEntriesPerTurnMax, committedBytesMax: this.limits.applyBytesPerTurnMax },
+      );
+      if (rd.committedEntries.length > 0) appliedThisTurn = true;
+      else if (appliedThisTurn && isEmptyReady(rd)) {
+        // Only committed entries wait: they are the next turn's slice.
+        this.raw.advance();
+        this.counters?.inc('raft.apply_yielded');
+        break;
+      }
       if (rd.messagesEarly.length > 0) this.transport.send(rd.messagesEarly);
       if (rd.messagesEarly.length > 0 && rd.mustSync) {
         this.readyInFlight = true;
-        setImmediate(() => {
+        this.scheduler.soon(() => {
           this.readyInFlight = false;
-          if (this.closed) return;
+          if (this.halted) return;
           this.finishReady(rd);
           this.schedule();
         });
@@ -255,16 +383,16 @@ export class Replica {
       }
       this.finishReady(rd);
     }
-    if (!this.readyInFlight && this.raw.hasReady()) this.schedule();
+    if (!this.halted && !this.readyInFlight && this.raw.hasReady()) this.schedule();
   }
 
   private finishReady(rd: Ready): void {
-    const persistStart = this.clock.now();
+    const persistStart = this.scheduler.now();
     this.store.persist(rd);
     if (rd.mustSync) {
       this.counters?.inc('store.fsync');
       this.counters?.inc('store.entries', rd.entries.length);
-      this.counters?.observe('store.persist_ms', this.clock.now() - persistStart);
+      this.counters?.observe('store.persist_ms', this.scheduler.now() - persistStart);
     }
     if (rd.snapshot !== undefined) {
       this.store.installSnapshot(rd.snapshot);
@@ -273,17 +401,26 @@ export class Replica {
       this.refreshPeers();
     }
     if (rd.messages.length > 0) this.transport.send(rd.messages);
-    if (rd.committedEntries.length > 0) this.applyEntries(rd.committedEntries);
+    // A failed apply halts the replica with this Ready not advanced: the core's applied index stays
+    // what the store holds (see fail()).
+    if (rd.committedEntries.length > 0 && !this.applyEntries(rd.committedEntries)) return;
     for (const rs of rd.readStates) this.reads.readState(rs.requestContext, rs.index);
     if (rd.softState !== undefined) this.onSoftState(rd.softState.role, rd.softState.leader);
     this.raw.advance();
-    this.reads.applied(this.raw.raft.log.applied);
+    this.reads.applied(this.raw.basicStatus().applied);
     this.issueReadIndex();
     this.maybeSnapshot();
   }
 
-  private applyEntries(entries: Entry[]): void {
-    const outcomes = this.store.apply(entries, (cc, index) => this.applyConfChange(cc, index));
+  /** applyEntries: apply one slice; false if the store failed (the replica is then halted). */
+  private applyEntries(entries: Entry[]): boolean {
+    let outcomes: Map<number, ApplyOutcome>;
+    try {
+      outcomes = this.store.apply(entries, (cc, index) => this.applyConfChange(cc, index));
+    } catch (error) {
+      this.fail(error, entries[0]!.index, entries[entries.length - 1]!.index);
+      return false;
+    }
     for (const entry of entries) {
       this.proposals.applied(entry.index, entry.term, () => {
         const outcome = outcomes.get(entry.index);
@@ -294,9 +431,67 @@ export class Replica {
     }
     const last = entries[entries.length - 1]!.index;
     this.appliedSinceSnapshot += entries.length;
+    for (const entry of entries) this.appliedBytesSinceSnapshot += entry.data.length;
     this.counters?.inc('raft.applied', entries.length);
     this.counters?.set('raft.applied_index', last);
     this.onApplied?.(last);
+    return true;
+  }
+
+  /**
+   * fail: the state machine could not apply committed entries (a CorruptError from a rotted
+   * block, an I/O error). Throwing on would crash the process and, on restart, apply the same
+   * entry again: a crash loop. Instead the replica halts, as a crash-stopped raft member does
+   * (always safe): no more persists, applies, messages or ticks, so it never campaigns or serves
+   * again in this process. Waiters fail with a retryable UNAVAILABLE; a leader first hands its
+   * leadership to a voter that holds its whole log (TimeoutNow), otherwise its silence makes the
+   * followers elect a new leader within an election timeout. status() reports `stateCorrupt`;
+   * `failed` carries the details for the repair (restore from a peer's snapshot on restart).
+   */
+  private fail(error: unknown, firstIndex: number, lastIndex: number): void {
+    const message = error instanceof Error ? error.message : String(error);
+    const code = error instanceof ChardError ? error.code : undefined;
+    this.failure = { message, code, firstIndex, lastIndex, at: this.scheduler.now() };
+    this.counters?.inc('raft.apply_failed');
+    this.logger?.error({ err: message, code, firstIndex, lastIndex, appliedIndex: this.store.appliedIndex() }, 'applying committed entries failed: this replica stops serving and steps down');
+    if (this.isLeaderInCore()) this.handOverOnFailure();
+    this.tickTimer?.cancel();
+    const unavailable = () => this.failedError();
+    this.proposals.failAll(unavailable);
+    this.reads.failAll(unavailable);
+    for (const watcher of this.leaderWatchers) watcher.notify();
+    this.leaderWatchers.clear();
+    for (const check of [...this.stateWatchers]) check();
+  }
+
+  /** handOverOnFailure: TimeoutNow to the voter whose log matches ours to the end, if there is one. */
+  private handOverOnFailure(): void {
+    const status = this.raw.status();
+    for (const [id, pr] of status.progress) {
+      if (id === this.id || pr.learner || pr.match !== status.lastIndex) continue;
+      // Built here because the core's Ready loop is halted; a TimeoutNow only makes `id` campaign
+      // at once, and it wins only with an up-to-date log, so sending it is always safe.
+      this.transport.send([message({ type: MessageType.TimeoutNow, from: this.id, to: id, term: status.term })]);
+      this.logger?.warn({ to: id }, 'handed leadership over after the apply failure');
+      return;
+    }
+  }
+
+  private failedError(): RemoteError {
+    return new RemoteError(ErrorCode.Unavailable, `node ${this.id} stopped serving: applying entries ${this.failure?.firstIndex}..${this.failure?.lastIndex} failed (${this.failure?.message}); retry at another node`);
+  }
+
+  /**
+   * failed: why this replica halted (see fail()), or undefined while it is healthy. The restart-time
+   * repair of the block store keys on it (also reported as status().stateCorrupt).
+   */
+  get failed(): ReplicaFailure | undefined {
+    return this.failure;
+  }
+
+  /** halted: closed, or stopped by a failed apply. */
+  private get halted(): boolean {
+    return this.closed || this.failure !== undefined;
   }
 
   private applyConfChange(cc: ConfChange, index: number): ConfState {
@@ -331,9 +526,9 @@ export class Replica {
 
   private onSoftState(role: string, leader: NodeId): void {
     this.counters?.set('raft.leader', leader);
-    this.logger?.info({ role, leader, term: this.raw.raft.term }, 'role changed');
+    this.logger?.info({ role, leader, term: this.raw.basicStatus().term }, 'role changed');
     if (role === 'leader') {
-      this.leaderSince = this.clock.now();
+      this.leaderSince = this.scheduler.now();
       this.counters?.inc('raft.became_leader');
     } else {
       // Outcome unknown: the entries may still commit under the next leader. The client retries
@@ -342,13 +537,35 @@ export class Replica {
     }
     // A ReadIndex sent to the old leader will not be answered by the new one: queue it again so
     // finishReady issues it (after advance) now rather than after an election timeout.
-    this.reads.retryInFlight(this.clock.now(), 0);
+    this.reads.retryInFlight(this.scheduler.now(), 0);
     for (const watcher of this.leaderWatchers) {
       if (leader !== watcher.from) {
         this.leaderWatchers.delete(watcher);
         watcher.notify();
       }
     }
+    for (const check of [...this.stateWatchers]) check();
+  }
+
+  /**
+   * waitUntil: resolves true as soon as `condition()` holds (checked now, after every role or
+   * leader change, and on close), or false at `deadline` (scheduler time). No polling.
+   */
+  private waitUntil(condition: () => boolean, deadline: number): Promise<boolean> {
+    if (condition()) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      const finish = (result: boolean) => {
+        this.stateWatchers.delete(check);
+        timer.cancel();
+        resolve(result);
+      };
+      const check = () => {
+        if (condition()) finish(true);
+        else if (this.halted) finish(false);
+      };
+      const timer = this.scheduler.after(Math.max(0, deadline - this.scheduler.now()), () => finish(condition()));
+      this.stateWatchers.add(check);
+    });
   }
 
   /**
@@ -362,7 +579,7 @@ export class Replica {
     const promise = new Promise<void>((resolve) => {
       watcher = { from, notify: resolve };
     });
-    if (this.closed || this.raw.raft.lead !== from) {
+    if (this.halted || this.raw.basicStatus().leader !== from) {
       watcher!.notify();
       return { promise, cancel: () => {} };
     }
@@ -371,14 +588,16 @@ export class Replica {
   }
 
   private maybeSnapshot(): void {
-    if (this.appliedSinceSnapshot < this.limits.snapshotEveryEntries || this.snapshotting) return;
+    if (this.snapshotting) return;
+    if (this.appliedSinceSnapshot < this.limits.snapshotEveryEntries && this.appliedBytesSinceSnapshot < this.limits.snapshotEveryLogBytes) return;
     this.appliedSinceSnapshot = 0;
-    const started = this.clock.now();
+    this.appliedBytesSinceSnapshot = 0;
+    const started = this.scheduler.now();
     const done = (metadata: SnapshotMetadata | undefined) => {
       if (metadata === undefined) return;
       this.counters?.inc('snapshot.created');
-      this.counters?.observe('snapshot.create_ms', this.clock.now() - started);
-      this.logger?.info({ index: metadata.index, bytes: metadata.sizeBytes, ms: Math.round(this.clock.now() - started) }, 'snapshot created');
+      this.counters?.observe('snapshot.create_ms', this.scheduler.now() - started);
+      this.logger?.info({ index: metadata.index, bytes: metadata.sizeBytes, ms: Math.round(this.scheduler.now() - started) }, 'snapshot created');
     };
     if (this.store.createSnapshotAsync === undefined) {
       done(this.store.createSnapshot());
@@ -398,16 +617,16 @@ export class Replica {
   }
 
   private issueReadIndex(): void {
-    if (this.closed) return;
-    const status = this.raw.raft;
-    if (status.lead === None && status.role !== 'leader') return;
-    const context = this.reads.nextRequest(this.clock.now(), this.readPrefix);
+    if (this.halted) return;
+    const status = this.raw.basicStatus();
+    if (status.leader === None && status.role !== 'leader') return;
+    const context = this.reads.nextRequest(this.scheduler.now(), this.readPrefix);
     if (context === undefined) return;
     try {
       this.raw.readIndex(context);
     } catch (error) {
       if (!(error instanceof ChardError)) throw error;
-      this.reads.retryInFlight(this.clock.now(), 0);
+      this.reads.retryInFlight(this.scheduler.now(), 0);
     }
     this.schedule();
   }
@@ -433,47 +652,62 @@ export class Replica {
     return this.store.members().get(id);
   }
 
+  /** leaderId: the leader this node knows (None once it halted: it no longer follows anyone). */
   leaderId(): NodeId {
-    return this.raw.raft.lead;
+    return this.failure !== undefined ? None : this.raw.basicStatus().leader;
   }
 
+  /** isLeader: this node leads and serves (false once it halted, even before the others notice). */
   isLeader(): boolean {
-    return this.raw.raft.role === 'leader';
+    return this.failure === undefined && this.isLeaderInCore();
+  }
+
+  private isLeaderInCore(): boolean {
+    return this.raw.basicStatus().role === 'leader';
   }
 
   notLeaderError(): NotLeaderError {
-    const leader = this.raw.raft.lead;
+    const leader = this.raw.basicStatus().leader;
     return new NotLeaderError(leader, leader === None ? undefined : this.addressOf(leader)?.admin);
   }
 
-  /** propose: replicate `data` and resolve with the state machine's result once applied here. */
+  /**
+   * propose: replicate `data` and resolve with the state machine's result once applied here.
+   * Refusals are decided before the entry is appended (an appended entry may commit, so refusing
+   * it afterwards would make the client's retry land twice). BUSY and PROPOSAL_DROPPED are
+   * RemoteErrors: the caller backs off and retries.
+   */
   propose(data: Uint8Array): Promise<Uint8Array> {
-    if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
-    if (!this.isLeader()) return Promise.reject(this.notLeaderError());
-    let index: number;
-    try {
-      index = this.raw.propose(data);
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    const proposedAt = this.clock.now();
-    const waiter = this.proposals.add(index, this.raw.raft.term, proposedAt + this.limits.requestTimeoutMs);
-    this.counters?.inc('raft.proposed');
-    if (this.counters) void waiter.then(() => this.counters?.observe('raft.propose_ms', this.clock.now() - proposedAt), () => undefined);
-    this.schedule();
-    return waiter;
+    return this.proposeWith(() => this.raw.propose(data), true);
   }
 
   /** proposeConfChange: a membership change; resolves once applied here. */
   proposeConfChange(cc: ConfChange): Promise<Uint8Array> {
+    return this.proposeWith(() => this.raw.proposeConfChange(cc), false);
+  }
+
+  private proposeWith(append: () => number, count: boolean): Promise<Uint8Array> {
+    if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
+    if (this.failure !== undefined) return Promise.reject(this.failedError());
+    this.enter();
     if (!this.isLeader()) return Promise.reject(this.notLeaderError());
+    const refusal = this.proposals.refusal();
+    if (refusal !== undefined) {
+      this.counters?.inc('raft.proposal_refused.busy');
+      return Promise.reject(refusal);
+    }
     let index: number;
     try {
-      index = this.raw.proposeConfChange(cc);
+      index = append();
     } catch (error) {
-      return Promise.reject(error);
+      return Promise.reject(retryableCoreRefusal(error));
     }
-    const waiter = this.proposals.add(index, this.raw.raft.term, this.clock.now() + this.limits.requestTimeoutMs);
+    const proposedAt = this.scheduler.now();
+    const waiter = this.proposals.add(index, this.raw.basicStatus().term, proposedAt + this.limits.requestTimeoutMs);
+    if (count) {
+      this.counters?.inc('raft.proposed');
+      if (this.counters) void waiter.then(() => this.counters?.observe('raft.propose_ms', this.scheduler.now() - proposedAt), () => undefined);
+    }
     this.schedule();
     return waiter;
   }
@@ -484,29 +718,39 @@ export class Replica {
    */
   readBarrier(): Promise<void> {
     if (this.closed) return Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down'));
-    if (this.raw.raft.lead === None) return Promise.reject(this.notLeaderError());
-    const waiter = this.reads.wait(this.clock.now() + this.limits.requestTimeoutMs);
+    if (this.failure !== undefined) return Promise.reject(this.failedError());
+    this.enter();
+    if (this.raw.basicStatus().leader === None) return Promise.reject(this.notLeaderError());
+    const waiter = this.reads.wait(this.scheduler.now() + this.limits.requestTimeoutMs);
     this.issueReadIndex();
     return waiter;
   }
 
   transferLeadership(to: NodeId): void {
+    if (this.failure !== undefined) throw this.failedError();
+    this.enter();
     if (!this.isLeader()) throw this.notLeaderError();
     this.raw.transferLeadership(to);
     this.schedule();
   }
 
-  status(): Status & { removed: boolean; leaderForMs: number } {
-    return { ...this.raw.status(), removed: this.removed, leaderForMs: this.isLeader() ? this.clock.now() - this.leaderSince : 0 };
+  /** status: the core's status, plus `stateCorrupt` (the replica halted on a failed apply, see `failed`). */
+  status(): Status & { removed: boolean; leaderForMs: number; stateCorrupt: boolean } {
+    const core = this.raw.status();
+    const stateCorrupt = this.failure !== undefined;
+    return {
+      ...core,
+      ...(stateCorrupt ? { role: 'follower' as const, leader: None, leaseValid: false, applied: this.store.appliedIndex() } : {}),
+      removed: this.removed,
+      leaderForMs: this.isLeader() ? this.scheduler.now() - this.leaderSince : 0,
+      stateCorrupt,
+    };
   }
 
   /** waitForLeader: resolves with the leader id once one is known (bounded by timeoutMs). */
   async waitForLeader(timeoutMs: number): Promise<NodeId> {
-    const deadline = this.clock.now() + timeoutMs;
-    while (this.clock.now() < deadline) {
-      if (this.raw.raft.lead !== None) return this.raw.raft.lead;
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    const known = await this.waitUntil(() => this.leaderId() !== None, this.scheduler.now() + timeoutMs);
+    if (known) return this.leaderId();
     throw new RemoteError(ErrorCode.Timeout, `no leader within ${timeoutMs} ms`);
   }
 
@@ -537,19 +781,19 @@ export class Replica {
       if (best !== None) {
         try {
           this.transferLeadership(best);
-          const deadline = this.clock.now() + (options.transferTimeoutMs ?? 3000);
-          while (this.isLeader() && this.clock.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+          await this.waitUntil(() => !this.isLeader(), this.scheduler.now() + (options.transferTimeoutMs ?? 3000));
         } catch (error) {
           this.logger?.warn({ err: String(error) }, 'leadership transfer on shutdown failed');
         }
       }
     }
     this.closed = true;
-    if (this.tickTimer !== undefined) clearInterval(this.tickTimer);
+    this.tickTimer?.cancel();
     const closing = () => new RemoteError(ErrorCode.Closed, 'node is shutting down');
     this.proposals.failAll(closing);
     this.reads.failAll(closing);
     for (const watcher of this.leaderWatchers) watcher.notify();
     this.leaderWatchers.clear();
+    for (const check of [...this.stateWatchers]) check();
   }
 }

@@ -12,6 +12,7 @@
  * ReadWaiters batches linearizable reads: all reads queued while no ReadIndex is in flight share
  * the next one; once its read state arrives, they run as soon as appliedIndex reaches its index.
  */
+import { assert } from '../assert.js';
 import { ChardError, ErrorCode, RemoteError } from '../errors.js';
 
 interface Pending<T> {
@@ -28,10 +29,21 @@ export class ProposalWaiters<R> {
     return this.byIndex.size;
   }
 
+  /**
+   * refusal: the retryable BUSY to answer when no waiter can be added, or undefined. Checked BEFORE
+   * the entry is appended to the log: refusing after the append would have the client retry an
+   * entry that may still commit, so it would land twice.
+   */
+  refusal(): RemoteError | undefined {
+    if (this.byIndex.size < this.waitersMax) return undefined;
+    return new RemoteError(ErrorCode.Busy, `too many proposals in flight (${this.waitersMax})`);
+  }
+
+  /** add: wait for the entry at `index` (the caller checked refusal() before appending it). */
   add(index: number, term: number, deadline: number): Promise<R> {
-    if (this.byIndex.size >= this.waitersMax) {
-      return Promise.reject(new RemoteError(ErrorCode.Busy, `too many proposals in flight (${this.waitersMax})`));
-    }
+    assert(this.byIndex.size < this.waitersMax, 'proposal waiter added past waitersMax (refusal() not checked)');
+    // An older waiter at this index had its entry replaced (a leader change between two Readys).
+    this.byIndex.get(index)?.reject(new RemoteError(ErrorCode.Unavailable, `entry ${index} was replaced by another leader; retry`));
     return new Promise<R>((resolve, reject) => {
       this.byIndex.set(index, { resolve, reject, term, deadline });
     });

@@ -59,6 +59,16 @@ export interface Status {
   progress: Map<NodeId, ProgressStatus>;
 }
 
+/** BasicStatus: the narrow read-only view the runtime needs on every request (no allocation of progress). */
+export interface BasicStatus {
+  id: NodeId;
+  role: Role;
+  leader: NodeId;
+  term: number;
+  commit: number;
+  applied: number;
+}
+
 interface InFlightReady {
   lastEntry: { index: number; term: number } | undefined;
   snapshotIndex: number | undefined;
@@ -173,15 +183,23 @@ export class RawNode {
     return log.unstableEntries.slice(Math.max(0, handed.index + 1 - log.unstableOffset));
   }
 
-  /** ready: the next batch of work. Call advance() once it is fully handled. */
-  ready(): Ready {
+  /**
+   * ready: the next batch of work. Call advance() once it is fully handled. `limits` caps the
+   * committed entries handed out (at least one entry if any is due and `committedEntriesMax` > 0;
+   * the bytes cap defaults to committedBytesPerReadyMax): the application bounds its apply work per
+   * event-loop turn with them, and the rest comes in the next Ready (etcd's MaxCommittedSizePerReady).
+   */
+  ready(limits: { committedEntriesMax?: number; committedBytesMax?: number } = {}): Ready {
     assert(this.inFlight === undefined, 'ready() called twice without advance()');
     const raft = this.raft;
     const soft = this.softState();
     const hard = raft.hardState();
     const entries = raft.log.unstableEntries.slice();
     const snapshot = raft.log.unstableSnapshot;
-    const committedEntries = raft.log.nextCommittedEntries(raft.config.committedBytesPerReadyMax);
+    const committedBytesMax = Math.min(raft.config.committedBytesPerReadyMax, limits.committedBytesMax ?? Infinity);
+    const committedEntriesMax = limits.committedEntriesMax ?? Infinity;
+    let committedEntries = committedEntriesMax > 0 ? raft.log.nextCommittedEntries(committedBytesMax) : [];
+    if (committedEntries.length > committedEntriesMax) committedEntries = committedEntries.slice(0, committedEntriesMax);
     const all = raft.messages;
     raft.messages = [];
     const isLeader = raft.role === 'leader';
@@ -241,6 +259,12 @@ export class RawNode {
     }
     if (inFlight.lastEntry !== undefined) raft.persisted(inFlight.lastEntry.index, inFlight.lastEntry.term);
     if (inFlight.committedTo !== undefined) raft.appliedTo(inFlight.committedTo);
+  }
+
+  /** basicStatus: role, leader, term, commit and applied index, read-only. */
+  basicStatus(): BasicStatus {
+    const raft = this.raft;
+    return { id: raft.id, role: raft.role, leader: raft.lead, term: raft.term, commit: raft.log.committed, applied: raft.log.applied };
   }
 
   status(): Status {

@@ -34,6 +34,19 @@ test('leader completeness: a new leader missing a committed entry', (t) => {
   t.is(c.violations[0]?.checker, CheckerName.LeaderCompleteness);
 });
 
+test('leader completeness: a late leader of an older term need not hold entries committed after it won its votes', (t) => {
+  const c = checkersAt();
+  c.onLeader(1, 9, logOf([1, 9]));
+  c.onLeader(2, 10, logOf([1, 9, 10]));
+  c.onApply(2, entry(3, 10), 12); // committed under the leader of term 10
+  // A candidate of term 9, paused with its votes in hand, wins term 9 late: legal (§5.4 is about higher terms).
+  c.onLeader(3, 8, logOf([1, 8]));
+  t.is(c.violations.length, 0);
+  // A leader of a term above the one the entry was committed in must hold it.
+  c.onLeader(4, 11, logOf([1, 9]));
+  t.is(c.violations[0]?.checker, CheckerName.LeaderCompleteness);
+});
+
 test('log matching: same index and term with other data or another predecessor', (t) => {
   const c = checkersAt();
   c.onPersist(1, entry(5, 2, 'a'), 1);

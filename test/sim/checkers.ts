@@ -93,7 +93,9 @@ export class Checkers {
   /** persisted (index/term) -> "dataHash/prevTerm", for log matching. */
   private readonly persistedEntries = new Map<string, { dataHash: number; prevTerm: number; node: number }>();
   /** committed index -> term/data of the entry reported committed (applied) by any node. */
-  readonly committed = new Map<number, { term: number; dataHash: number; node: number; tick: number }>();
+  readonly committed = new Map<number, { term: number; dataHash: number; node: number; tick: number; committedByTermMax: number }>();
+  /** leaderTermMax: the highest term of any leader observed so far. */
+  private leaderTermMax = 0;
   /** state machine hash after applying index. */
   private readonly stateHashes = new Map<number, { hash: number; node: number }>();
   /** (sessionId/sequence) -> index where it was applied (verdict Apply). */
@@ -123,10 +125,16 @@ export class Checkers {
     }
     if (existing === id) return;
     this.leaderOfTerm.set(term, id);
-    // Leader completeness: every entry already known committed must be in the new leader's log.
+    // Leader completeness (§5.4): an entry committed in term T is in the log of every leader of a
+    // term above T. The commit happened under a leader already observed, so in a term no higher
+    // than the highest leader term seen when it was first applied. A leader of an older term that
+    // comes to power late (a candidate paused with its votes in hand, resumed after a newer term
+    // committed entries) is legal and need not hold them; it can never commit anything.
+    if (term > this.leaderTermMax) this.leaderTermMax = term;
     const first = log.firstIndex();
     for (const [index, record] of this.committed) {
       if (index < first) continue; // covered by the leader's snapshot
+      if (term <= record.committedByTermMax) continue;
       const have = log.termOr(index, -1);
       if (have !== record.term) {
         this.violate(
@@ -164,7 +172,7 @@ export class Checkers {
     const dataHash = hashBytes(entry.data, entry.type);
     const record = this.committed.get(entry.index);
     if (record === undefined) {
-      this.committed.set(entry.index, { term: entry.term, dataHash, node, tick: this.now() });
+      this.committed.set(entry.index, { term: entry.term, dataHash, node, tick: this.now(), committedByTermMax: this.leaderTermMax });
     } else if (record.term !== entry.term || record.dataHash !== dataHash) {
       this.violate(
         CheckerName.CommittedStable,

@@ -9,10 +9,9 @@
  */
 
 import { Command } from 'commander';
-import type { TestingKnobs } from '../../src/raft/config.js';
 import { knobNames } from './knobs.js';
 import { swarmTicks } from './swarm.js';
-import { type SimResult, runSeed } from './simulator.js';
+import { type SimKnobs, type SimResult, runSeed } from './simulator.js';
 
 /** parseSeeds: "N", "A-B" or "A,B,C-D" into a list of seeds. */
 export function parseSeeds(text: string): number[] {
@@ -28,7 +27,7 @@ export function parseSeeds(text: string): number[] {
   return seeds;
 }
 
-function main(argv: string[]): number {
+async function main(argv: string[]): Promise<number> {
   const program = new Command()
     .name('sim')
     .description('seeded swarm simulator of the chard raft core')
@@ -41,7 +40,7 @@ function main(argv: string[]): number {
     .exitOverride();
   program.parse(argv, { from: 'user' });
   const opts = program.opts<{ seeds?: string; seed?: string; trace?: boolean; knob?: string; ticks: string; keepGoing?: boolean }>();
-  let knobs: TestingKnobs | undefined;
+  let knobs: SimKnobs | undefined;
   if (opts.knob !== undefined) {
     if (!(knobNames as readonly string[]).includes(opts.knob)) throw new Error(`unknown knob ${opts.knob}; one of ${knobNames.join(', ')}`);
     knobs = { [opts.knob]: true };
@@ -57,7 +56,7 @@ function main(argv: string[]): number {
   const failures: SimResult[] = [];
   const totals = new Map<string, number>();
   for (let i = 0; i < seeds.length; i++) {
-    const result = runSeed(seeds[i]!, { ticks, ...(knobs ? { knobs } : {}), ...(trace ? { trace } : {}), stopOnViolation: opts.keepGoing !== true });
+    const result = await runSeed(seeds[i]!, { ticks, ...(knobs ? { knobs } : {}), ...(trace ? { trace } : {}), stopOnViolation: opts.keepGoing !== true });
     if (result.violations.length > 0) {
       failed++;
       violations += result.violations.length;
@@ -81,7 +80,7 @@ function main(argv: string[]): number {
 }
 
 try {
-  process.exitCode = main(process.argv.slice(2));
+  process.exitCode = await main(process.argv.slice(2));
 } catch (error) {
   const code = (error as { code?: string }).code;
   if (code === 'commander.helpDisplayed' || code === 'commander.version') process.exitCode = 0;

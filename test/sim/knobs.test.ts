@@ -1,5 +1,6 @@
 // Proves: the simulator's checkers are not blind. Each testing knob of the raft core (config.ts
-// TestingKnobs) breaks one safety rule; with the knob on for every node, the swarm must report a
+// TestingKnobs) or of the Replica (skipCatchUpOnEntry: a lease checked against a clock that was not
+// caught up) breaks one safety rule; with the knob on for every node, the swarm must report a
 // safety violation (any checker but liveness) within `seedsMax` seeds, or this test fails. It
 // prints how many seeds each knob needed and which checker caught it. The seed schedule is made
 // sharper per knob where the broken rule needs a particular situation (simulator.ts drawConfig);
@@ -18,17 +19,18 @@ const knobTicks: Record<KnobName, number> = {
   commitOldTermEntries: 1000,
   leaseWithoutQuorum: 400,
   leaderCountsUnpersisted: 400,
+  skipCatchUpOnEntry: 400,
 };
 
 for (const knob of knobNames) {
-  test(`knob ${knob}: a safety violation is detected within ${seedsMax} seeds`, (t) => {
+  test(`knob ${knob}: a safety violation is detected within ${seedsMax} seeds`, async (t) => {
     const started = process.hrtime.bigint();
     let found: Violation | undefined;
     let seeds = 0;
     let livenessOnly = 0;
     for (let seed = 1; seed <= seedsMax && found === undefined; seed++) {
       seeds++;
-      const result = runSeed(seed, { ticks: knobTicks[knob], knobs: { [knob]: true } });
+      const result = await runSeed(seed, { ticks: knobTicks[knob], knobs: { [knob]: true } });
       const safety = result.violations.find((v) => v.checker !== CheckerName.Liveness);
       if (safety !== undefined) found = safety;
       else if (result.violations.length > 0) livenessOnly++;
@@ -40,7 +42,7 @@ for (const knob of knobNames) {
     }
     // Control: the same seed and schedule with the knob off has no safety violation, so it was
     // the broken rule that the checker caught, not the sharper schedule.
-    const control = runSeed(found.seed, { ticks: knobTicks[knob], drawAs: { [knob]: true } });
+    const control = await runSeed(found.seed, { ticks: knobTicks[knob], drawAs: { [knob]: true } });
     t.deepEqual(control.violations.filter((v) => v.checker !== CheckerName.Liveness), [], `control run of seed ${found.seed} without the knob`);
     t.log(`knob ${knob}: found after ${seeds} seeds (${seconds.toFixed(1)} s) by ${found.checker} at seed=${found.seed} tick=${found.tick}: ${found.details.slice(0, 200)}`);
     t.log(`  replay: node dist/test/sim/cli.js --seed ${found.seed} --knob ${knob} --ticks ${knobTicks[knob]} --trace`);

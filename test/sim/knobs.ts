@@ -1,9 +1,17 @@
 /**
- * knobs: the names of the raft core's testing knobs (config.ts TestingKnobs), for the CLI and the
- * knob tests. Every knob breaks one safety rule; the knob tests prove the checkers catch each.
+ * knobs: the names of the testing knobs the simulator can turn on — the raft core's (config.ts
+ * TestingKnobs, passed through Replica's `raft` option) and the Replica's (replica.ts
+ * ReplicaTestingKnobs) — for the CLI and the knob tests. Every knob breaks one safety rule; the
+ * knob tests prove the checkers catch each.
  */
 
-import type { TestingKnobs } from '../../src/raft/config.js';
+import type { SimKnobs } from './simulator.js';
 
-export const knobNames = ['voteWithoutLogCheck', 'commitOldTermEntries', 'leaseWithoutQuorum', 'leaderCountsUnpersisted'] as const satisfies ReadonlyArray<keyof TestingKnobs>;
+export const knobNames = [
+  'voteWithoutLogCheck',
+  'commitOldTermEntries',
+  'leaseWithoutQuorum',
+  'leaderCountsUnpersisted',
+  'skipCatchUpOnEntry',
+] as const satisfies ReadonlyArray<keyof SimKnobs>;
 export type KnobName = (typeof knobNames)[number];

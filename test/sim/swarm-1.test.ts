@@ -5,6 +5,6 @@
 import test from 'ava';
 import { runSwarm } from './swarm.js';
 
-test('swarm seeds 1-667: no violations', (t) => {
-  runSwarm(t, 1, 667);
+test('swarm seeds 1-667: no violations', async (t) => {
+  await runSwarm(t, 1, 667);
 });

@@ -5,6 +5,6 @@
 import test from 'ava';
 import { runSwarm } from './swarm.js';
 
-test('swarm seeds 668-1334: no violations', (t) => {
-  runSwarm(t, 668, 1334);
+test('swarm seeds 668-1334: no violations', async (t) => {
+  await runSwarm(t, 668, 1334);
 });

@@ -5,6 +5,6 @@
 import test from 'ava';
 import { runSwarm } from './swarm.js';
 
-test('swarm seeds 1335-2000: no violations', (t) => {
-  runSwarm(t, 1335, 2000);
+test('swarm seeds 1335-2000: no violations', async (t) => {
+  await runSwarm(t, 1335, 2000);
 });

@@ -12,12 +12,12 @@ import { runSeed } from './simulator.js';
 export const swarmTicks = 600;
 
 /** runSwarm: runs seeds [from, to], logs the summary and fails listing the first violations. */
-export function runSwarm(t: ExecutionContext, from: number, to: number): void {
+export async function runSwarm(t: ExecutionContext, from: number, to: number): Promise<void> {
   const started = process.hrtime.bigint();
   const violations: Violation[] = [];
   let failed = 0;
   for (let seed = from; seed <= to; seed++) {
-    const result = runSeed(seed, { ticks: swarmTicks });
+    const result = await runSeed(seed, { ticks: swarmTicks });
     if (result.violations.length > 0) {
       failed++;
       violations.push(...result.violations);

@@ -1,62 +1,29 @@
-// raft-over-grpc: proves the transport carries real raft traffic end to end: three RawNodes
-// (MemoryStorage, the Ready loop of types.ts) talk only through GrpcTransports on loopback, one
-// of them wrapped in a FaultyTransport. They elect a leader and commit 100 proposals while node 3
-// is partitioned away; the leader then snapshots and compacts its log, the partition heals, and
-// node 3 catches up through snapshot chunks streamed over gRPC (more than one chunk) plus the
-// entries after it, ending with the same applied state as the others. Unreachable reports reach
-// RawNode.reportUnreachable as the node layer will wire them.
+// raft-over-grpc: proves the transport carries real raft traffic end to end: three Replicas (the
+// runtime that ships, src/node/replica.ts, over the simulator's in-memory ReplicaStore and the
+// production scheduler) talk only through GrpcTransports on loopback, each wrapped in a
+// FaultyTransport. They elect a leader and commit 100 proposals while node 3 is partitioned away;
+// the leader snapshots and compacts its log on its own (snapshotEveryEntries), the partition heals,
+// and node 3 catches up through snapshot chunks streamed over gRPC (more than one chunk) plus the
+// entries after it, ending with the same state as the others. Unreachable reports reach
+// RawNode.reportUnreachable through Replica's wiring.
 import test, { type ExecutionContext } from 'ava';
-import { decodeConfChange } from '../../src/raft/confchange.js';
+import { systemScheduler } from '../../src/node/clock.js';
+import { type MemberAddresses, Replica } from '../../src/node/replica.js';
 import { SeededRandom } from '../../src/raft/random.js';
-import { RawNode } from '../../src/raft/rawnode.js';
-import { MemoryStorage } from '../../src/raft/storage.js';
-import { type ConfState, EntryType, type NodeId } from '../../src/raft/types.js';
+import type { NodeId } from '../../src/raft/types.js';
 import { Faults, FaultyTransport } from '../../src/transport/faulty.js';
-import { GrpcTransport, type Transport } from '../../src/transport/transport.js';
+import { GrpcTransport } from '../../src/transport/transport.js';
+import { MemoryReplicaStore, encodeCommand } from '../sim/memory-store.js';
 
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-interface Replica {
+interface Node {
   id: NodeId;
-  raw: RawNode;
-  storage: MemoryStorage;
-  transport: Transport;
+  replica: Replica;
+  store: MemoryReplicaStore;
+  transport: FaultyTransport;
   grpc: GrpcTransport;
-  data: string[];
-  applied: number;
-  confState: ConfState;
   snapshotsInstalled: number;
-}
-
-function handleReady(r: Replica): void {
-  while (r.raw.hasReady()) {
-    const rd = r.raw.ready();
-    if (rd.messagesEarly.length > 0) r.transport.send(rd.messagesEarly);
-    for (const chunk of rd.snapshotChunks) r.storage.stageSnapshotChunk(chunk.metadata, chunk.offset, chunk.data);
-    if (rd.snapshot !== undefined) {
-      const data = r.storage.takeStagedSnapshot(rd.snapshot);
-      r.storage.applySnapshot(rd.snapshot, data);
-      r.data = JSON.parse(decoder.decode(data)) as string[];
-      r.applied = rd.snapshot.index;
-      r.confState = structuredClone(rd.snapshot.confState);
-      r.snapshotsInstalled++;
-    }
-    r.storage.append(rd.entries);
-    if (rd.hardState !== undefined) r.storage.setHardState(rd.hardState);
-    if (rd.messages.length > 0) r.transport.send(rd.messages);
-    for (const entry of rd.committedEntries) {
-      if (entry.type === EntryType.ConfChange) {
-        r.confState = r.raw.applyConfChange(decodeConfChange(entry.data));
-        r.storage.confState = structuredClone(r.confState);
-      } else if (entry.data.length > 0) {
-        r.data.push(decoder.decode(entry.data));
-      }
-      r.applied = entry.index;
-    }
-    r.raw.advance();
-  }
 }
 
 async function until(t: ExecutionContext, what: string, condition: () => boolean, timeoutMs = 30_000): Promise<void> {
@@ -70,73 +37,61 @@ async function until(t: ExecutionContext, what: string, condition: () => boolean
   }
 }
 
-test('three RawNodes replicate and install a chunked snapshot over gRPC', async (t) => {
+test('three Replicas replicate and install a chunked snapshot over gRPC', async (t) => {
   const ids = [1, 2, 3];
   const faults = new Faults(new SeededRandom(11));
-  const replicas = new Map<NodeId, Replica>();
+  const transports = new Map<NodeId, { grpc: GrpcTransport; transport: FaultyTransport }>();
   for (const id of ids) {
-    const storage = MemoryStorage.bootstrap(ids);
     const grpc = new GrpcTransport({ clusterId: 'e2e', nodeId: id, listen: '127.0.0.1:0', limits: { reconnectBackoffMsMin: 20, reconnectBackoffMsMax: 100 } });
     const transport = new FaultyTransport(grpc, faults);
-    const raw = new RawNode({
-      id,
-      storage,
-      random: new SeededRandom(100 + id),
-      applied: 1,
-      electionTimeoutTicks: 10,
-      heartbeatIntervalTicks: 2,
-      preVote: true,
-      checkQuorum: true,
-      snapshotChunkBytes: 256,
-    });
-    const r: Replica = { id, raw, storage, transport, grpc, data: [], applied: 1, confState: structuredClone(storage.confState), snapshotsInstalled: 0 };
-    transport.onMessage((m) => {
-      r.raw.step(m);
-      handleReady(r);
-    });
-    transport.onUnreachable((peer) => r.raw.reportUnreachable(peer));
     await transport.start();
-    replicas.set(id, r);
+    transports.set(id, { grpc, transport });
   }
-  const all = [...replicas.values()];
-  for (const r of all) for (const other of all) if (other.id !== r.id) r.transport.addPeer(other.id, other.transport.address());
+  const members = new Map<NodeId, MemberAddresses>(ids.map((id) => [id, { raft: transports.get(id)!.transport.address(), admin: '', nbd: '' }]));
+  const nodes = new Map<NodeId, Node>();
+  for (const id of ids) {
+    const { grpc, transport } = transports.get(id)!;
+    const store = MemoryReplicaStore.bootstrap(ids, [], members);
+    const replica = new Replica({
+      id,
+      store,
+      transport,
+      scheduler: systemScheduler,
+      random: new SeededRandom(100 + id),
+      limits: { tickIntervalMs: 10, electionTimeoutTicks: 10, heartbeatIntervalTicks: 2, snapshotChunkBytes: 256, snapshotEveryEntries: 50 },
+    });
+    const node: Node = { id, replica, store, transport, grpc, snapshotsInstalled: 0 };
+    store.hooks = { installed: () => void node.snapshotsInstalled++ };
+    nodes.set(id, node);
+  }
+  const all = [...nodes.values()];
   faults.partition([3], [1, 2]);
-  const ticker = setInterval(() => {
-    for (const r of all) {
-      r.raw.tick();
-      handleReady(r);
-    }
-  }, 10);
+  for (const node of all) node.replica.start();
   try {
-    const leaderOf = () => all.find((r) => r.raw.status().role === 'leader' && r.id !== 3);
+    const leaderOf = () => all.find((n) => n.replica.isLeader() && n.id !== 3);
     await until(t, 'a leader among 1 and 2', () => leaderOf() !== undefined);
     const leader = leaderOf()!;
-    for (let i = 0; i < 100; i++) {
-      leader.raw.propose(encoder.encode(`write-${i}-${'x'.repeat(20)}`));
-      handleReady(leader);
-    }
-    await until(t, '100 writes applied on 1 and 2', () => replicas.get(1)!.data.length === 100 && replicas.get(2)!.data.length === 100);
-    t.is(replicas.get(3)!.data.length, 0, 'node 3 is cut off');
-
-    // Snapshot the leader's state at its applied index and compact the log behind it.
-    const snapshotData = encoder.encode(JSON.stringify(leader.data));
-    const metadata = leader.storage.createSnapshot(leader.applied, leader.confState, snapshotData);
-    leader.storage.compact(metadata.index);
-    t.true(snapshotData.length > 4 * 256, 'the snapshot needs several chunks');
+    const writes: Promise<Uint8Array>[] = [];
+    for (let i = 0; i < 100; i++) writes.push(leader.replica.propose(encodeCommand({ sessionId: 's', sequence: i + 1, key: `k${i}`, value: `write-${i}-${'x'.repeat(20)}` })));
+    await Promise.all(writes);
+    await until(t, '100 writes applied on 1 and 2', () => nodes.get(1)!.store.machine.kv.size === 100 && nodes.get(2)!.store.machine.kv.size === 100);
+    const three = nodes.get(3)!;
+    t.is(three.store.machine.kv.size, 0, 'node 3 is cut off');
+    t.true(leader.store.logStorage.firstIndex() > 2, 'the leader compacted its log behind a snapshot');
+    const snapshotBytes = leader.store.logStorage.snapshot().sizeBytes;
+    t.true(snapshotBytes > 4 * 256, 'the snapshot needs several chunks');
 
     faults.heal();
-    leader.raw.propose(encoder.encode('after-heal'));
-    handleReady(leader);
-    const three = replicas.get(3)!;
-    await until(t, 'node 3 catches up', () => three.data.length === 101);
-    t.is(three.snapshotsInstalled, 1, 'node 3 was brought up through the snapshot');
-    t.deepEqual(three.data, leader.data);
-    t.is(three.data[100], 'after-heal');
-    const snapFrames = leader.grpc.counts()['transport.frames.sent'] ?? 0;
+    await leader.replica.propose(encodeCommand({ sessionId: 's', sequence: 101, key: 'after', value: 'after-heal' }));
+    await until(t, 'node 3 catches up', () => three.store.machine.kv.size === 101);
+    t.true(three.snapshotsInstalled >= 1, 'node 3 was brought up through the snapshot');
+    t.deepEqual([...three.store.machine.kv].sort(), [...leader.store.machine.kv].sort());
+    t.is(three.store.machine.kv.get('after'), 'after-heal');
+    const frames = leader.grpc.counts()['transport.frames.sent'] ?? 0;
     t.true((three.grpc.counts()['transport.messages.received'] ?? 0) > 0);
-    t.log(`snapshot of ${snapshotData.length} B (${Math.ceil(snapshotData.length / 256)} chunks) installed on node 3; leader sent ${snapFrames} frames in all`);
+    t.log(`snapshot of ${snapshotBytes} B (${Math.ceil(snapshotBytes / 256)} chunks) installed on node 3; leader sent ${frames} frames in all`);
   } finally {
-    clearInterval(ticker);
-    for (const r of all) await r.transport.close();
+    for (const node of all) await node.replica.close();
+    for (const node of all) await node.transport.close();
   }
 });
