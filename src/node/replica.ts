@@ -497,18 +497,28 @@ export class Replica {
   private applyConfChange(cc: ConfChange, index: number): ConfState {
     const members = decodeMembersContext(cc.context);
     for (const change of cc.changes) {
-      if (change.type === 'remove-node') {
-        this.store.setMember(change.nodeId, undefined);
-        if (change.nodeId !== this.id) this.transport.removePeer(change.nodeId);
-      } else {
-        const addresses = members[change.nodeId];
-        if (addresses !== undefined) {
-          this.store.setMember(change.nodeId, addresses);
-          if (change.nodeId !== this.id) this.transport.addPeer(change.nodeId, addresses.raft);
-        }
+      if (change.type === 'remove-node') continue;
+      const addresses = members[change.nodeId];
+      if (addresses !== undefined) {
+        this.store.setMember(change.nodeId, addresses);
+        if (change.nodeId !== this.id) this.transport.addPeer(change.nodeId, addresses.raft);
       }
     }
+    const known = [...this.store.members().keys()];
     const cs = this.raw.applyConfChange(cc);
+    // A removed voter stays in the outgoing half of the joint configuration until the leave-joint
+    // entry commits, and that entry needs its acknowledgement: forget a member's address (and its
+    // link) only once it is in no part of the configuration — at the removal for a learner, at the
+    // leave-joint for a voter. Dropping it at the removal stalled a 2-voter cluster for good (the
+    // simulator's seed 13) and cost larger ones a fault of tolerance during the joint phase.
+    const inConfig = new Set([...cs.voters, ...cs.votersOutgoing, ...cs.learners, ...cs.learnersNext]);
+    if (inConfig.size > 0) {
+      for (const id of known) {
+        if (inConfig.has(id)) continue;
+        this.store.setMember(id, undefined);
+        if (id !== this.id) this.transport.removePeer(id);
+      }
+    }
     const member = cs.voters.includes(this.id) || cs.votersOutgoing.includes(this.id) || cs.learners.includes(this.id) || cs.learnersNext.includes(this.id);
     if (cs.voters.length > 0 && member === this.removed) {
       // A node that restarts with old data replays its own removal before its re-addition.
