@@ -93,6 +93,32 @@ cluster
     print(options, stopped, () => stopped.map((s) => `node ${s.id}: ${s.result}`).join('\n'));
   });
 
+// ------------------------------------------------------------------ certs
+
+const certs = program.command('certs').description('TLS certificates of a cluster (openssl)');
+certs
+  .command('init')
+  .description('make a cluster CA (if DIR has none) and node + client certificates in the layout qemu, nbdkit and libnbd read')
+  .requiredOption('--dir <dir>', 'certificate directory (ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem)')
+  .option('--node <id>', 'issue the certificates of node ID into DIR/node-ID/ (for a multi-host cluster)')
+  .option('--host <name...>', 'DNS name or IP address the node certificate is valid for (repeatable; default localhost, 127.0.0.1, ::1)')
+  .option('--days <n>', 'validity of the new certificates in days', '825')
+  .option('--force', 'replace existing node and client certificates (the CA is kept)')
+  .option('--json', 'print JSON')
+  .action(async (options) => {
+    const { certsInit } = await import('./certs.js');
+    const result = certsInit({
+      dir: options.dir,
+      ...(options.node !== undefined ? { node: parseId(options.node) } : {}),
+      ...(options.host !== undefined ? { hosts: options.host as string[] } : {}),
+      days: Number(options.days),
+      force: options.force === true,
+    });
+    print(options, result, () =>
+      [`${result.caCreated ? 'created the cluster CA in' : 'used the cluster CA in'} ${result.dir}`, `node certificate valid for: ${result.hosts.join(', ')}`, ...result.written.map((f) => `  wrote ${f}`)].join('\n'),
+    );
+  });
+
 // ------------------------------------------------------------------ node
 
 const node = program.command('node').description('run one node');
