@@ -13,7 +13,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { pino } from 'pino';
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
-import { clusterTargets } from '../cli/client.js';
+import { clusterCredentials, clusterTargets } from '../cli/client.js';
 import { AttachAgent, type AgentStatus } from './agent.js';
 
 const execFileAsync = promisify(execFile);
@@ -25,6 +25,8 @@ export function runDir(): string {
 export interface AttachOptions {
   cluster?: string;
   dir?: string;
+  /** certs: mutual TLS to the cluster with DIR/client-cert.pem (default: as DIR/cluster.json says). */
+  certs?: string;
   volume: string;
   socket?: string;
   port?: string;
@@ -54,6 +56,7 @@ export async function nbdModuleAvailable(): Promise<{ ok: boolean; reason?: stri
 
 export async function attach(options: AttachOptions): Promise<void> {
   const targets = clusterTargets(options);
+  const credentials = clusterCredentials(options);
   const connections = Number(options.connections);
   if (!Number.isInteger(connections) || connections < 1 || connections > 16) throw new UsageError(ErrorCode.InvalidArgument, '--connections must be 1..16');
   const timeoutMs = Number(options.timeout);
@@ -78,7 +81,7 @@ export async function attach(options: AttachOptions): Promise<void> {
   const logger = pino({ level: 'info', base: { agent: options.volume } });
   const listen = socket !== undefined ? { path: socket } : { host: '127.0.0.1', port: Number(options.port) };
   if (socket !== undefined) rmSync(socket, { force: true });
-  const agent = await AttachAgent.start({ cluster: targets, volume: options.volume, listen, limits: { unavailableTimeoutMs: timeoutMs }, logger });
+  const agent = await AttachAgent.start({ cluster: targets, credentials, volume: options.volume, listen, limits: { unavailableTimeoutMs: timeoutMs }, logger });
   const where = 'path' in agent.address ? agent.address.path : `${agent.address.host}:${agent.address.port}`;
   const uri = 'path' in agent.address ? `nbd+unix:///${options.volume}?socket=${agent.address.path}` : `nbd://${where}/${options.volume}`;
   const statusFile = path.join(runDir(), `${name}.json`);

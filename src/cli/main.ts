@@ -5,9 +5,10 @@
  * volume: nothing changed), 1 for everything else (cluster unavailable, divergence found).
  */
 
+import path from 'node:path';
 import { Command, Option } from 'commander';
 import { ChardError, ErrorCode, UsageError } from '../errors.js';
-import { ClusterClient, clusterTargets } from './client.js';
+import { ClusterClient, clusterCredentials, clusterTargets } from './client.js';
 import { formatSize, parseSize, table } from './cluster-file.js';
 import { clusterDown, clusterUp, nodeInit, nodeStartFromDir } from './cluster.js';
 
@@ -21,6 +22,7 @@ program
 interface TargetOptions {
   dir?: string;
   cluster?: string;
+  certs?: string;
   json?: boolean;
 }
 
@@ -28,11 +30,12 @@ function targetOptions(cmd: Command): Command {
   return cmd
     .option('--dir <dir>', 'directory of a local cluster (reads DIR/cluster.json)')
     .option('--cluster <addrs>', 'admin addresses HOST:PORT,... of a cluster (instead of --dir)')
+    .option('--certs <dir>', 'mutual TLS with DIR/ca-cert.pem, client-cert.pem, client-key.pem (default: as DIR/cluster.json says)')
     .option('--json', 'print JSON');
 }
 
 async function withClient<T>(options: TargetOptions, run: (client: ClusterClient) => Promise<T>): Promise<T> {
-  const client = new ClusterClient(clusterTargets(options));
+  const client = new ClusterClient(clusterTargets(options), clusterCredentials(options));
   try {
     return await run(client);
   } finally {
@@ -62,6 +65,8 @@ cluster
   .option('--base-port <port>', 'first port (3 per node: raft, admin, nbd); 0 = any free ports', '0')
   .option('--volume-size <size>', 'size of the default volume', '1GiB')
   .option('--detach', 'return once a leader is elected (default: run in the foreground until Ctrl-C)')
+  .option('--tls', 'mutual TLS on every link, NBD TLS required (certificates made in --certs if absent)')
+  .option('--certs <dir>', 'certificate directory for --tls (default DIR/certs); implies --tls')
   .option('--json', 'print the cluster file as JSON')
   .addOption(new Option('--node-options <json>', 'extra node.json fields for every node (limits, store)').hideHelp())
   .action(async (options) => {
@@ -81,6 +86,7 @@ cluster
       volumeSizeBytes: parseSize(options.volumeSize),
       detach: options.detach === true,
       json: options.json === true,
+      ...(options.tls === true || options.certs !== undefined ? { tls: { certs: options.certs ?? path.join(options.dir, 'certs') } } : {}),
     });
   });
 cluster
@@ -319,6 +325,7 @@ program
   .description('run a local NBD agent for a volume that follows the leader across failovers; with --device, attach /dev/nbdX to it')
   .option('--cluster <addrs>', 'admin addresses HOST:PORT,... of the cluster')
   .option('--dir <dir>', 'directory of a local cluster (instead of --cluster)')
+  .option('--certs <dir>', 'mutual TLS to the cluster with DIR/client-cert.pem (default: as DIR/cluster.json says)')
   .option('--volume <name>', 'volume to serve', 'default')
   .option('--socket <path>', 'serve on this unix socket (default: one in the runtime directory)')
   .option('--port <n>', 'serve on 127.0.0.1:N instead of a unix socket')
