@@ -10,6 +10,7 @@ import { mkdtempSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import test from 'ava';
 import { certsInit } from '../../src/cli/certs.js';
+import { AttachAgent } from '../../src/attach/agent.js';
 import { NodeApi, defaultClientLimits } from '../../src/cli/client.js';
 import type { ClusterFile } from '../../src/cli/cluster-file.js';
 import { ErrorCode } from '../../src/errors.js';
@@ -58,6 +59,23 @@ test.serial('cluster up --tls: status, nbds:// write + read, strangers refused o
     t.is(info.code, 0, info.stderr);
     const plain = await run('nbdinfo', [`nbd://${n3.nbd}/default`], { allowFailure: true });
     t.not(plain.code, 0, 'plaintext NBD refused');
+
+    // The attach agent reaches the TLS cluster with --certs (its client credentials) and serves
+    // the volume locally; what qemu-io wrote over nbds:// reads back through it.
+    const agent = await AttachAgent.start({
+      cluster: file.nodes.map((n) => ({ id: n.id, admin: n.admin })),
+      credentials: clientCredentials(certs),
+      volume: 'default',
+      listen: { host: '127.0.0.1', port: 0 },
+    });
+    try {
+      const where = agent.address as { host: string; port: number };
+      const viaAgent = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x5c 1M 1M', `nbd://127.0.0.1:${where.port}/default`], { allowFailure: true, timeoutMs: 60_000 });
+      t.is(viaAgent.code, 0, viaAgent.stderr + viaAgent.stdout);
+      t.notRegex(viaAgent.stdout, /Pattern verification failed/);
+    } finally {
+      await agent.close();
+    }
 
     // Admin RPC without a client certificate of the cluster CA: refused.
     certsInit({ dir: foreign });
