@@ -25,8 +25,9 @@
  *  - Every event is reported through the one `onEvent(name, value)` callback (names start with
  *    `transport.`) and also kept in `counts()`, so tests and metrics see the same numbers.
  *
- * TLS seam: `credentials: { server, client }` (default insecure) — mutual TLS is a later change
- * of those two objects only.
+ * TLS: `credentials: { server, client }` (default insecure); a node with a `tls` config block
+ * passes mutual-TLS credentials from tls.ts (nodeCredentials), so a peer without a certificate of
+ * the cluster CA fails the TLS handshake before any frame is read.
  */
 
 import * as grpc from '@grpc/grpc-js';
