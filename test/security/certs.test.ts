@@ -2,7 +2,7 @@
 // subjectAltNames asked for, private keys readable by the owner only; a second run refuses to
 // replace them (exit 2, ALREADY_EXISTS) and a per-node run reuses the CA.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -54,6 +54,7 @@ test('certs init --node --host: per-node directory signed by the same CA; existi
     t.regex(server, /IP Address:10\.9\.8\.7/);
     t.regex(server, /DNS:n2\.example/);
     t.notRegex(server, /127\.0\.0\.1/);
+    t.false(existsSync(path.join(nodeDir, 'ca-key.pem')), 'the CA key stays out of the per-node directory');
     const verified = execFileSync('openssl', ['verify', '-CAfile', path.join(nodeDir, 'ca-cert.pem'), path.join(nodeDir, 'server-cert.pem')], { encoding: 'utf8' });
     t.regex(verified, /OK/);
     const bad = cli(['--node', '3', '--host', 'not a host!']);
