@@ -89,6 +89,7 @@ export class ChardNode {
         nodeId: config.id,
         listen: config.listen.raft,
         ...(credentials ? { credentials } : {}),
+        ...(tls ? { peerUnit: 'node' } : {}),
         onEvent: counters.onEvent,
       });
     let faultsWatcher: FaultsFileWatcher | undefined;

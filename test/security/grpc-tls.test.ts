@@ -2,7 +2,8 @@
 // (nodeCredentials): a peer of the same CA is delivered to; a peer whose certificate another CA
 // signed, one without a certificate, and a plaintext one are refused in the TLS handshake — the
 // receiver accepts no stream and sees no message — and a peer of the same CA but another cluster
-// id is still refused by the cluster-id check.
+// id is still refused by the cluster-id check, and a client certificate of the cluster CA (OU=client)
+// is refused on the raft port (peerUnit 'node').
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,7 +11,7 @@ import * as grpc from '@grpc/grpc-js';
 import test, { type ExecutionContext } from 'ava';
 import { certsInit } from '../../src/cli/certs.js';
 import { type Message, message } from '../../src/raft/types.js';
-import { loadCerts, nodeCredentials } from '../../src/transport/tls.js';
+import { clientCredentials, loadCerts, nodeCredentials } from '../../src/transport/tls.js';
 import { GrpcTransport, type TransportCredentials } from '../../src/transport/transport.js';
 
 const root = mkdtempSync(path.join(os.tmpdir(), 'chard-sec-grpc-'));
@@ -36,7 +37,7 @@ async function until(t: ExecutionContext, what: string, condition: () => boolean
 const hb = (from: number, to: number, index: number) => message({ type: 'Heartbeat', from, to, term: 1, index });
 
 test.serial('peer transport: only peers with a certificate of the cluster CA (and the right cluster id) get a message through', async (t) => {
-  const receiver = new GrpcTransport({ clusterId: 'c', nodeId: 2, listen: '127.0.0.1:0', credentials: nodeCredentials(cluster) });
+  const receiver = new GrpcTransport({ clusterId: 'c', nodeId: 2, listen: '127.0.0.1:0', credentials: nodeCredentials(cluster), peerUnit: 'node' });
   const got: Message[] = [];
   receiver.onMessage((m) => got.push(m));
   const clusterCa = loadCerts(cluster, 'server').ca;
@@ -47,6 +48,8 @@ test.serial('peer transport: only peers with a certificate of the cluster CA (an
     { name: 'no certificate', clusterId: 'c', credentials: { server: grpc.ServerCredentials.createInsecure(), client: grpc.credentials.createSsl(clusterCa) } },
     { name: 'plaintext', clusterId: 'c', credentials: { server: grpc.ServerCredentials.createInsecure(), client: grpc.credentials.createInsecure() } },
     { name: 'other cluster id', clusterId: 'other', credentials: nodeCredentials(cluster) },
+    // A client certificate of the cluster CA (OU=client: the CLI's, an attach host's) is not a node's.
+    { name: 'client certificate', clusterId: 'c', credentials: { server: grpc.ServerCredentials.createInsecure(), client: clientCredentials(cluster) } },
   ];
   const good = new GrpcTransport({ clusterId: 'c', nodeId: 1, listen: '127.0.0.1:0', credentials: nodeCredentials(cluster) });
   const bad = senders.map((s, i) => ({ ...s, transport: new GrpcTransport({ clusterId: s.clusterId, nodeId: 10 + i, listen: '127.0.0.1:0', credentials: s.credentials }), unreachable: 0 }));
@@ -69,6 +72,7 @@ test.serial('peer transport: only peers with a certificate of the cluster CA (an
     // Only the same-CA peer with the wrong cluster id got as far as a call (its probe was refused).
     t.true((counts['transport.probe.refused'] ?? 0) >= 1, JSON.stringify(counts));
     t.is(counts['transport.stream.accepted'] ?? 0, 0, 'no stranger opened a stream');
+    t.true((counts['transport.peer.refused.certificate'] ?? 0) >= 1, 'the client certificate was refused as a raft peer');
 
     good.addPeer(2, receiver.address());
     good.send([hb(1, 2, 1)]);
