@@ -12,6 +12,14 @@ import { ClusterClient, clusterCredentials, clusterTargets } from './client.js';
 import { formatSize, parseSize, table } from './cluster-file.js';
 import { clusterDown, clusterUp, nodeInit, nodeStartFromDir } from './cluster.js';
 
+// grpc-js hands an IP target to TLS as the server name, which Node flags (DEP0123) on every TLS
+// call to 127.0.0.1 or 10.0.0.x; the certificate is still checked against the IP address SAN.
+const emitWarning = process.emitWarning.bind(process) as (...args: unknown[]) => void;
+process.emitWarning = ((...args: unknown[]) => {
+  if (args[2] === 'DEP0123' || (args[1] as { code?: string } | undefined)?.code === 'DEP0123') return;
+  emitWarning(...args);
+}) as typeof process.emitWarning;
+
 const program = new Command();
 program
   .name('chard')
