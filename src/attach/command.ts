@@ -13,7 +13,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { destination, pino } from 'pino';
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
-import { clusterTargets } from '../cli/client.js';
+import { clusterCredentials, clusterTargets } from '../cli/client.js';
 import { validateLogLevel } from '../node/config.js';
 import { AttachAgent, type AgentStatus } from './agent.js';
 
@@ -26,6 +26,8 @@ export function runDir(): string {
 export interface AttachOptions {
   cluster?: string;
   dir?: string;
+  /** certs: mutual TLS to the cluster with DIR/client-cert.pem (default: as DIR/cluster.json says). */
+  certs?: string;
   volume: string;
   socket?: string;
   port?: string;
@@ -59,6 +61,7 @@ export async function nbdModuleAvailable(): Promise<{ ok: boolean; reason?: stri
 
 export async function attach(options: AttachOptions): Promise<void> {
   const targets = clusterTargets(options);
+  const credentials = clusterCredentials(options);
   const connections = Number(options.connections);
   if (!Number.isInteger(connections) || connections < 1 || connections > 16) throw new UsageError(ErrorCode.InvalidArgument, '--connections must be 1..16');
   const timeoutMs = Number(options.timeout);
@@ -83,7 +86,7 @@ export async function attach(options: AttachOptions): Promise<void> {
   const logger = pino({ level: validateLogLevel(options.logLevel ?? 'info', '--log-level'), base: { agent: options.volume, pid: process.pid } }, destination(2));
   const listen = socket !== undefined ? { path: socket } : { host: '127.0.0.1', port: Number(options.port) };
   if (socket !== undefined) rmSync(socket, { force: true });
-  const agent = await AttachAgent.start({ cluster: targets, volume: options.volume, listen, limits: { unavailableTimeoutMs: timeoutMs }, logger, ...(options.metrics !== undefined ? { metrics: options.metrics } : {}) });
+  const agent = await AttachAgent.start({ cluster: targets, credentials, volume: options.volume, listen, limits: { unavailableTimeoutMs: timeoutMs }, logger, ...(options.metrics !== undefined ? { metrics: options.metrics } : {}) });
   const where = 'path' in agent.address ? agent.address.path : `${agent.address.host}:${agent.address.port}`;
   const uri = 'path' in agent.address ? `nbd+unix:///${options.volume}?socket=${agent.address.path}` : `nbd://${where}/${options.volume}`;
   const statusFile = path.join(runDir(), `${name}.json`);

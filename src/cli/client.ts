@@ -13,6 +13,7 @@ import type { MemberAddresses } from '../node/replica.js';
 import type { BlockCommand, VolumeInfo } from '../node/volume-backend.js';
 import { statusToError } from '../transport/grpc-server.js';
 import { clientConstructor } from '../transport/proto.js';
+import { clientCredentials } from '../transport/tls.js';
 import { readClusterFile } from './cluster-file.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -30,6 +31,19 @@ export function clusterTargets(options: { dir?: string; cluster?: string }): Clu
   }
   const file = readClusterFile(options.dir ?? './data');
   return file.nodes.map((n) => ({ id: n.id, admin: n.admin }));
+}
+
+/**
+ * clusterCredentials: the gRPC credentials for --certs DIR (mutual TLS with DIR/client-cert.pem),
+ * else those of the local cluster in --dir when its cluster.json says it runs TLS, else plaintext.
+ */
+export function clusterCredentials(options: { dir?: string; cluster?: string; certs?: string }): grpc.ChannelCredentials {
+  if (options.certs !== undefined) return clientCredentials(options.certs);
+  if (options.cluster === undefined) {
+    const file = readClusterFile(options.dir ?? './data');
+    if (file.tls !== undefined) return clientCredentials(file.tls.certs);
+  }
+  return grpc.credentials.createInsecure();
 }
 
 export interface ClientLimits {

@@ -22,6 +22,8 @@ export interface ClusterNodeEntry {
 export interface ClusterFile {
   clusterId: string;
   nodes: ClusterNodeEntry[];
+  /** tls: the cluster runs mutual TLS; `certs` is the certificate directory the CLI uses (client-cert.pem). */
+  tls?: { certs: string };
 }
 
 export function clusterFilePath(dir: string): string {
@@ -45,6 +47,9 @@ export function readClusterFile(dir: string): ClusterFile {
   const value = parsed as Partial<ClusterFile>;
   if (typeof value.clusterId !== 'string' || !Array.isArray(value.nodes)) {
     throw new UsageError(ErrorCode.InvalidArgument, `${file} lacks clusterId or nodes`);
+  }
+  if (value.tls !== undefined && (typeof value.tls !== 'object' || value.tls === null || typeof value.tls.certs !== 'string')) {
+    throw new UsageError(ErrorCode.InvalidArgument, `${file} has a malformed tls entry (expected {"certs": DIR})`);
   }
   for (const node of value.nodes) {
     if (!Number.isInteger(node.id) || typeof node.raft !== 'string' || typeof node.admin !== 'string' || typeof node.nbd !== 'string') {

@@ -14,7 +14,8 @@ import path from 'node:path';
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
 import type { NodeConfig } from '../node/config.js';
 import type { MemberAddresses } from '../node/replica.js';
-import { ClusterClient } from './client.js';
+import { ensureCerts } from './certs.js';
+import { ClusterClient, clusterCredentials } from './client.js';
 import { type ClusterFile, clusterFilePath, formatSize, readClusterFile, table, writeClusterFile } from './cluster-file.js';
 import { freePorts, isAlive, nodeDir, planAddresses, readNodeConfigFile, spawnNode, stopProcess, writeNodeConfig } from './processes.js';
 
@@ -32,6 +33,8 @@ export interface ClusterUpOptions {
   nodeOptions?: Partial<NodeConfig>;
   /** leaderTimeoutMs: how long to wait for the first leader. */
   leaderTimeoutMs?: number;
+  /** tls: run mutual TLS everywhere with the certificates in `certs` (made there when absent). */
+  tls?: { certs: string };
   /** logLevel: the nodes' pino level (node.json `logLevel`). */
   logLevel?: string;
 }
@@ -88,6 +91,8 @@ export async function clusterUp(options: ClusterUpOptions): Promise<ClusterFile>
       const metrics = await planMetrics(ids, options.basePort, addresses);
       const clusterId = `chard-${randomBytes(4).toString('hex')}`;
       const initialMembers = Object.fromEntries([...addresses].map(([id, a]) => [String(id), a]));
+      const certs = options.tls === undefined ? undefined : path.resolve(options.tls.certs);
+      if (certs !== undefined && ensureCerts(certs).created && !options.json) console.error(`made a cluster CA and certificates in ${certs}`);
       for (const id of ids) {
         const config: NodeConfig = {
           ...options.nodeOptions,
@@ -98,17 +103,19 @@ export async function clusterUp(options: ClusterUpOptions): Promise<ClusterFile>
           initialMembers,
           metrics: metrics.get(id)!,
           ...(options.logLevel !== undefined ? { logLevel: options.logLevel } : {}),
+          ...(certs !== undefined ? { tls: { certs, nbd: 'required' as const } } : {}),
         };
         writeNodeConfig(dir, config);
       }
       cluster = {
         clusterId,
         nodes: ids.map((id) => ({ id, pid: spawnNode(dir, id), ...addresses.get(id)!, metrics: metrics.get(id)!, data: nodeDir(dir, id) })),
+        ...(certs !== undefined ? { tls: { certs } } : {}),
       };
     }
     writeClusterFile(dir, cluster);
 
-    const client = new ClusterClient(cluster.nodes.map((n) => ({ id: n.id, admin: n.admin })));
+    const client = new ClusterClient(cluster.nodes.map((n) => ({ id: n.id, admin: n.admin })), clusterCredentials({ dir }));
     try {
       await client.waitForLeader(options.leaderTimeoutMs ?? 30_000, () => {
         for (const n of cluster.nodes) {
@@ -168,11 +175,13 @@ function printWelcome(dir: string, cluster: ClusterFile, volumes: { name: string
     '',
     `volumes: ${volumes.map((v) => `${v.name} (${formatSize(v.sizeBytes)})`).join(', ') || 'none'}`,
     'NBD exports (every node serves every volume; a write is answered once committed on a quorum):',
-    ...cluster.nodes.map((n) => `  nbd://${n.nbd}/${defaultVolumeName}`),
+    ...cluster.nodes.map((n) => `  ${nbdUri(cluster, n.nbd)}`),
     '',
     'try:',
-    `  nbdinfo nbd://${first.nbd}/${defaultVolumeName}`,
-    `  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://${first.nbd}/${defaultVolumeName}`,
+    `  nbdinfo '${nbdUri(cluster, first.nbd)}'`,
+    cluster.tls === undefined
+      ? `  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://${first.nbd}/${defaultVolumeName}`
+      : `  qemu-io --object tls-creds-x509,id=tls0,dir=${cluster.tls.certs},endpoint=client --image-opts driver=nbd,host=${first.nbd.slice(0, first.nbd.lastIndexOf(':'))},port=${first.nbd.slice(first.nbd.lastIndexOf(':') + 1)},export=${defaultVolumeName},tls-creds=tls0 -c 'read 0 1M'`,
     `  npx chard status --dir ${dir}      (npx chard --help for every command)`,
     'a block device without the nbd kernel module (root):',
     `  mkdir -p /tmp/chard-fuse && nbdfuse /tmp/chard-fuse/disk nbd://${first.nbd}/${defaultVolumeName} &`,
@@ -182,6 +191,11 @@ function printWelcome(dir: string, cluster: ClusterFile, volumes: { name: string
     'Ctrl-C stops the cluster (data stays in the directory; run the same command to restart it).',
   ];
   console.log(lines.join('\n'));
+}
+
+/** nbdUri: the NBD URI of a node's export (nbds:// with the certificate directory on a TLS cluster). */
+export function nbdUri(cluster: ClusterFile, nbd: string, volume = defaultVolumeName): string {
+  return cluster.tls === undefined ? `nbd://${nbd}/${volume}` : `nbds://${nbd}/${volume}?tls-certificates=${cluster.tls.certs}`;
 }
 
 export async function clusterDown(dirOption: string): Promise<{ id: number; result: string }[]> {
@@ -239,6 +253,7 @@ export async function nodeInit(dirOption: string, id: number, basePort = 0): Pro
     ...(template.logLevel !== undefined ? { logLevel: template.logLevel } : {}),
     ...(template.limits ? { limits: template.limits } : {}),
     ...(template.store ? { store: template.store } : {}),
+    ...(template.tls ? { tls: template.tls } : {}),
   };
   writeNodeConfig(dir, config);
   const entry = { id, pid: 0, ...addresses, metrics, data: nodeDir(dir, id) };

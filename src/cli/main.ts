@@ -8,10 +8,18 @@
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { ChardError, ErrorCode, UsageError } from '../errors.js';
-import { ClusterClient, clusterTargets } from './client.js';
+import { ClusterClient, clusterCredentials, clusterTargets } from './client.js';
 import { formatSize, parseSize, table } from './cluster-file.js';
 import { clusterDown, clusterUp, nodeInit, nodeStartFromDir } from './cluster.js';
 import { hostNodeConfig, hostPorts, parseMembers, validateLogLevel } from '../node/config.js';
+
+// grpc-js hands an IP target to TLS as the server name, which Node flags (DEP0123) on every TLS
+// call to 127.0.0.1 or 10.0.0.x; the certificate is still checked against the IP address SAN.
+const emitWarning = process.emitWarning.bind(process) as (...args: unknown[]) => void;
+process.emitWarning = ((...args: unknown[]) => {
+  if (args[2] === 'DEP0123' || (args[1] as { code?: string } | undefined)?.code === 'DEP0123') return;
+  emitWarning(...args);
+}) as typeof process.emitWarning;
 
 const program = new Command();
 program
@@ -23,6 +31,7 @@ program
 interface TargetOptions {
   dir?: string;
   cluster?: string;
+  certs?: string;
   json?: boolean;
 }
 
@@ -30,11 +39,12 @@ function targetOptions(cmd: Command): Command {
   return cmd
     .option('--dir <dir>', 'directory of a local cluster (reads DIR/cluster.json)')
     .option('--cluster <addrs>', 'admin addresses HOST:PORT,... of a cluster (instead of --dir)')
+    .option('--certs <dir>', 'mutual TLS with DIR/ca-cert.pem, client-cert.pem, client-key.pem (default: as DIR/cluster.json says)')
     .option('--json', 'print JSON');
 }
 
 async function withClient<T>(options: TargetOptions, run: (client: ClusterClient) => Promise<T>): Promise<T> {
-  const client = new ClusterClient(clusterTargets(options));
+  const client = new ClusterClient(clusterTargets(options), clusterCredentials(options));
   try {
     return await run(client);
   } finally {
@@ -65,6 +75,8 @@ cluster
   .option('--volume-size <size>', 'size of the default volume', '1GiB')
   .option('--detach', 'return once a leader is elected (default: run in the foreground until Ctrl-C)')
   .option('--log-level <level>', "the nodes' log level, written to each node.json (fatal, error, warn, info, debug, trace, silent)")
+  .option('--tls', 'mutual TLS on every link, NBD TLS required (certificates made in --certs if absent)')
+  .option('--certs <dir>', 'certificate directory for --tls (default DIR/certs); implies --tls')
   .option('--json', 'print the cluster file as JSON')
   .addOption(new Option('--node-options <json>', 'extra node.json fields for every node (limits, store)').hideHelp())
   .action(async (options) => {
@@ -85,6 +97,7 @@ cluster
       detach: options.detach === true,
       json: options.json === true,
       ...(options.logLevel !== undefined ? { logLevel: validateLogLevel(options.logLevel, '--log-level') } : {}),
+      ...(options.tls === true || options.certs !== undefined ? { tls: { certs: options.certs ?? path.join(options.dir, 'certs') } } : {}),
     });
   });
 cluster
@@ -95,6 +108,32 @@ cluster
   .action(async (options) => {
     const stopped = await clusterDown(options.dir);
     print(options, stopped, () => stopped.map((s) => `node ${s.id}: ${s.result}`).join('\n'));
+  });
+
+// ------------------------------------------------------------------ certs
+
+const certs = program.command('certs').description('TLS certificates of a cluster (openssl)');
+certs
+  .command('init')
+  .description('make a cluster CA (if DIR has none) and node + client certificates in the layout qemu, nbdkit and libnbd read')
+  .requiredOption('--dir <dir>', 'certificate directory (ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem)')
+  .option('--node <id>', 'issue the certificates of node ID into DIR/node-ID/ (for a multi-host cluster)')
+  .option('--host <name...>', 'DNS name or IP address the node certificate is valid for (repeatable; default localhost, 127.0.0.1, ::1)')
+  .option('--days <n>', 'validity of the new certificates in days', '825')
+  .option('--force', 'replace existing node and client certificates (the CA is kept)')
+  .option('--json', 'print JSON')
+  .action(async (options) => {
+    const { certsInit } = await import('./certs.js');
+    const result = certsInit({
+      dir: options.dir,
+      ...(options.node !== undefined ? { node: parseId(options.node) } : {}),
+      ...(options.host !== undefined ? { hosts: options.host as string[] } : {}),
+      days: Number(options.days),
+      force: options.force === true,
+    });
+    print(options, result, () =>
+      [`${result.caCreated ? 'created the cluster CA in' : 'used the cluster CA in'} ${result.dir}`, `node certificate valid for: ${result.hosts.join(', ')}`, ...result.written.map((f) => `  wrote ${f}`)].join('\n'),
+    );
   });
 
 // ------------------------------------------------------------------ node
@@ -388,6 +427,7 @@ program
   .description('run a local NBD agent for a volume that follows the leader across failovers; with --device, attach /dev/nbdX to it')
   .option('--cluster <addrs>', 'admin addresses HOST:PORT,... of the cluster')
   .option('--dir <dir>', 'directory of a local cluster (instead of --cluster)')
+  .option('--certs <dir>', 'mutual TLS to the cluster with DIR/client-cert.pem (default: as DIR/cluster.json says)')
   .option('--volume <name>', 'volume to serve', 'default')
   .option('--socket <path>', 'serve on this unix socket (default: one in the runtime directory)')
   .option('--port <n>', 'serve on 127.0.0.1:N instead of a unix socket')

@@ -17,11 +17,21 @@
  *  - Replies may go out of order; the chunks of one reply are always contiguous on the wire.
  *  - Every notable event is counted in `counters` and reported to `onEvent`, so metrics attach later.
  *  - close() drains: in-flight requests are answered (up to shutdownDrainMs), new ones get ESHUTDOWN.
- * STARTTLS is a seam: `tls` is reserved; today NBD_OPT_STARTTLS is answered NBD_REP_ERR_POLICY.
+ *  - TLS (`tls` option): NBD_OPT_STARTTLS upgrades the socket in place (X.509, TLS >= 1.2); the
+ *    client must present a certificate signed by the configured CA (checked by OpenSSL, the
+ *    connection is dropped otherwise). Mode 'optional' (the spec's SELECTIVETLS with every export
+ *    available either way) or 'required' (FORCEDTLS: every option but STARTTLS and ABORT is
+ *    answered NBD_REP_ERR_TLS_REQD, NBD_OPT_EXPORT_NAME hangs up). Without `tls`, STARTTLS is
+ *    answered NBD_REP_ERR_POLICY (NOTLS). Option state negotiated before STARTTLS is forgotten.
+ *  - Abuse limits (NbdLimits), each counted under its own event and logged with the peer address:
+ *    connections per server, handshake time (TLS handshake included), idle time in transmission
+ *    (off by default: an idle mounted filesystem sends nothing for hours), option count and option
+ *    size, requests and bytes in flight per connection (backpressure, not a disconnect).
  */
 
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
+import * as tls from 'node:tls';
 import { AssertionFailure, assert } from '../assert.js';
 import { ChardError, ErrorCode, InternalError, RemoteError, UsageError } from '../errors.js';
 import type { BlockBackend, ExportHandle, ExportInfo, Extent, ReadChunk } from './backend.js';
@@ -82,8 +92,15 @@ export interface NbdLimits {
   handshakeOptionsMax: number;
   /** connectionsMax: concurrent connections per server; more are closed at once. */
   connectionsMax: number;
-  /** handshakeTimeoutMs: the whole handshake must finish within this, or the connection is closed. */
+  /** handshakeTimeoutMs: the whole handshake (TLS included) must finish within this, or the connection is closed. */
   handshakeTimeoutMs: number;
+  /**
+   * idleTimeoutMs: in transmission, a connection with nothing in flight and no request for this
+   * long is closed; 0 (the default) disables it, because a kernel client of an idle filesystem
+   * sends nothing at all and does not reconnect. Unauthenticated idlers are bounded by
+   * handshakeTimeoutMs and connectionsMax.
+   */
+  idleTimeoutMs: number;
   /** readaheadBytes: bytes buffered from the socket beyond what the current read needs. */
   readaheadBytes: number;
   /** blockStatusExtentsMax: descriptors in one BLOCK_STATUS reply (the spec allows fewer than asked). */
@@ -106,6 +123,7 @@ export const defaultNbdLimits: NbdLimits = {
   handshakeOptionsMax: 128,
   connectionsMax: 1024,
   handshakeTimeoutMs: 10_000,
+  idleTimeoutMs: 0,
   readaheadBytes: 256 * 1024,
   blockStatusExtentsMax: 1024,
   metaContextQueriesMax: 128,
@@ -142,6 +160,18 @@ export const NbdEvent = {
   backendBugs: 'backendBugs',
   bytesRead: 'bytesRead',
   bytesWritten: 'bytesWritten',
+  // TLS
+  tlsHandshakes: 'tlsHandshakes',
+  tlsHandshakeFailures: 'tlsHandshakeFailures',
+  /** tlsRequired: options refused with NBD_REP_ERR_TLS_REQD (or EXPORT_NAME hung up) before STARTTLS. */
+  tlsRequired: 'tlsRequired',
+  // Abuse limits (one event per limit; connectionsRejected and handshakeTimeouts above count too)
+  connectionsLimited: 'connectionsLimited',
+  idleTimeouts: 'idleTimeouts',
+  optionsTooMany: 'optionsTooMany',
+  optionsTooLarge: 'optionsTooLarge',
+  inflightRequestsLimited: 'inflightRequestsLimited',
+  inflightBytesLimited: 'inflightBytesLimited',
 } as const;
 export type NbdEvent = (typeof NbdEvent)[keyof typeof NbdEvent];
 export type NbdCounters = Record<NbdEvent, number>;
@@ -162,8 +192,19 @@ export interface NbdServerOptions {
   logger?: NbdLogger;
   /** onEvent: called for every counted event (metrics hook). `amount` is 1 except for byte counters. */
   onEvent?: (event: NbdEvent, amount: number) => void;
-  /** tls: seam for STARTTLS; must be undefined until TLS is implemented. */
-  tls?: undefined;
+  /** tls: enables NBD_OPT_STARTTLS (undefined: TLS off, STARTTLS answered NBD_REP_ERR_POLICY). */
+  tls?: NbdTlsOptions;
+}
+
+/** NbdTlsMode: 'optional' offers STARTTLS; 'required' refuses everything else until it is done. */
+export type NbdTlsMode = 'optional' | 'required';
+
+export interface NbdTlsOptions {
+  mode: NbdTlsMode;
+  /** PEM: the CA client certificates must chain to, and this server's certificate and key. */
+  ca: Buffer;
+  cert: Buffer;
+  key: Buffer;
 }
 
 export type NbdListenAddress = { host: string; port: number } | { path: string };
@@ -187,27 +228,42 @@ class StreamReader {
   private done = false;
   private paused = false;
   private pending: { bytes: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.done) return;
+    this.chunks.push(chunk);
+    this.bufferedBytes += chunk.length;
+    this.wake();
+    this.flow();
+  };
+  private readonly finish = (): void => {
+    this.done = true;
+    const p = this.pending;
+    this.pending = undefined;
+    p?.reject(new ConnectionClosed());
+  };
 
   constructor(
     private readonly stream: Duplex,
     private readonly readaheadBytes: number,
   ) {
-    stream.on('data', (chunk: Buffer) => {
-      if (this.done) return;
-      this.chunks.push(chunk);
-      this.bufferedBytes += chunk.length;
-      this.wake();
-      this.flow();
-    });
-    const finish = (): void => {
-      this.done = true;
-      const p = this.pending;
-      this.pending = undefined;
-      p?.reject(new ConnectionClosed());
-    };
-    stream.on('end', finish);
-    stream.on('close', finish);
-    stream.on('error', finish);
+    stream.on('data', this.onData);
+    stream.on('end', this.finish);
+    stream.on('close', this.finish);
+    stream.on('error', this.finish);
+  }
+
+  /**
+   * detach: stop reading `stream` (STARTTLS hands it to TLS); returns how many bytes were
+   * buffered and not consumed (the client sent data it must not have sent yet).
+   */
+  detach(): number {
+    assert(this.pending === undefined, 'detach with no read pending');
+    this.stream.off('data', this.onData);
+    this.stream.off('end', this.finish);
+    this.stream.off('close', this.finish);
+    this.stream.off('error', this.finish);
+    this.done = true;
+    return this.bufferedBytes;
   }
 
   read(bytes: number): Promise<Buffer> {
@@ -322,8 +378,16 @@ const commandFlagsKnown = CommandFlag.fua | CommandFlag.noHole | CommandFlag.df 
 
 /** Connection: one client, from greeting to close. */
 class Connection {
-  private readonly reader: StreamReader;
-  private readonly writer: StreamWriter;
+  /** stream / reader / writer: the socket, replaced by its TLS wrapper after STARTTLS. */
+  private stream: Duplex;
+  private reader: StreamReader;
+  private writer: StreamWriter;
+  /** peer: the client's address, for logs. */
+  private readonly peer: string;
+  private tlsActive = false;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private lastActivity = performance.now();
+  private limitLogged = new Set<NbdEvent>();
   private handle: ExportHandle | undefined;
   private structured = false;
   private noZeroes = false;
@@ -341,20 +405,31 @@ class Connection {
   private shuttingDown = false;
 
   constructor(
-    private readonly stream: Duplex,
+    stream: Duplex,
     private readonly server: NbdServer,
     private readonly backend: BlockBackend,
     private readonly limits: NbdLimits,
     private readonly log: NbdLogger,
+    private readonly tlsOptions: NbdTlsOptions | undefined,
   ) {
+    this.stream = stream;
+    this.peer = peerOf(stream);
     this.reader = new StreamReader(stream, limits.readaheadBytes);
     this.writer = new StreamWriter(stream);
-    stream.on('error', (error) => this.log.debug({ err: error }, 'nbd connection error'));
+    stream.on('error', (error) => this.log.debug({ err: error, peer: this.peer }, 'nbd connection error'));
+  }
+
+  /** limit: one abuse limit was reached: counted every time, logged (with the peer) once per connection. */
+  private limit(event: NbdEvent, detail: object, level: 'warn' | 'info' = 'warn'): void {
+    this.server.event(event);
+    if (this.limitLogged.has(event)) return;
+    this.limitLogged.add(event);
+    this.log[level]({ peer: this.peer, limit: event, ...detail }, 'nbd limit reached');
   }
 
   async run(): Promise<void> {
     const timer = setTimeout(() => {
-      this.server.event(NbdEvent.handshakeTimeouts);
+      this.limit(NbdEvent.handshakeTimeouts, { handshakeTimeoutMs: this.limits.handshakeTimeoutMs });
       this.hardClose();
     }, this.limits.handshakeTimeoutMs);
     let graceful = false;
@@ -374,6 +449,7 @@ class Connection {
       }
     } finally {
       clearTimeout(timer);
+      clearTimeout(this.idleTimer);
       if (graceful) this.softClose();
       else this.hardClose();
       await Promise.allSettled([...this.operations]);
@@ -432,12 +508,16 @@ class Connection {
     if ((clientFlags & ~clientFlagsKnown) !== 0) return this.violation('unknown client flags');
     this.noZeroes = (clientFlags & ClientFlag.noZeroes) !== 0;
     for (let optionCount = 0; ; optionCount++) {
-      if (optionCount >= this.limits.handshakeOptionsMax) return this.violation('too many options');
+      if (optionCount >= this.limits.handshakeOptionsMax) {
+        this.limit(NbdEvent.optionsTooMany, { handshakeOptionsMax: this.limits.handshakeOptionsMax });
+        return this.violation('too many options');
+      }
       const header = decodeOptionHeader(await this.reader.read(optionHeaderBytes));
       assert(header !== undefined, 'option header is complete');
       if (header.magic !== Magic.option) return this.violation('bad option magic');
       this.server.event(NbdEvent.optionsReceived);
       if (header.lengthBytes > this.limits.optionBytesMax) {
+        this.limit(NbdEvent.optionsTooLarge, { option: header.option, lengthBytes: header.lengthBytes, optionBytesMax: this.limits.optionBytesMax });
         // NBD_OPT_EXPORT_NAME cannot be answered with an error: the spec says hang up.
         if (header.option === Option.exportName) return this.violation('export name too long');
         await this.reader.skip(header.lengthBytes);
@@ -445,6 +525,14 @@ class Connection {
         continue;
       }
       const data = await this.reader.read(header.lengthBytes);
+      if (this.tlsOptions?.mode === 'required' && !this.tlsActive && header.option !== Option.startTls && header.option !== Option.abort) {
+        // FORCEDTLS: nothing but STARTTLS and ABORT before TLS. EXPORT_NAME cannot be refused: hang up.
+        this.server.event(NbdEvent.tlsRequired);
+        this.log.info({ peer: this.peer, option: header.option }, 'nbd option refused: TLS is required');
+        if (header.option === Option.exportName) return this.violation('NBD_OPT_EXPORT_NAME before STARTTLS on a TLS-only server');
+        await this.optionError(header.option, OptionReply.errTlsReqd, 'this server requires TLS: send NBD_OPT_STARTTLS first');
+        continue;
+      }
       const outcome = await this.handleOption(header.option, data);
       if (outcome === 'transmission') return outcome;
       if (outcome === 'close') return 'aborted';
@@ -453,7 +541,7 @@ class Connection {
 
   private violation(what: string): never {
     this.server.event(NbdEvent.protocolViolations);
-    this.log.debug({ what }, 'nbd handshake violation; closing');
+    this.log.debug({ what, peer: this.peer }, 'nbd handshake violation; closing');
     this.hardClose();
     throw new ConnectionClosed();
   }
@@ -495,9 +583,13 @@ class Connection {
         return 'continue';
       }
       case Option.startTls:
+        if (this.tlsOptions === undefined) {
+          await this.optionError(option, OptionReply.errPolicy, 'TLS is not configured on this server');
+          return 'continue';
+        }
         if (data.length !== 0) return this.invalid(option, 'NBD_OPT_STARTTLS takes no data');
-        // Seam: when `tls` is configured this becomes ACK + TLS upgrade of `stream`.
-        await this.optionError(option, OptionReply.errPolicy, 'TLS is not configured on this server');
+        if (this.tlsActive) return this.invalid(option, 'TLS is already active');
+        await this.startTls(this.tlsOptions);
         return 'continue';
       case Option.info:
       case Option.go:
@@ -520,6 +612,64 @@ class Connection {
   private async invalid(option: number, message: string): Promise<OptionOutcome> {
     await this.optionError(option, OptionReply.errInvalid, message);
     return 'continue';
+  }
+
+  /**
+   * startTls: ACK, then the TLS handshake on the same socket (server side, client certificate
+   * required and verified against the CA by OpenSSL); afterwards every byte goes through TLS.
+   * A failed handshake closes the connection (the spec: too late to go on without TLS).
+   */
+  private async startTls(options: NbdTlsOptions): Promise<void> {
+    await this.reply(Option.startTls, OptionReply.ack);
+    const raw = this.stream;
+    // The client must wait for the ACK before its ClientHello: plaintext bytes here are a violation.
+    if (this.reader.detach() !== 0) return this.violation('data after NBD_OPT_STARTTLS before the TLS handshake');
+    const secure = await new Promise<tls.TLSSocket>((resolve, reject) => {
+      // A tls.Server that never listens: it runs the server side of the handshake on `raw` and
+      // drops a client whose certificate does not verify (rejectUnauthorized) before any data.
+      const tlsServer = tls.createServer({
+        ca: options.ca,
+        cert: options.cert,
+        key: options.key,
+        requestCert: true,
+        rejectUnauthorized: true,
+        minVersion: 'TLSv1.2',
+      });
+      let reason = 'connection closed during the TLS handshake (a certificate the CA did not sign?)';
+      const onClose = (): void => {
+        this.server.event(NbdEvent.tlsHandshakeFailures);
+        this.log.warn({ peer: this.peer, reason }, 'nbd TLS handshake failed; closing');
+        reject(new ConnectionClosed());
+      };
+      raw.once('close', onClose);
+      tlsServer.once('tlsClientError', (error: NodeJS.ErrnoException) => {
+        reason = error.code ?? error.message;
+        raw.destroy();
+      });
+      tlsServer.once('secureConnection', (socket: tls.TLSSocket) => {
+        raw.off('close', onClose);
+        if (!socket.authorized) {
+          // rejectUnauthorized already guarantees this; never serve an unverified peer.
+          this.server.event(NbdEvent.tlsHandshakeFailures);
+          socket.destroy();
+          reject(new ConnectionClosed());
+          return;
+        }
+        resolve(socket);
+      });
+      tlsServer.emit('connection', raw);
+    });
+    this.stream = secure;
+    this.reader = new StreamReader(secure, this.limits.readaheadBytes);
+    this.writer = new StreamWriter(secure);
+    secure.on('error', (error) => this.log.debug({ err: error, peer: this.peer }, 'nbd TLS connection error'));
+    this.tlsActive = true;
+    // Nothing negotiated in plaintext carries over into the TLS session.
+    this.structured = false;
+    this.metaContext = undefined;
+    this.server.event(NbdEvent.tlsHandshakes);
+    const subject = secure.getPeerCertificate().subject;
+    this.log.debug({ peer: this.peer, client: subject?.CN }, 'nbd TLS established');
   }
 
   /** backendCall: a RemoteError or unexpected failure during the handshake closes the connection. */
@@ -646,10 +796,15 @@ class Connection {
 
   /** transmit: reads requests until DISC (returns true: soft close) or EOF / violation (false). */
   private async transmit(): Promise<boolean> {
+    if (this.limits.idleTimeoutMs > 0) this.armIdle(this.limits.idleTimeoutMs);
     for (;;) {
-      while (this.inflightCount >= this.limits.inflightRequestsMax) await this.slotFreed();
+      if (this.inflightCount >= this.limits.inflightRequestsMax) {
+        this.limit(NbdEvent.inflightRequestsLimited, { inflightRequestsMax: this.limits.inflightRequestsMax }, 'info');
+        while (this.inflightCount >= this.limits.inflightRequestsMax) await this.slotFreed();
+      }
       if (this.closed) return false;
       const header = decodeRequestHeader(await this.reader.read(requestHeaderBytes));
+      this.lastActivity = performance.now();
       assert(header !== undefined, 'request header is complete');
       if (header.magic !== Magic.request) {
         this.violation('bad request magic');
@@ -667,7 +822,10 @@ class Connection {
       }
       // The byte budget is taken before the payload is read, so the socket stays paused at it.
       const costBytes = requestCostBytes(header, this.limits.requestBytesMax);
-      while (this.inflightCount > 0 && this.inflightBytes + costBytes > this.limits.inflightBytesMax) await this.slotFreed();
+      if (this.inflightCount > 0 && this.inflightBytes + costBytes > this.limits.inflightBytesMax) {
+        this.limit(NbdEvent.inflightBytesLimited, { inflightBytesMax: this.limits.inflightBytesMax }, 'info');
+        while (this.inflightCount > 0 && this.inflightBytes + costBytes > this.limits.inflightBytesMax) await this.slotFreed();
+      }
       if (this.closed) return false;
       let payload: Buffer | undefined;
       if (header.type === Command.write) {
@@ -676,6 +834,24 @@ class Connection {
       }
       this.start(header, payload, costBytes, undefined);
     }
+  }
+
+  /**
+   * armIdle: the idle check runs `afterMs` from now; a connection with requests in flight, or with
+   * a request within idleTimeoutMs, is not idle (the check re-arms).
+   */
+  private armIdle(afterMs: number): void {
+    this.idleTimer = setTimeout(() => {
+      if (this.closed) return;
+      const idleMs = performance.now() - this.lastActivity;
+      if (this.inflightCount > 0 || idleMs < this.limits.idleTimeoutMs) {
+        this.armIdle(this.inflightCount > 0 ? this.limits.idleTimeoutMs : Math.max(1, this.limits.idleTimeoutMs - idleMs));
+        return;
+      }
+      this.limit(NbdEvent.idleTimeouts, { idleTimeoutMs: this.limits.idleTimeoutMs });
+      this.hardClose();
+    }, afterMs);
+    this.idleTimer.unref();
   }
 
   /** slotFreed: resolves when the next in-flight request finishes (one waiter: the transmit loop). */
@@ -698,6 +874,7 @@ class Connection {
       })
       .finally(() => {
         this.operations.delete(op);
+        this.lastActivity = performance.now();
         this.inflightCount--;
         this.inflightBytes -= costBytes;
         const w = this.slotWaiter;
@@ -952,6 +1129,15 @@ function checkExtents(extents: Extent[], length: number): void {
   }
 }
 
+/** peerOf: "address:port" of a TCP peer, "unix" for a Unix socket, "stream" for anything else. */
+function peerOf(stream: Duplex): string {
+  if (stream instanceof net.Socket) {
+    if (stream.remoteAddress !== undefined) return `${stream.remoteAddress}:${stream.remotePort}`;
+    return 'unix';
+  }
+  return 'stream';
+}
+
 /** NbdServer: listeners + connections over one BlockBackend. */
 export class NbdServer {
   readonly limits: NbdLimits;
@@ -961,17 +1147,27 @@ export class NbdServer {
   private readonly onEvent: ((event: NbdEvent, amount: number) => void) | undefined;
   private readonly listeners = new Set<net.Server>();
   private readonly connections = new Map<Connection, Promise<void>>();
+  private readonly tls: NbdTlsOptions | undefined;
   private closing = false;
 
   constructor(options: NbdServerOptions) {
-    if (options.tls !== undefined) throw new UsageError(ErrorCode.InvalidArgument, 'NBD TLS is not implemented yet');
+    if (options.tls !== undefined) {
+      const mode: unknown = options.tls.mode;
+      if (mode !== 'optional' && mode !== 'required') throw new UsageError(ErrorCode.InvalidArgument, `NBD TLS mode must be optional or required, got ${String(mode)}`);
+      try {
+        tls.createSecureContext({ ca: options.tls.ca, cert: options.tls.cert, key: options.tls.key });
+      } catch (error) {
+        throw new UsageError(ErrorCode.InvalidArgument, `NBD TLS certificates are not usable: ${(error as Error).message}`);
+      }
+    }
+    this.tls = options.tls;
     this.backend = options.backend;
     this.limits = { ...defaultNbdLimits, ...options.limits };
     this.log = options.logger ?? silentLogger;
     this.onEvent = options.onEvent;
     this.counters = Object.fromEntries(Object.values(NbdEvent).map((e) => [e, 0])) as NbdCounters;
     const l = this.limits;
-    for (const [k, v] of Object.entries(l)) assert(Number.isSafeInteger(v) && v > 0, `limit ${k} is a positive integer`);
+    for (const [k, v] of Object.entries(l)) assert(Number.isSafeInteger(v) && (v > 0 || (k === 'idleTimeoutMs' && v === 0)), `limit ${k} is a positive integer`);
     assert(l.requestBytesMax <= 0xffffffff - 8, 'requestBytesMax fits a chunk');
   }
 
@@ -1005,12 +1201,16 @@ export class NbdServer {
   handleStream(stream: Duplex): Promise<void> {
     if (this.closing || this.connections.size >= this.limits.connectionsMax) {
       this.event(NbdEvent.connectionsRejected);
+      if (!this.closing) {
+        this.event(NbdEvent.connectionsLimited);
+        this.log.warn({ peer: peerOf(stream), limit: NbdEvent.connectionsLimited, connectionsMax: this.limits.connectionsMax }, 'nbd limit reached');
+      }
       stream.on('error', () => undefined);
       stream.destroy();
       return Promise.resolve();
     }
     this.event(NbdEvent.connectionsAccepted);
-    const connection = new Connection(stream, this, this.backend, this.limits, this.log);
+    const connection = new Connection(stream, this, this.backend, this.limits, this.log, this.tls);
     const done = connection.run().finally(() => this.connections.delete(connection));
     this.connections.set(connection, done);
     return done;

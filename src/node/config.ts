@@ -13,7 +13,7 @@
  * initial members, and waits to be added with `chard member add`.
  */
 
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { ErrorCode, UsageError } from '../errors.js';
 import { type BlockStoreLimits, defaultBlockStoreLimits } from '../blockstore/index.js';
@@ -43,9 +43,40 @@ export interface NodeConfig {
   metrics?: string;
   /** logLevel: pino level (default info). */
   logLevel?: string;
+  /** tls: mutual TLS on every gRPC listener and client, STARTTLS on NBD (docs/security.md). */
+  tls?: NodeTlsConfig;
   /** testing: fault injection and deliberately broken behaviour for the chaos harness's own tests. */
   testing?: NodeTesting;
 }
+
+// ---- tls (one block: the fields, their validation)
+
+/** NodeTlsConfig: `"tls": { "certs": DIR, "nbd": "required" }` (DIR as `chard certs init` writes it). */
+export interface NodeTlsConfig {
+  /** certs: ca-cert.pem, server-cert.pem, server-key.pem (the node's own, also its client certificate). */
+  certs: string;
+  /** nbd: NBD STARTTLS mode; 'off' leaves NBD plaintext (gRPC stays mutual TLS). Default 'required'. */
+  nbd: 'off' | 'optional' | 'required';
+}
+
+export const nbdTlsModes = ['off', 'optional', 'required'] as const;
+const tlsKeys = new Set(['certs', 'nbd']);
+
+function validateTls(value: unknown, baseDir: string): NodeTlsConfig {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('tls must be an object {"certs": DIR, "nbd": "off"|"optional"|"required"}');
+  const v = value as Record<string, unknown>;
+  for (const key of Object.keys(v)) if (!tlsKeys.has(key)) throw bad(`tls.${key} is not a field (tls has certs and nbd)`);
+  if (typeof v.certs !== 'string' || v.certs.length === 0) throw bad('tls.certs must be the path of a certificate directory (chard certs init --dir DIR)');
+  const certs = path.resolve(baseDir, v.certs);
+  for (const file of ['ca-cert.pem', 'server-cert.pem', 'server-key.pem']) {
+    if (!existsSync(path.join(certs, file))) throw bad(`tls.certs: ${certs} has no ${file} (make it with: chard certs init --dir ${certs})`);
+  }
+  const nbd = v.nbd ?? 'required';
+  if (typeof nbd !== 'string' || !(nbdTlsModes as readonly string[]).includes(nbd)) throw bad(`tls.nbd must be one of ${nbdTlsModes.join(', ')}, got ${JSON.stringify(v.nbd)}`);
+  return { certs, nbd: nbd as NodeTlsConfig['nbd'] };
+}
+
+// ---- end tls
 
 export interface NodeTesting {
   /**
@@ -171,7 +202,7 @@ function validateTesting(value: unknown, baseDir: string): NodeTesting {
 }
 
 /** nodeConfigFields: the top-level fields of a node config (docs/operations.md describes each). */
-export const nodeConfigFields = ['clusterId', 'id', 'dataDir', 'listen', 'advertise', 'initialMembers', 'join', 'peers', 'limits', 'store', 'metrics', 'logLevel', 'testing'] as const;
+export const nodeConfigFields = ['clusterId', 'id', 'dataDir', 'listen', 'advertise', 'initialMembers', 'join', 'peers', 'limits', 'store', 'metrics', 'logLevel', 'tls', 'testing'] as const;
 
 /** validateNodeConfig: checks every field; returns a normalized copy (absolute dataDir). */
 export function validateNodeConfig(value: unknown, baseDir = process.cwd()): NodeConfig {
@@ -224,6 +255,7 @@ export function validateNodeConfig(value: unknown, baseDir = process.cwd()): Nod
     store: validateLimits(v.store, defaultBlockStoreLimits, 'store') as Partial<BlockStoreLimits>,
     ...(v.metrics !== undefined ? { metrics: validateListen(v.metrics, 'metrics') } : {}),
     logLevel: v.logLevel === undefined ? 'info' : validateLogLevel(v.logLevel),
+    ...(v.tls !== undefined ? { tls: validateTls(v.tls, baseDir) } : {}),
     ...(v.testing !== undefined ? { testing: validateTesting(v.testing, baseDir) } : {}),
   };
 }

@@ -16,6 +16,7 @@ import type { Random } from '../raft/types.js';
 import { GrpcTransport, type TransportCredentials } from '../transport/transport.js';
 import type { Transport } from '../transport/transport.js';
 import { Faults, FaultyTransport } from '../transport/faulty.js';
+import { nodeTls } from '../transport/tls.js';
 import { FaultsFileWatcher } from './faults-file.js';
 import { NodeAdmin } from './admin.js';
 import { type Scheduler, systemScheduler } from './clock.js';
@@ -85,6 +86,8 @@ export class ChardNode {
     const logger = options.logger ?? silent;
     const random = options.random ?? new SeededRandom(randomBytes(4).readUInt32LE(0));
     const counters = new Counters();
+    const tls = config.tls ? nodeTls(config.tls) : undefined;
+    const credentials = options.credentials ?? tls?.credentials;
     mkdirSync(config.dataDir, { recursive: true });
 
     const store = BlockStore.open(config.dataDir, { limits: config.store ?? {} });
@@ -100,7 +103,8 @@ export class ChardNode {
         clusterId: config.clusterId,
         nodeId: config.id,
         listen: config.listen.raft,
-        ...(options.credentials ? { credentials: options.credentials } : {}),
+        ...(credentials ? { credentials } : {}),
+        ...(tls ? { peerUnit: 'node' } : {}),
         onEvent: counters.onEvent,
       });
     let faultsWatcher: FaultsFileWatcher | undefined;
@@ -128,7 +132,7 @@ export class ChardNode {
     });
     if (options.logContext !== undefined) options.logContext.term = () => replica.raw.raft.term;
     const admin = new NodeAdmin(replica, store, clock);
-    const forwarder = new BlockForwarder((id) => replica.addressOf(id)?.admin, config.clusterId, options.credentials);
+    const forwarder = new BlockForwarder((id) => replica.addressOf(id)?.admin, config.clusterId, credentials);
     volumes = new LocalVolumeService(replica, store, encodeBlockCommand, forwarder, clock, options.defaultVolume ?? 'default', {}, counters);
     if (config.testing?.unsafeLocalReads === true) {
       volumes.unsafeLocalReads = true;
@@ -140,12 +144,13 @@ export class ChardNode {
       admin,
       volumes,
       counters,
-      ...(options.credentials ? { credentials: options.credentials } : {}),
+      ...(credentials ? { credentials } : {}),
     });
     const nbd = new NbdServer({
       backend: meteredBackend(new VolumeBackend(volumes), counters, logger),
       logger,
       onEvent: (event, amount) => counters.inc(`nbd.${event}`, amount),
+      ...(tls?.nbd ? { tls: tls.nbd } : {}),
     });
     const nbdListen = parseHostPort(config.listen.nbd, 'listen.nbd');
     const nbdBound = await nbd.listen({ host: nbdListen.host, port: nbdListen.port });

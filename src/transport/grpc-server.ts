@@ -11,7 +11,8 @@
  * exactly as a local caller would. Anything else thrown is answered INTERNAL (and handed to
  * `onInternalError` for logging) — never a stack trace on the wire.
  *
- * TLS seam: `credentials` on both the server and the client (default insecure).
+ * TLS: `credentials` on both the server and the client (default insecure; tls.ts builds the
+ * mutual-TLS ones from a certificate directory).
  */
 
 import * as grpc from '@grpc/grpc-js';

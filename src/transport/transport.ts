@@ -25,10 +25,12 @@
  *  - Every event is reported through the one `onEvent(name, value)` callback (names start with
  *    `transport.`) and also kept in `counts()`, so tests and metrics see the same numbers.
  *
- * TLS seam: `credentials: { server, client }` (default insecure) — mutual TLS is a later change
- * of those two objects only.
+ * TLS: `credentials: { server, client }` (default insecure); a node with a `tls` config block
+ * passes mutual-TLS credentials from tls.ts (nodeCredentials), so a peer without a certificate of
+ * the cluster CA fails the TLS handshake before any frame is read.
  */
 
+import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { assert } from '../assert.js';
 import { ErrorCode } from '../errors.js';
@@ -126,6 +128,12 @@ export interface GrpcTransportOptions {
   /** listen: host:port to bind; port 0 lets the OS pick (see address()). */
   listen: string;
   credentials?: TransportCredentials;
+  /**
+   * peerUnit: with TLS, a peer's certificate must carry this organizational unit (`chard certs
+   * init` gives node certificates OU=node, client certificates OU=client), so a client
+   * certificate of the same CA cannot speak raft. Undefined: any certificate the CA signed.
+   */
+  peerUnit?: string;
   limits?: Partial<TransportLimits>;
   /** onEvent: the one place events are counted (e.g. Counters.onEvent). */
   onEvent?: (name: string, value?: number) => void;
@@ -272,6 +280,7 @@ export class GrpcTransport implements Transport {
   readonly limits: TransportLimits;
   private readonly listenAddress: string;
   private readonly credentials: TransportCredentials;
+  private readonly peerUnit: string | undefined;
   private readonly random: Random;
   private readonly userOnEvent: ((name: string, value?: number) => void) | undefined;
   private readonly eventCounts = new Map<string, number>();
@@ -298,6 +307,7 @@ export class GrpcTransport implements Transport {
       server: grpc.ServerCredentials.createInsecure(),
       client: grpc.credentials.createInsecure(),
     };
+    this.peerUnit = options.peerUnit;
     this.random = options.random ?? new SeededRandom(options.nodeId);
     this.userOnEvent = options.onEvent;
   }
@@ -613,10 +623,25 @@ export class GrpcTransport implements Transport {
 
   // ---------------------------------------------------------------- receiving side
 
+  /** peerRefusal: the refusal of a caller whose certificate is not a node's (see `peerUnit`). */
+  private peerRefusal(call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate } | null }): grpc.ServiceError | undefined {
+    if (this.peerUnit === undefined) return undefined;
+    const unit = call.getAuthContext()?.sslPeerCertificate?.subject?.OU;
+    const units = Array.isArray(unit) ? unit : [unit];
+    if (units.includes(this.peerUnit)) return undefined;
+    this.event('transport.peer.refused.certificate');
+    return refusal(grpc.status.PERMISSION_DENIED, ErrorCode.FailedPrecondition, `a raft peer needs a certificate with OU=${this.peerUnit}`);
+  }
+
   private serveProbe(
     call: grpc.ServerUnaryCall<{ cluster_id: string; from: number; to: number }, unknown>,
     callback: grpc.sendUnaryData<{ cluster_id: string; node_id: number }>,
   ): void {
+    const refused = this.peerRefusal(call);
+    if (refused !== undefined) {
+      callback(refused);
+      return;
+    }
     const request = call.request;
     if (request.cluster_id !== this.clusterId || request.to !== this.nodeId) {
       this.event('transport.probe.refused');
@@ -642,6 +667,11 @@ export class GrpcTransport implements Transport {
   private serveStream(call: grpc.ServerDuplexStream<WireEnvelope, { frames: number }>): void {
     if (this.closed) {
       call.end();
+      return;
+    }
+    const refused = this.peerRefusal(call);
+    if (refused !== undefined) {
+      setImmediate(() => call.emit('error', refused));
       return;
     }
     this.serverCalls.add(call);
