@@ -65,5 +65,5 @@ test('loadNodeConfig names the file', (t) => {
   const file = path.join(dir, 'node.json');
   writeFileSync(file, JSON.stringify({ ...good, lmits: {} }));
   const error = t.throws(() => loadNodeConfig(file), { instanceOf: UsageError });
-  t.is(error?.message, `${file}: lmits is not a known field (known: clusterId, id, dataDir, listen, advertise, initialMembers, join, peers, limits, store, metrics, logLevel, testing)`);
+  t.is(error?.message, `${file}: lmits is not a known field (known: clusterId, id, dataDir, listen, advertise, initialMembers, join, peers, limits, store, metrics, logLevel, tls, testing)`);
 });
