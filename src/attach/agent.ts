@@ -13,11 +13,13 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { ChardError, ErrorCode, InternalError, NotLeaderError, RemoteError, UsageError } from '../errors.js';
-import type { Extent, ReadChunk } from '../nbd/backend.js';
+import type { BlockCommand } from '../volume/command.js';
+import type { Extent, ReadChunk } from '../volume/ranges.js';
+import type { VolumeInfo } from '../volume/rules.js';
 import { NbdServer, type NbdListenAddress } from '../nbd/server.js';
 import { ClusterClient, type ClusterTarget } from '../cli/client.js';
 import { Counters } from '../node/metrics.js';
-import { type BlockCommand, VolumeBackend, type VolumeInfo, type VolumeService } from '../node/volume-backend.js';
+import { VolumeBackend, type VolumeService } from '../node/volume-backend.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface AgentLimits {

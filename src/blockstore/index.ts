@@ -16,7 +16,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, InternalError } from '../errors.js';
-import type { Extent, ReadChunk } from '../nbd/backend.js';
+import type { Extent, ReadChunk } from '../volume/ranges.js';
 import type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../node/replica.js';
 import { bootstrapConfState, bootstrapEntry } from '../raft/confchange.js';
 import type { ConfChange, ConfState, Entry, NodeId, Ready, SnapshotMetadata } from '../raft/types.js';

@@ -10,7 +10,8 @@ import * as grpc from '@grpc/grpc-js';
 import { ChardError, ErrorCode, NotLeaderError, RemoteError, UsageError } from '../errors.js';
 import type { MemberReport, NodeStatusReport, VerifyReport } from '../node/admin.js';
 import type { MemberAddresses } from '../node/replica.js';
-import type { BlockCommand, VolumeInfo } from '../node/volume-backend.js';
+import type { BlockCommand } from '../volume/command.js';
+import type { VolumeInfo } from '../volume/rules.js';
 import { statusToError } from '../transport/grpc-server.js';
 import { clientConstructor } from '../transport/proto.js';
 import { readClusterFile } from './cluster-file.js';
@@ -196,12 +197,16 @@ export class NodeApi {
   /** submit: one write-like block command on this node (it must lead). */
   async submit(command: BlockCommand): Promise<void> {
     const session = { session_id: command.session.id, sequence: command.session.sequence, acked_below: command.session.ackedBelow };
-    if (command.kind === 'write') {
-      await this.call('block', 'Write', { volume: command.volume, session, offset: command.offset, data: command.data });
-    } else if (command.kind === 'trim') {
-      await this.call('block', 'Trim', { volume: command.volume, session, offset: command.offset, length: command.length });
-    } else {
-      await this.call('block', 'WriteZeroes', { volume: command.volume, session, offset: command.offset, length: command.length });
+    switch (command.kind) {
+      case 'write':
+        await this.call('block', 'Write', { volume: command.volume, session, offset: command.offset, data: command.data });
+        return;
+      case 'trim':
+        await this.call('block', 'Trim', { volume: command.volume, session, offset: command.offset, length: command.length });
+        return;
+      case 'writeZeroes':
+        await this.call('block', 'WriteZeroes', { volume: command.volume, session, offset: command.offset, length: command.length });
+        return;
     }
   }
 }

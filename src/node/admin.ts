@@ -9,13 +9,13 @@
  */
 
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
-import { encodeCommand, isValidVolumeName, type Command } from '../blockstore/commands.js';
+import { encodeCommand, type Command } from '../volume/command.js';
+import { type VolumeInfo, checkVolumeName, checkVolumeSize } from '../volume/rules.js';
 import { validateConfChange } from '../raft/confchange.js';
 import { type ConfChange, ConfChangeType, type ConfState, None, type NodeId } from '../raft/types.js';
 import type { Clock } from './clock.js';
 import { validateNodeId } from './config.js';
 import { encodeMembersContext, type MemberAddresses, type Replica } from './replica.js';
-import type { VolumeInfo } from './volume-backend.js';
 
 export interface NodeStatusReport {
   id: number;
@@ -63,8 +63,6 @@ export interface AdminStore {
 /** jointLeaveWaitMs: how long a membership change waits for the joint configuration to be left. */
 export const jointLeaveWaitMs = 10_000;
 
-export const volumeSizeMax = 2 ** 50; // 1 PiB: far beyond what a SQLite store should hold
-export const blockSize = 4096;
 
 export class NodeAdmin {
   constructor(
@@ -257,17 +255,5 @@ export class NodeAdmin {
   leaderHint(): NodeId {
     const leader = this.replica.leaderId();
     return leader === None ? None : leader;
-  }
-}
-
-export function checkVolumeName(name: string): void {
-  if (!isValidVolumeName(name)) {
-    throw new UsageError(ErrorCode.InvalidArgument, `bad volume name "${name}": 1..64 characters of [A-Za-z0-9._-]`);
-  }
-}
-
-export function checkVolumeSize(sizeBytes: number): void {
-  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes > volumeSizeMax || sizeBytes % blockSize !== 0) {
-    throw new UsageError(ErrorCode.InvalidArgument, `bad volume size ${sizeBytes}: a positive multiple of ${blockSize} bytes up to 1 PiB`);
   }
 }

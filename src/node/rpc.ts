@@ -10,7 +10,8 @@
  */
 
 import * as grpc from '@grpc/grpc-js';
-import { commandLimits } from '../blockstore/commands.js';
+import { type BlockCommand, type Session, commandLimits, encodeCommand } from '../volume/command.js';
+import { checkVolumeName } from '../volume/rules.js';
 import { ChardError, ErrorCode, NotLeaderError, UsageError } from '../errors.js';
 import type { NodeId } from '../raft/types.js';
 import { NodeApi, defaultClientLimits } from '../cli/client.js';
@@ -19,12 +20,11 @@ import { errorToStatus } from '../transport/grpc-server.js';
 import { serviceDefinition } from '../transport/proto.js';
 import type { NodeAdmin } from './admin.js';
 import type { Counters } from './metrics.js';
-import { checkVolumeName } from './admin.js';
 import { parseHostPort } from './config.js';
-import type { BlockCommand, SessionStamp } from './volume-backend.js';
 import type { LeaderForwarder, LocalVolumeService } from './volume-service.js';
 
-export { encodeBlockCommand } from '../blockstore/commands.js';
+/** encodeBlockCommand: what the node proposes for a client's block command. */
+export const encodeBlockCommand = (command: BlockCommand): Uint8Array => encodeCommand(command);
 
 /** rpcLimits: bounds of the admin/block server. */
 export const rpcLimits = {
@@ -49,7 +49,7 @@ function volumeName(value: unknown): string {
   return value;
 }
 
-function sessionStamp(value: unknown): SessionStamp {
+function sessionStamp(value: unknown): Session {
   if (typeof value !== 'object' || value === null) throw bad('a write-like request needs a session stamp');
   const v = value as { session_id?: unknown; sequence?: unknown; acked_below?: unknown };
   if (typeof v.session_id !== 'string' || v.session_id.length < 1 || Buffer.byteLength(v.session_id) > commandLimits.sessionIdBytesMax) {
@@ -235,7 +235,7 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
       return { applied_index: 0 };
     }),
     WriteZeroes: guarded(async (r) => {
-      const command: BlockCommand = { kind: 'zero', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), length: uint(r.length, 'length'), session: sessionStamp(r.session) };
+      const command: BlockCommand = { kind: 'writeZeroes', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), length: uint(r.length, 'length'), session: sessionStamp(r.session) };
       await volumes.submitLocal(command);
       return { applied_index: 0 };
     }),

@@ -10,24 +10,14 @@
  */
 
 import { ErrorCode, UsageError } from '../errors.js';
-import type { BlockBackend, ExportHandle, ExportInfo, Extent, ReadChunk } from '../nbd/backend.js';
+import type { BlockBackend, ExportHandle, ExportInfo } from '../nbd/backend.js';
+import type { BlockCommand, Session } from '../volume/command.js';
+import type { Extent, ReadChunk } from '../volume/ranges.js';
+import { type VolumeInfo, requestLimits, volumeBlockSizes } from '../volume/rules.js';
 
-export interface VolumeInfo {
-  name: string;
-  sizeBytes: number;
-}
-
-export interface SessionStamp {
-  id: string;
-  sequence: number;
-  /** ackedBelow: every sequence below this one has been answered to the client. */
-  ackedBelow: number;
-}
-
-export type BlockCommand =
-  | { kind: 'write'; volume: string; offset: number; data: Uint8Array; session: SessionStamp }
-  | { kind: 'trim'; volume: string; offset: number; length: number; session: SessionStamp }
-  | { kind: 'zero'; volume: string; offset: number; length: number; session: SessionStamp };
+export type { BlockCommand, VolumeInfo };
+/** SessionStamp: the session stamp of a client's command (src/volume/command.ts). */
+export type SessionStamp = Session;
 
 /** VolumeService: what the NBD layer needs from a cluster. Errors are ChardErrors (see nbd/backend.ts). */
 export interface VolumeService {
@@ -42,14 +32,12 @@ export interface VolumeService {
   newSessionId(): string;
 }
 
-export const volumeBlockSizes = { blockSizeMin: 1, blockSizePreferred: 4096, blockSizeMax: 32 * 1024 * 1024 } as const;
-
 /**
  * writeChunkBytes: the largest payload of one replicated write command. A larger NBD write is
  * split into pieces proposed concurrently, each with its own session sequence (NBD does not
  * promise that a write is atomic, only that it is complete when acknowledged).
  */
-export const writeChunkBytes = 1024 * 1024;
+export const writeChunkBytes = requestLimits.writePieceBytes;
 
 function exportInfo(volume: VolumeInfo): ExportInfo {
   return {
@@ -139,7 +127,7 @@ class VolumeHandle implements ExportHandle {
     // Zeroing is one small log entry whatever the length, so it is always fast; with NO_HOLE the
     // blocks are still stored sparsely, which reads identically (documented in docs/nbd.md).
     void flags;
-    return this.submit((session) => ({ kind: 'zero', volume: this.current.name, offset, length, session }));
+    return this.submit((session) => ({ kind: 'writeZeroes', volume: this.current.name, offset, length, session }));
   }
 
   async flush(): Promise<void> {

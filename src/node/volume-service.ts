@@ -15,12 +15,14 @@
  */
 
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
-import type { Extent, ReadChunk } from '../nbd/backend.js';
+import type { BlockCommand } from '../volume/command.js';
+import type { Extent, ReadChunk } from '../volume/ranges.js';
+import type { VolumeInfo } from '../volume/rules.js';
 import { None, type NodeId } from '../raft/types.js';
 import type { Clock } from './clock.js';
 import type { Counters } from './metrics.js';
 import type { Replica } from './replica.js';
-import type { BlockCommand, VolumeInfo, VolumeService } from './volume-backend.js';
+import type { VolumeService } from './volume-backend.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** VolumeStateView: the local, already-applied state a read is served from. */

@@ -15,6 +15,7 @@ import { blockBytes } from '../../src/blockstore/state-store.js';
 import { type Command, encodeCommand } from '../../src/blockstore/commands.js';
 import { CorruptError, ErrorCode, UsageError } from '../../src/errors.js';
 import { EntryType } from '../../src/raft/types.js';
+import { checkVolumeSize, volumeBytesMax, volumeSizeAlignmentBytes } from '../../src/volume/rules.js';
 import { Prng, applyCommitted, drive, readAll, seedFromEnv, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -95,6 +96,24 @@ test('random unaligned writes, trims and write-zeroes match a byte-array model',
     }
     t.is(at, size);
     t.deepEqual(store.state.checkIntegrity().corrupt, 0);
+  })();
+});
+
+test('one volume size rule: a size the admin accepts is applied, one it refuses is refused by apply (defect j)', async (t) => {
+  await withStore('size-rule', (store) => {
+    const sizes = [512, 4096, 5120, 1000, 0, volumeBytesMax, volumeBytesMax + volumeSizeAlignmentBytes, 32 * 2 ** 40, 2 ** 50];
+    for (const [i, sizeBytes] of sizes.entries()) {
+      let adminAccepts = true;
+      try {
+        checkVolumeSize(sizeBytes);
+      } catch (error) {
+        t.true(error instanceof UsageError && error.code === ErrorCode.InvalidArgument);
+        adminAccepts = false;
+      }
+      const [outcome] = drive(store, [{ kind: 'createVolume', name: `v${i}`, sizeBytes }]);
+      t.is(outcome!.ok, adminAccepts, `size ${sizeBytes}: admin ${adminAccepts ? 'accepts' : 'refuses'}, apply must agree`);
+    }
+    t.false(drive(store, [{ kind: 'createVolume', name: 'big', sizeBytes: 32 * 2 ** 40 }])[0]!.ok, 'a 32 TiB create is refused');
   })();
 });
 
