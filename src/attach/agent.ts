@@ -13,7 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { ChardError, ErrorCode, InternalError, NotLeaderError, RemoteError, UsageError } from '../errors.js';
-import type { BlockCommand } from '../volume/command.js';
+import { type SessionCommand, renewableIfFirst } from '../volume/command.js';
 import type { Extent, ReadChunk } from '../volume/ranges.js';
 import type { VolumeInfo } from '../volume/rules.js';
 import { NbdServer, type NbdListenAddress } from '../nbd/server.js';
@@ -272,8 +272,16 @@ export class RemoteVolumeService implements VolumeService {
     });
   }
 
-  async submit(command: BlockCommand): Promise<void> {
-    await this.run(command.kind, true, (api) => api.submit(command));
+  async submit(command: SessionCommand): Promise<void> {
+    let attempts = 0;
+    try {
+      await this.run(command.kind, true, (api) => {
+        attempts++;
+        return api.submit(command);
+      });
+    } catch (error) {
+      throw renewableIfFirst(error, attempts);
+    }
   }
 }
 

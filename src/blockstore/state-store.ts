@@ -27,7 +27,7 @@ import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, UsageError } from '../errors.js';
 import type { ApplyOutcome, MemberAddresses } from '../node/replica.js';
 import { decodeConfChange } from '../raft/confchange.js';
-import { type SessionRecord, SessionTable, type SessionTableLimits, SessionVerdict, defaultSessionLimits } from '../raft/sessions.js';
+import { type SessionRecord, SessionTable, type SessionTableLimits, SessionVerdict, defaultSessionLimits } from './sessions.js';
 import { type ConfChange, type ConfState, type Entry, EntryType, type NodeId, emptyConfState } from '../raft/types.js';
 import { type Command, decodeCommand } from '../volume/command.js';
 import { ChunkRuns, type Extent, ExtentRuns, type ReadChunk, blockPieces } from '../volume/ranges.js';
@@ -88,6 +88,10 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE TABLE IF NOT EXISTS evicted_sessions (
   session_id TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS retired_sessions (
+  seq INTEGER PRIMARY KEY,
+  session_id TEXT NOT NULL UNIQUE
 );
 CREATE TABLE IF NOT EXISTS members (
   node_id INTEGER PRIMARY KEY,
@@ -203,8 +207,12 @@ function prepare(db: Database.Database) {
     sessions: db.prepare<[], { session_id: string; record: string }>('SELECT session_id, record FROM sessions ORDER BY last_index'),
     putSession: db.prepare('INSERT OR REPLACE INTO sessions (session_id, last_index, record) VALUES (?, ?, ?)'),
     deleteSession: db.prepare('DELETE FROM sessions WHERE session_id = ?'),
-    evicted: db.prepare<[], { session_id: string }>('SELECT session_id FROM evicted_sessions ORDER BY session_id'),
-    putEvicted: db.prepare('INSERT OR IGNORE INTO evicted_sessions (session_id) VALUES (?)'),
+    // retired_sessions: closed or evicted ids, oldest first (an INTEGER PRIMARY KEY survives VACUUM).
+    evicted: db.prepare<[], { session_id: string }>('SELECT session_id FROM retired_sessions ORDER BY seq'),
+    putEvicted: db.prepare('INSERT OR IGNORE INTO retired_sessions (session_id) VALUES (?)'),
+    deleteEvicted: db.prepare('DELETE FROM retired_sessions WHERE session_id = ?'),
+    legacyEvicted: db.prepare<[], { session_id: string }>('SELECT session_id FROM evicted_sessions ORDER BY session_id'),
+    dropLegacyEvicted: db.prepare('DELETE FROM evicted_sessions'),
     members: db.prepare<[], { node_id: number; addresses: string }>('SELECT node_id, addresses FROM members ORDER BY node_id'),
     putMember: db.prepare('INSERT OR REPLACE INTO members (node_id, addresses) VALUES (?, ?)'),
     deleteMember: db.prepare('DELETE FROM members WHERE node_id = ?'),
@@ -252,12 +260,26 @@ export class BlockStateMachine {
       this.applied = meta.applied_index;
       this.conf = JSON.parse(meta.conf_state) as ConfState;
     }
+    this.migrateEvicted();
     this.sessionTable = new SessionTable(this.limits.sessions);
     this.sessionTable.restore(
       this.s.sessions.all().map((row) => deserializeSession(row.session_id, row.record)),
       this.s.evicted.all().map((row) => row.session_id),
     );
     this.memberMap = new Map(this.s.members.all().map((row) => [row.node_id, JSON.parse(row.addresses) as MemberAddresses]));
+  }
+
+  /**
+   * migrateEvicted: format-1 files kept evicted ids unordered in evicted_sessions; they move to
+   * retired_sessions in id order (the same on every replica; stateHash sorts them anyway).
+   */
+  private migrateEvicted(): void {
+    const legacy = this.s.legacyEvicted.all();
+    if (legacy.length === 0) return;
+    this.db.transaction(() => {
+      for (const row of legacy) this.s.putEvicted.run(row.session_id);
+      this.s.dropLegacyEvicted.run();
+    })();
   }
 
   appliedIndex(): number {
@@ -346,24 +368,20 @@ export class BlockStateMachine {
     return outcomes;
   }
 
+  /** persistSessions: the rows of the sessions this batch touched and the retired-id changes (never the whole table). */
   private persistSessions(touched: Set<string>): void {
-    if (touched.size === 0) return;
     const table = this.sessionTable;
-    const records = new Map(table.entries().map((r) => [r.sessionId, r]));
     for (const id of touched) {
-      const record = records.get(id);
+      const record = table.get(id);
       if (record === undefined) this.s.deleteSession.run(id);
       else this.s.putSession.run(id, record.lastIndex, serializeSession(record));
     }
-    if (table.size() >= table.limits.sessionsMax) {
-      // Eviction happened (or may have): the evicted set and the dropped rows follow the table.
-      for (const id of table.evictedIds()) {
-        if (!records.has(id)) {
-          this.s.deleteSession.run(id);
-          this.s.putEvicted.run(id);
-        }
-      }
+    const changes = table.takeChanges();
+    for (const id of changes.retired) {
+      this.s.deleteSession.run(id);
+      this.s.putEvicted.run(id);
     }
+    for (const id of changes.forgotten) this.s.deleteEvicted.run(id);
   }
 
   private applyNormal(entry: Entry, touchedSessions: Set<string>): ApplyOutcome {
@@ -376,7 +394,12 @@ export class BlockStateMachine {
     }
     const session = command.session;
     if (session === undefined) return this.execute(command, entry.index);
-    const verdict = this.sessionTable.check(session.id, session.sequence);
+    if (command.kind === 'closeSession') {
+      this.sessionTable.close(session.id);
+      touchedSessions.add(session.id);
+      return ok;
+    }
+    const verdict = this.sessionTable.check(session.id, session.sequence, session.ackedBelow);
     switch (verdict) {
       case SessionVerdict.Duplicate:
         return decodeOutcome(this.sessionTable.result(session.id, session.sequence)!);
@@ -410,6 +433,7 @@ export class BlockStateMachine {
   private execute(command: Command, index: number): ApplyOutcome {
     switch (command.kind) {
       case 'noop':
+      case 'closeSession':
         return ok;
       case 'write': {
         const volume = this.targetRange(command.volume, command.offset, command.data.length);

@@ -10,7 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import { ChardError, ErrorCode, NotLeaderError, RemoteError, UsageError } from '../errors.js';
 import type { MemberReport, NodeStatusReport, VerifyReport } from '../node/admin.js';
 import type { MemberAddresses } from '../node/replica.js';
-import type { BlockCommand } from '../volume/command.js';
+import type { SessionCommand } from '../volume/command.js';
 import type { VolumeInfo } from '../volume/rules.js';
 import { statusToError } from '../transport/grpc-server.js';
 import { clientConstructor } from '../transport/proto.js';
@@ -194,8 +194,8 @@ export class NodeApi {
     return out;
   }
 
-  /** submit: one write-like block command on this node (it must lead). */
-  async submit(command: BlockCommand): Promise<void> {
+  /** submit: one write-like block command (or a session's close) on this node (it must lead). */
+  async submit(command: SessionCommand): Promise<void> {
     const session = { session_id: command.session.id, sequence: command.session.sequence, acked_below: command.session.ackedBelow };
     switch (command.kind) {
       case 'write':
@@ -206,6 +206,9 @@ export class NodeApi {
         return;
       case 'writeZeroes':
         await this.call('block', 'WriteZeroes', { volume: command.volume, session, offset: command.offset, length: command.length });
+        return;
+      case 'closeSession':
+        await this.call('block', 'CloseSession', { session });
         return;
     }
   }

@@ -10,7 +10,7 @@
  */
 
 import * as grpc from '@grpc/grpc-js';
-import { type BlockCommand, type Session, commandLimits, encodeCommand } from '../volume/command.js';
+import { type BlockCommand, type Session, type SessionCommand, commandLimits, encodeCommand } from '../volume/command.js';
 import { checkVolumeName } from '../volume/rules.js';
 import { ChardError, ErrorCode, NotLeaderError, UsageError } from '../errors.js';
 import type { NodeId } from '../raft/types.js';
@@ -24,7 +24,7 @@ import { parseHostPort } from './config.js';
 import type { LeaderForwarder, LocalVolumeService } from './volume-service.js';
 
 /** encodeBlockCommand: what the node proposes for a client's block command. */
-export const encodeBlockCommand = (command: BlockCommand): Uint8Array => encodeCommand(command);
+export const encodeBlockCommand = (command: SessionCommand): Uint8Array => encodeCommand(command);
 
 /** rpcLimits: bounds of the admin/block server. */
 export const rpcLimits = {
@@ -240,6 +240,10 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
       return { applied_index: 0 };
     }),
     Flush: guarded(() => ({})),
+    CloseSession: guarded(async (r) => {
+      await volumes.submitLocal({ kind: 'closeSession', session: sessionStamp(r.session) });
+      return {};
+    }),
     BlockStatus: guarded(async (r) => {
       const { offset, length } = range(r);
       const extents = await volumes.blockStatus(volumeName(r.volume), offset, length);
@@ -277,7 +281,7 @@ export class BlockForwarder implements LeaderForwarder {
     private readonly credentials?: TransportCredentials,
   ) {}
 
-  async submit(leader: NodeId, command: BlockCommand): Promise<void> {
+  async submit(leader: NodeId, command: SessionCommand): Promise<void> {
     const address = this.adminAddressOf(leader);
     if (address === undefined || address === '') throw new NotLeaderError(leader);
     let api = this.apis.get(address);

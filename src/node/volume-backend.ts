@@ -5,13 +5,21 @@
  *
  * Each opened export is one client session: every write-like request gets the next sequence
  * number and carries the connection's acknowledged watermark, so a request retried after a
- * failover is applied at most once (src/raft/sessions.ts). Reads go through the service's
+ * failover is applied at most once (src/blockstore/sessions.ts). Reads go through the service's
  * linearizable read path. FLUSH is a barrier only: every write was acknowledged after commit.
+ *
+ * Session lifetime: when the connection ends (after its last request settled) the handle submits
+ * a replicated closeSession, so the table holds live connections only. A live connection never
+ * fails because its session was evicted (more than sessionsMax live connections): a command
+ * answered SESSION_EXPIRED on its first and only attempt was not applied (SessionRenewable), so
+ * the handle opens a new session and sends it again there. After a retry it cannot know whether
+ * an earlier attempt was applied before the eviction, and the error stands (EINVAL): re-sending
+ * could apply a write twice, over a newer one.
  */
 
 import { ErrorCode, UsageError } from '../errors.js';
 import type { BlockBackend, ExportHandle, ExportInfo } from '../nbd/backend.js';
-import type { BlockCommand, Session } from '../volume/command.js';
+import { type BlockCommand, type Session, type SessionCommand, SessionRenewable } from '../volume/command.js';
 import type { Extent, ReadChunk } from '../volume/ranges.js';
 import { type VolumeInfo, requestLimits, volumeBlockSizes } from '../volume/rules.js';
 
@@ -26,8 +34,11 @@ export interface VolumeService {
   /** read: linearizable read of a volume range. */
   read(volume: string, offset: number, length: number): Promise<ReadChunk[]>;
   blockStatus(volume: string, offset: number, length: number): Promise<Extent[]>;
-  /** submit: resolves once the command is committed and applied (retrying across leader changes). */
-  submit(command: BlockCommand): Promise<void>;
+  /**
+   * submit: resolves once the command is committed and applied (retrying across leader changes).
+   * Throws SessionRenewable when the session had expired and the command was certainly not applied.
+   */
+  submit(command: SessionCommand): Promise<void>;
   /** newSessionId: a fresh unique client session id. */
   newSessionId(): string;
 }
@@ -68,9 +79,13 @@ export class SessionCounter {
   }
 }
 
+/** sessionRenewalsMax: new sessions one command may open after SESSION_EXPIRED before it fails. */
+export const sessionRenewalsMax = 3;
+
 class VolumeHandle implements ExportHandle {
   private current: VolumeInfo;
-  private readonly session: SessionCounter;
+  private session: SessionCounter;
+  private used = false;
   constructor(
     private readonly service: VolumeService,
     volume: VolumeInfo,
@@ -90,14 +105,24 @@ class VolumeHandle implements ExportHandle {
   }
 
   private async submit(make: (session: SessionStamp) => BlockCommand): Promise<void> {
-    const stamp = this.session.begin();
-    try {
-      await this.service.submit(make(stamp));
-    } catch (error) {
-      if (error instanceof UsageError && error.code === ErrorCode.OutOfRange) await this.refresh();
-      throw error;
-    } finally {
-      this.session.end(stamp);
+    this.used = true;
+    for (let renewals = 0; ; renewals++) {
+      const counter = this.session;
+      const stamp = counter.begin();
+      try {
+        await this.service.submit(make(stamp));
+        return;
+      } catch (error) {
+        if (error instanceof SessionRenewable && renewals < sessionRenewalsMax) {
+          // Evicted while this connection lives: continue in a new session (once per eviction).
+          if (this.session === counter) this.session = new SessionCounter(this.service.newSessionId());
+          continue;
+        }
+        if (error instanceof UsageError && error.code === ErrorCode.OutOfRange) await this.refresh();
+        throw error;
+      } finally {
+        counter.end(stamp);
+      }
     }
   }
 
@@ -140,7 +165,18 @@ class VolumeHandle implements ExportHandle {
     return this.service.blockStatus(this.current.name, offset, length);
   }
 
-  async close(): Promise<void> {}
+  /** close: the connection is gone and its requests settled: end its session (replicated). */
+  async close(): Promise<void> {
+    if (!this.used) return; // a session that never submitted is in no table
+    const stamp = this.session.begin();
+    try {
+      await this.service.submit({ kind: 'closeSession', session: stamp });
+    } catch {
+      // Not closed (the cluster is unavailable or this node stops): the session ages out by LRU.
+    } finally {
+      this.session.end(stamp);
+    }
+  }
 }
 
 export class VolumeBackend implements BlockBackend {

@@ -24,7 +24,7 @@
 
 import { assert } from '../assert.js';
 import { ChardError, ErrorCode, RemoteError, UsageError } from '../errors.js';
-import type { BlockCommand } from '../volume/command.js';
+import { type SessionCommand, renewableIfFirst } from '../volume/command.js';
 import type { Extent, ReadChunk } from '../volume/ranges.js';
 import type { VolumeInfo } from '../volume/rules.js';
 import { None, type NodeId } from '../raft/types.js';
@@ -43,7 +43,7 @@ export interface VolumeStateView {
 
 /** LeaderForwarder: sends a command to the leader's Block service (gRPC). */
 export interface LeaderForwarder {
-  submit(leader: NodeId, command: BlockCommand): Promise<void>;
+  submit(leader: NodeId, command: SessionCommand): Promise<void>;
 }
 
 export interface VolumeServiceLimits {
@@ -82,7 +82,7 @@ export function isRetryable(error: unknown): boolean {
 }
 
 /** commandCost: the bytes a command holds of the in-flight budget (its payload; a header for the others). */
-function commandCost(command: BlockCommand): number {
+function commandCost(command: SessionCommand): number {
   return command.kind === 'write' ? Math.max(command.data.length, 64) : 64;
 }
 
@@ -142,7 +142,7 @@ export class LocalVolumeService implements VolumeService {
   constructor(
     private readonly replica: Replica,
     private readonly state: VolumeStateView,
-    private readonly encode: (command: BlockCommand) => Uint8Array,
+    private readonly encode: (command: SessionCommand) => Uint8Array,
     private readonly forwarder: LeaderForwarder,
     private readonly clock: Clock,
     private readonly defaultVolumeName: string,
@@ -186,7 +186,7 @@ export class LocalVolumeService implements VolumeService {
     await this.retrying(this.limits.readTimeoutMs, 'read', () => this.replica.readBarrier());
   }
 
-  async submit(command: BlockCommand): Promise<void> {
+  async submit(command: SessionCommand): Promise<void> {
     const release = await this.gate.acquire(commandCost(command));
     try {
       await this.submitRetrying(command);
@@ -195,7 +195,7 @@ export class LocalVolumeService implements VolumeService {
     }
   }
 
-  private async submitRetrying(command: BlockCommand): Promise<void> {
+  private async submitRetrying(command: SessionCommand): Promise<void> {
     await this.retrying(this.limits.submitTimeoutMs, 'write', async () => {
       if (this.replica.isLeader()) {
         await this.replica.propose(this.encode(command));
@@ -225,7 +225,7 @@ export class LocalVolumeService implements VolumeService {
   }
 
   /** submitLocal: a command forwarded from another node: propose here only if leading. */
-  async submitLocal(command: BlockCommand): Promise<void> {
+  async submitLocal(command: SessionCommand): Promise<void> {
     const release = await this.gate.acquire(commandCost(command));
     try {
       await this.replica.propose(this.encode(command));
@@ -243,7 +243,7 @@ export class LocalVolumeService implements VolumeService {
         if (tries > 0) this.counters?.inc(`volume.${what}.retried_ok`);
         return;
       } catch (error) {
-        if (!isRetryable(error)) throw error;
+        if (!isRetryable(error)) throw renewableIfFirst(error, tries + 1);
         assert(error instanceof ChardError, 'a retryable error is a ChardError');
         if (error.code === ErrorCode.Closed && this.replica.closing) throw error;
         if (this.clock.now() + backoff >= deadline) {

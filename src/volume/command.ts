@@ -17,6 +17,7 @@
  *     resizeVolume name, u64 sizeBytes
  *     deleteVolume name
  *     noop         (nothing)
+ *     closeSession (nothing; the session stamp is required: the session that ends)
  *   name = u8 nameBytes (1..64) + ASCII [A-Za-z0-9._-]
  * Trailing bytes are an error. An EMPTY entry (the no-op a new leader appends) decodes as noop.
  *
@@ -25,7 +26,7 @@
  * machine turns the same error into a deterministic per-entry result (every replica agrees).
  */
 
-import { ErrorCode, UsageError } from '../errors.js';
+import { type ChardError, ErrorCode, UsageError } from '../errors.js';
 import { isValidVolumeName, volumeNameBytesMax } from './rules.js';
 
 export const CommandKind = {
@@ -36,6 +37,7 @@ export const CommandKind = {
   ResizeVolume: 5,
   DeleteVolume: 6,
   Noop: 7,
+  CloseSession: 8,
 } as const;
 export type CommandKind = (typeof CommandKind)[keyof typeof CommandKind];
 
@@ -58,12 +60,36 @@ export type DataCommand =
 /** BlockCommand: a data command as a client submits it, always with its session stamp. */
 export type BlockCommand = DataCommand & { session: Session };
 
+/** SessionCommand: what a client's session submits: its block commands and, at the end, its close. */
+export type SessionCommand = BlockCommand | { kind: 'closeSession'; session: Session };
+
+/**
+ * SessionRenewable: SESSION_EXPIRED as the answer to the FIRST and only attempt of a command.
+ * The state machine answered without applying it, and no earlier attempt exists that could have
+ * been applied, so the client may send it again in a new session without applying it twice. A
+ * SESSION_EXPIRED after a retry stays a plain UsageError: an earlier attempt may have been
+ * applied before the session was evicted, and a re-send could apply it a second time.
+ */
+export class SessionRenewable extends UsageError {
+  constructor(cause: ChardError) {
+    super(ErrorCode.SessionExpired, cause.message, { cause });
+  }
+}
+
+/** renewableIfFirst: the error a service throws for `error` after `attempts` attempts of one command. */
+export function renewableIfFirst(error: unknown, attempts: number): unknown {
+  if (attempts === 1 && error instanceof UsageError && error.code === ErrorCode.SessionExpired && !(error instanceof SessionRenewable)) return new SessionRenewable(error);
+  return error;
+}
+
 export type Command =
   | DataCommand
   | { kind: 'createVolume'; name: string; sizeBytes: number; session?: Session }
   | { kind: 'resizeVolume'; name: string; sizeBytes: number; session?: Session }
   | { kind: 'deleteVolume'; name: string; session?: Session }
-  | { kind: 'noop'; session?: Session };
+  | { kind: 'noop'; session?: Session }
+  /** closeSession: the client of `session` is gone; its id is retired (src/blockstore/sessions.ts). */
+  | { kind: 'closeSession'; session: Session };
 
 /** commandLimits: the bounds every encoded command respects (checked on encode and decode). */
 export const commandLimits = {
@@ -101,6 +127,7 @@ function commandBody(command: Command): number {
     case 'deleteVolume':
       return 1 + command.name.length;
     case 'noop':
+    case 'closeSession':
       return 0;
   }
 }
@@ -113,11 +140,13 @@ const kindCode = {
   resizeVolume: CommandKind.ResizeVolume,
   deleteVolume: CommandKind.DeleteVolume,
   noop: CommandKind.Noop,
+  closeSession: CommandKind.CloseSession,
 } as const;
 
 /** encodeCommand: the bytes of `command`; throws UsageError(InvalidArgument) for out-of-bounds fields. */
 export function encodeCommand(command: Command): Uint8Array {
-  const name = command.kind === 'write' || command.kind === 'trim' || command.kind === 'writeZeroes' ? command.volume : command.kind === 'noop' ? undefined : command.name;
+  const name = command.kind === 'write' || command.kind === 'trim' || command.kind === 'writeZeroes' ? command.volume : command.kind === 'noop' || command.kind === 'closeSession' ? undefined : command.name;
+  if (command.kind === 'closeSession' && command.session === undefined) throw bad('closeSession needs its session stamp');
   if (name !== undefined && !isValidVolumeName(name)) throw bad(`invalid volume name ${JSON.stringify(name)}`);
   let sessionId: Buffer | undefined;
   if (command.session !== undefined) {
@@ -177,6 +206,7 @@ export function encodeCommand(command: Command): Uint8Array {
       putName(command.name);
       break;
     case 'noop':
+    case 'closeSession':
       break;
   }
   if (at !== size) throw bad('internal size mismatch');
@@ -269,6 +299,10 @@ export function decodeCommand(data: Uint8Array): Command {
       break;
     case CommandKind.Noop:
       command = { kind: 'noop' };
+      break;
+    case CommandKind.CloseSession:
+      if (session === undefined) throw bad('closeSession without a session stamp');
+      command = { kind: 'closeSession', session };
       break;
     default:
       throw bad(`unknown command kind ${kind}`);

@@ -21,6 +21,7 @@ const samples: Command[] = [
   { kind: 'deleteVolume', name: 'gone' },
   { kind: 'noop' },
   { kind: 'noop', session },
+  { kind: 'closeSession', session },
 ];
 
 function isInvalid(fn: () => unknown): boolean {

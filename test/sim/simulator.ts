@@ -25,7 +25,7 @@ import { decodeConfChange } from '../../src/raft/confchange.js';
 import type { ReadOnlyOption, TestingKnobs } from '../../src/raft/config.js';
 import { SeededRandom } from '../../src/raft/random.js';
 import { RawNode } from '../../src/raft/rawnode.js';
-import { SessionTable, SessionVerdict } from '../../src/raft/sessions.js';
+import { SessionTable, SessionVerdict } from '../../src/blockstore/sessions.js';
 import { MemoryStorage } from '../../src/raft/storage.js';
 import {
   type ConfChange,
