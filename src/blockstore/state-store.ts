@@ -31,7 +31,7 @@ import { type SessionRecord, SessionTable, type SessionTableLimits, SessionVerdi
 import { type ConfChange, type ConfState, type Entry, EntryType, type NodeId, emptyConfState } from '../raft/types.js';
 import { type Command, decodeCommand } from '../volume/command.js';
 import { ChunkRuns, type Extent, ExtentRuns, type ReadChunk, blockPieces } from '../volume/ranges.js';
-import { blockBytes, rangeProblem, volumeNameProblem, volumeSizeProblem } from '../volume/rules.js';
+import { blockBytes, rangeProblem, requestLimits, volumeNameProblem, volumeSizeProblem } from '../volume/rules.js';
 
 export { blockBytes };
 
@@ -48,7 +48,7 @@ export interface StateStoreLimits {
 
 export const defaultStateStoreLimits: StateStoreLimits = {
   volumesMax: 1024,
-  readBytesMax: 32 * 1024 * 1024,
+  readBytesMax: requestLimits.requestBytesMax,
   blockStatusBlocksMax: 65_536,
   sessions: defaultSessionLimits,
 };

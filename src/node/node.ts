@@ -24,6 +24,7 @@ import { Counters } from './metrics.js';
 import { type MemberAddresses, Replica } from './replica.js';
 import { BlockForwarder, encodeBlockCommand, startNodeRpcServer, type RpcServerHandle } from './rpc.js';
 import { VolumeBackend } from './volume-backend.js';
+import { requestLimits } from '../volume/rules.js';
 import { LocalVolumeService } from './volume-service.js';
 
 export interface Logger {
@@ -128,6 +129,7 @@ export class ChardNode {
     });
     const nbd = new NbdServer({
       backend: new VolumeBackend(volumes),
+      limits: { requestBytesMax: requestLimits.requestBytesMax },
       logger,
       onEvent: (event, amount) => counters.inc(`nbd.${event}`, amount),
     });

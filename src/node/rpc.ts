@@ -11,7 +11,7 @@
 
 import * as grpc from '@grpc/grpc-js';
 import { type BlockCommand, type Session, type SessionCommand, commandLimits, encodeCommand } from '../volume/command.js';
-import { checkVolumeName } from '../volume/rules.js';
+import { checkVolumeName, requestLimits } from '../volume/rules.js';
 import { ChardError, ErrorCode, NotLeaderError, UsageError } from '../errors.js';
 import type { NodeId } from '../raft/types.js';
 import { NodeApi, defaultClientLimits } from '../cli/client.js';
@@ -30,8 +30,8 @@ export const encodeBlockCommand = (command: SessionCommand): Uint8Array => encod
 export const rpcLimits = {
   /** messageBytesMax: largest request or response (a write of writeBytesMax plus headers). */
   messageBytesMax: commandLimits.writeBytesMax + 64 * 1024,
-  /** readBytesMax: largest Read / BlockStatus range. */
-  readBytesMax: commandLimits.writeBytesMax,
+  /** readBytesMax: largest Read range (a client splits larger reads: requestLimits.readPieceBytes). */
+  readBytesMax: requestLimits.readPieceBytes,
 } as const;
 
 function bad(message: string): UsageError {
@@ -204,10 +204,10 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
     }),
   });
 
-  const range = (r: Record<string, any>) => {
+  const range = (r: Record<string, any>, lengthMax: number) => {
     const offset = uint(r.offset, 'offset');
     const length = uint(r.length, 'length');
-    if (length > rpcLimits.readBytesMax) throw new UsageError(ErrorCode.TooLarge, `range of ${length} bytes exceeds ${rpcLimits.readBytesMax}`);
+    if (length > lengthMax) throw new UsageError(ErrorCode.TooLarge, `range of ${length} bytes exceeds ${lengthMax}`);
     return { offset, length };
   };
   server.addService(serviceDefinition('chard.proto', 'chard.v1.Block'), {
@@ -218,7 +218,7 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
       return { session_id: volumes.newSessionId(), volume: { name: found.name, size_bytes: found.sizeBytes } };
     }),
     Read: guarded(async (r) => {
-      const { offset, length } = range(r);
+      const { offset, length } = range(r, rpcLimits.readBytesMax);
       const chunks = await volumes.read(volumeName(r.volume), offset, length);
       return { chunks: chunks.map((c) => ({ offset: c.offset, length: c.length, data: c.data ?? Buffer.alloc(0), zero: c.data === undefined })) };
     }),
@@ -245,7 +245,8 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
       return {};
     }),
     BlockStatus: guarded(async (r) => {
-      const { offset, length } = range(r);
+      // No data travels: the store answers a prefix (blockStatusBlocksMax), whatever the length.
+      const { offset, length } = range(r, Number.MAX_SAFE_INTEGER);
       const extents = await volumes.blockStatus(volumeName(r.volume), offset, length);
       return { extents: extents.map((e) => ({ length: e.length, hole: e.hole, zero: e.zero })) };
     }),
