@@ -62,6 +62,13 @@ function sessionStamp(value: unknown): Session {
   return { id: v.session_id, sequence, ackedBelow };
 }
 
+/** zeroLength: the range of one trim / write-zeroes command; clients split larger ones (issue 11 h). */
+function zeroLength(value: unknown): number {
+  const length = uint(value, 'length');
+  if (length > requestLimits.zeroPieceBytes) throw new UsageError(ErrorCode.TooLarge, `range of ${length} bytes exceeds ${requestLimits.zeroPieceBytes} (split it)`);
+  return length;
+}
+
 type Handler = (request: Record<string, any>, metadata: grpc.Metadata) => Promise<object> | object;
 
 function unary(handler: Handler): grpc.handleUnaryCall<Record<string, any>, object> {
@@ -230,12 +237,12 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
       return { applied_index: 0 };
     }),
     Trim: guarded(async (r) => {
-      const command: BlockCommand = { kind: 'trim', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), length: uint(r.length, 'length'), session: sessionStamp(r.session) };
+      const command: BlockCommand = { kind: 'trim', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), length: zeroLength(r.length), session: sessionStamp(r.session) };
       await volumes.submitLocal(command);
       return { applied_index: 0 };
     }),
     WriteZeroes: guarded(async (r) => {
-      const command: BlockCommand = { kind: 'writeZeroes', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), length: uint(r.length, 'length'), session: sessionStamp(r.session) };
+      const command: BlockCommand = { kind: 'writeZeroes', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), length: zeroLength(r.length), session: sessionStamp(r.session) };
       await volumes.submitLocal(command);
       return { applied_index: 0 };
     }),
