@@ -9,7 +9,7 @@
  */
 
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
-import { encodeCommand, type Command } from '../volume/command.js';
+import { encodeCommand, type Command, type Session } from '../volume/command.js';
 import { type VolumeInfo, checkVolumeName, checkVolumeSize } from '../volume/rules.js';
 import { validateConfChange } from '../raft/confchange.js';
 import { type ConfChange, ConfChangeType, type ConfState, None, type NodeId } from '../raft/types.js';
@@ -115,31 +115,37 @@ export class NodeAdmin {
     return this.store.listVolumes();
   }
 
-  async volumeCreate(name: string, sizeBytes: number): Promise<VolumeInfo> {
+  /*
+   * Volume changes. With a session stamp (a client that retries: ClusterClient.volumeCreate...)
+   * the existence checks are left to apply, where the session table answers a retry with the
+   * first attempt's result: a create that succeeded but whose answer was lost returns success
+   * again, not ALREADY_EXISTS. Without one, they are checked here first (cheap refusals).
+   */
+  async volumeCreate(name: string, sizeBytes: number, session?: Session): Promise<VolumeInfo> {
     checkVolumeName(name);
     checkVolumeSize(sizeBytes);
     this.requireLeader();
-    if (this.store.listVolumes().some((v) => v.name === name)) {
+    if (session === undefined && this.store.listVolumes().some((v) => v.name === name)) {
       throw new UsageError(ErrorCode.AlreadyExists, `volume "${name}" already exists`);
     }
-    await this.propose({ kind: 'createVolume', name, sizeBytes });
+    await this.propose({ kind: 'createVolume', name, sizeBytes, ...(session ? { session } : {}) });
     return { name, sizeBytes };
   }
 
-  async volumeResize(name: string, sizeBytes: number): Promise<VolumeInfo> {
+  async volumeResize(name: string, sizeBytes: number, session?: Session): Promise<VolumeInfo> {
     checkVolumeName(name);
     checkVolumeSize(sizeBytes);
     this.requireLeader();
-    this.requireVolume(name);
-    await this.propose({ kind: 'resizeVolume', name, sizeBytes });
+    if (session === undefined) this.requireVolume(name);
+    await this.propose({ kind: 'resizeVolume', name, sizeBytes, ...(session ? { session } : {}) });
     return { name, sizeBytes };
   }
 
-  async volumeDelete(name: string): Promise<void> {
+  async volumeDelete(name: string, session?: Session): Promise<void> {
     checkVolumeName(name);
     this.requireLeader();
-    this.requireVolume(name);
-    await this.propose({ kind: 'deleteVolume', name });
+    if (session === undefined) this.requireVolume(name);
+    await this.propose({ kind: 'deleteVolume', name, ...(session ? { session } : {}) });
   }
 
   private requireVolume(name: string): void {

@@ -69,6 +69,11 @@ function zeroLength(value: unknown): number {
   return length;
 }
 
+/** optionalSession: the stamp of an admin request, when the client sent one. */
+function optionalSession(value: unknown): Session | undefined {
+  return value === undefined || value === null ? undefined : sessionStamp(value);
+}
+
 type Handler = (request: Record<string, any>, metadata: grpc.Metadata) => Promise<object> | object;
 
 function unary(handler: Handler): grpc.handleUnaryCall<Record<string, any>, object> {
@@ -154,16 +159,16 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
       };
     }),
     VolumeCreate: guarded(async (r) => {
-      const v = await admin.volumeCreate(volumeName(r.name), uint(r.size_bytes, 'size_bytes'));
+      const v = await admin.volumeCreate(volumeName(r.name), uint(r.size_bytes, 'size_bytes'), optionalSession(r.session));
       return { volume: { name: v.name, size_bytes: v.sizeBytes } };
     }),
     VolumeList: guarded(async () => ({ volumes: (await admin.volumeList()).map((v) => ({ name: v.name, size_bytes: v.sizeBytes })) })),
     VolumeResize: guarded(async (r) => {
-      const v = await admin.volumeResize(volumeName(r.name), uint(r.size_bytes, 'size_bytes'));
+      const v = await admin.volumeResize(volumeName(r.name), uint(r.size_bytes, 'size_bytes'), optionalSession(r.session));
       return { volume: { name: v.name, size_bytes: v.sizeBytes } };
     }),
     VolumeDelete: guarded(async (r) => {
-      await admin.volumeDelete(volumeName(r.name));
+      await admin.volumeDelete(volumeName(r.name), optionalSession(r.session));
       return {};
     }),
     MemberList: guarded(() => {
