@@ -9,6 +9,8 @@
  */
 
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
+import { decodeOutcome } from '../blockstore/state-store.js';
+import { type SessionTable, SessionVerdict } from '../blockstore/sessions.js';
 import { encodeCommand, type Command, type Session } from '../volume/command.js';
 import { type VolumeInfo, checkVolumeName, checkVolumeSize } from '../volume/rules.js';
 import { validateConfChange } from '../raft/confchange.js';
@@ -56,6 +58,8 @@ export interface VerifyReport {
 /** AdminStore: the parts of the block store the admin operations read. */
 export interface AdminStore {
   listVolumes(): VolumeInfo[];
+  /** state: the applied session table (a retried volume change is answered from it). */
+  readonly state: { sessions(): Pick<SessionTable, 'check' | 'result'> };
   members(): Map<NodeId, MemberAddresses>;
   stateHash(): { appliedIndex: number; hash: string };
 }
@@ -117,18 +121,19 @@ export class NodeAdmin {
 
   /*
    * Volume changes. With a session stamp (a client that retries: ClusterClient.volumeCreate...)
-   * the existence checks are left to apply, where the session table answers a retry with the
-   * first attempt's result: a create that succeeded but whose answer was lost returns success
-   * again, not ALREADY_EXISTS. Without one, they are checked here first (cheap refusals).
+   * a retry of an operation that was already applied is answered with its first result from
+   * the session table: a create that succeeded but whose answer was lost returns success again,
+   * not ALREADY_EXISTS. Otherwise the existence checks refuse before anything is proposed (bad
+   * input changes nothing); one raced by a concurrent change is refused by apply.
    */
   async volumeCreate(name: string, sizeBytes: number, session?: Session): Promise<VolumeInfo> {
     checkVolumeName(name);
     checkVolumeSize(sizeBytes);
     this.requireLeader();
-    if (session === undefined && this.store.listVolumes().some((v) => v.name === name)) {
-      throw new UsageError(ErrorCode.AlreadyExists, `volume "${name}" already exists`);
+    if (!this.answeredBefore(session)) {
+      if (this.store.listVolumes().some((v) => v.name === name)) throw new UsageError(ErrorCode.AlreadyExists, `volume "${name}" already exists`);
+      await this.propose({ kind: 'createVolume', name, sizeBytes, ...(session ? { session } : {}) });
     }
-    await this.propose({ kind: 'createVolume', name, sizeBytes, ...(session ? { session } : {}) });
     return { name, sizeBytes };
   }
 
@@ -136,16 +141,32 @@ export class NodeAdmin {
     checkVolumeName(name);
     checkVolumeSize(sizeBytes);
     this.requireLeader();
-    if (session === undefined) this.requireVolume(name);
-    await this.propose({ kind: 'resizeVolume', name, sizeBytes, ...(session ? { session } : {}) });
+    if (!this.answeredBefore(session)) {
+      this.requireVolume(name);
+      await this.propose({ kind: 'resizeVolume', name, sizeBytes, ...(session ? { session } : {}) });
+    }
     return { name, sizeBytes };
   }
 
   async volumeDelete(name: string, session?: Session): Promise<void> {
     checkVolumeName(name);
     this.requireLeader();
-    if (session === undefined) this.requireVolume(name);
+    if (this.answeredBefore(session)) return;
+    this.requireVolume(name);
     await this.propose({ kind: 'deleteVolume', name, ...(session ? { session } : {}) });
+  }
+
+  /**
+   * answeredBefore: true when `session`'s request was already applied successfully (a retry);
+   * throws its remembered refusal when it failed then. False for a new request (or no stamp).
+   */
+  private answeredBefore(session: Session | undefined): boolean {
+    if (session === undefined) return false;
+    const table = this.store.state.sessions();
+    if (table.check(session.id, session.sequence, session.ackedBelow) !== SessionVerdict.Duplicate) return false;
+    const outcome = decodeOutcome(table.result(session.id, session.sequence)!);
+    if (!outcome.ok) throw new UsageError(outcome.code, outcome.message);
+    return true;
   }
 
   private requireVolume(name: string): void {

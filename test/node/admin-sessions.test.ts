@@ -22,6 +22,7 @@ test('a retried volume create / resize / delete returns its first result; a new 
       listVolumes: () => state.listVolumes().map((v) => ({ name: v.name, sizeBytes: v.sizeBytes })),
       members: () => state.members(),
       stateHash: () => state.stateHash(),
+      state,
     };
     const admin = new NodeAdmin(node.leader as unknown as Replica, store, systemClock);
     const stamp = (sequence: number) => ({ id: 'cli-1', sequence, ackedBelow: sequence });
@@ -36,6 +37,13 @@ test('a retried volume create / resize / delete returns its first result; a new 
     t.false(state.listVolumes().some((v) => v.name === 'x'));
     // Without a stamp (an older client) the existence checks answer at once, as before.
     await t.throwsAsync(admin.volumeDelete('x'), { code: ErrorCode.NotFound });
+    // A refused request proposes nothing, stamp or not: bad input changes nothing.
+    const before = state.stateHash().hash;
+    await t.throwsAsync(admin.volumeDelete('x', stamp(6)), { code: ErrorCode.NotFound });
+    await t.throwsAsync(admin.volumeResize('x', 4096, stamp(7)), { code: ErrorCode.NotFound });
+    t.is(state.stateHash().hash, before);
+    await admin.volumeCreate('y', 1 << 20, stamp(8));
+    t.deepEqual(await admin.volumeCreate('y', 1 << 20, stamp(8)), { name: 'y', sizeBytes: 1 << 20 });
   } finally {
     await node.close();
   }
