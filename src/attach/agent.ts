@@ -13,12 +13,14 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { ChardError, ErrorCode, InternalError, NotLeaderError, RemoteError, UsageError } from '../errors.js';
-import type { Extent, ReadChunk } from '../nbd/backend.js';
+import { type SessionCommand, renewableIfFirst } from '../volume/command.js';
+import { type Extent, type ReadChunk, splitRange } from '../volume/ranges.js';
+import { type VolumeInfo, requestLimits } from '../volume/rules.js';
 import { NbdServer, type NbdListenAddress } from '../nbd/server.js';
 import { ClusterClient, type ClusterTarget } from '../cli/client.js';
 import { Counters, meteredBackend, PromExporter } from '../node/metrics.js';
 import { type MetricsServerHandle, startMetricsServer } from '../node/metrics-http.js';
-import { type BlockCommand, VolumeBackend, type VolumeInfo, type VolumeService } from '../node/volume-backend.js';
+import { VolumeBackend, type VolumeService } from '../node/volume-backend.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface AgentLimits {
@@ -259,9 +261,16 @@ export class RemoteVolumeService implements VolumeService {
     return this.run('list', false, (api) => api.volumeList());
   }
 
+  /**
+   * read: a request of up to requestBytesMax (what the agent advertises) as Read RPCs of at most
+   * readPieceBytes (what a node's Block service serves), in parallel. Each piece is a
+   * linearizable read; NBD does not promise that a read is atomic against concurrent writes.
+   */
   async read(volume: string, offset: number, length: number): Promise<ReadChunk[]> {
-    const data = await this.run('read', true, (api) => api.read(volume, offset, length));
-    return [{ offset, length, data }];
+    const pieces = splitRange(offset, length, requestLimits.readPieceBytes);
+    return Promise.all(
+      pieces.map(async (p) => ({ offset: p.offset, length: p.length, data: await this.run('read', true, (api) => api.read(volume, p.offset, p.length)) })),
+    );
   }
 
   async blockStatus(volume: string, offset: number, length: number): Promise<Extent[]> {
@@ -271,8 +280,16 @@ export class RemoteVolumeService implements VolumeService {
     });
   }
 
-  async submit(command: BlockCommand): Promise<void> {
-    await this.run(command.kind, true, (api) => api.submit(command));
+  async submit(command: SessionCommand): Promise<void> {
+    let attempts = 0;
+    try {
+      await this.run(command.kind, true, (api) => {
+        attempts++;
+        return api.submit(command);
+      });
+    } catch (error) {
+      throw renewableIfFirst(error, attempts);
+    }
   }
 }
 
@@ -318,6 +335,7 @@ export class AttachAgent {
     }
     const server = new NbdServer({
       backend: meteredBackend(new VolumeBackend(service), service.counters, options.logger),
+      limits: { requestBytesMax: requestLimits.requestBytesMax },
       ...(options.logger ? { logger: options.logger } : {}),
       onEvent: (event, amount) => service.counters.inc(`nbd.${event}`, amount),
     });

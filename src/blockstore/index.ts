@@ -23,7 +23,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, InternalError } from '../errors.js';
-import type { Extent, ReadChunk } from '../nbd/backend.js';
+import type { Extent, ReadChunk } from '../volume/ranges.js';
 import { decodeCommand } from './commands.js';
 import { type ApplyOutcome, type CorruptionRecord, type MemberAddresses, type ReplicaStore, StateCorruptError } from './replica-store.js';
 import { bootstrapConfState, bootstrapEntry } from '../raft/confchange.js';

@@ -26,22 +26,18 @@ import Database from 'better-sqlite3';
 import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, UsageError } from '../errors.js';
 import type { ApplyOutcome, MemberAddresses } from './replica-store.js';
-import type { Extent, ReadChunk } from '../nbd/backend.js';
 import { decodeConfChange } from '../raft/confchange.js';
-import { type SessionRecord, SessionTable, type SessionTableLimits, SessionVerdict, defaultSessionLimits } from '../raft/sessions.js';
+import { type SessionRecord, SessionTable, type SessionTableLimits, SessionVerdict, defaultSessionLimits } from './sessions.js';
 import { type ConfChange, type ConfState, type Entry, EntryType, type NodeId, emptyConfState } from '../raft/types.js';
-import { type Command, decodeCommand, isValidVolumeName } from './commands.js';
+import { type Command, decodeCommand } from '../volume/command.js';
+import { ChunkRuns, type Extent, ExtentRuns, type ReadChunk, blockPieces } from '../volume/ranges.js';
+import { blockBytes, rangeProblem, requestLimits, volumeNameProblem, volumeSizeProblem } from '../volume/rules.js';
 
-/** blockBytes: the unit of storage, checksumming and read-modify-write. */
-export const blockBytes = 4096;
+export { blockBytes };
 
 export interface StateStoreLimits {
   /** volumesMax: volumes a cluster may hold (createVolume beyond it fails with FAILED_PRECONDITION). */
   volumesMax: number;
-  /** volumeBytesMax: largest volume; keeps block numbers below 2^32. */
-  volumeBytesMax: number;
-  /** volumeSizeAlignmentBytes: volume sizes are multiples of this (a sector). */
-  volumeSizeAlignmentBytes: number;
   /** readBytesMax: largest read() (the NBD layer's blockSizeMax). */
   readBytesMax: number;
   /** blockStatusBlocksMax: allocated blocks one blockStatus() looks at; the answer is a prefix beyond it. */
@@ -52,9 +48,7 @@ export interface StateStoreLimits {
 
 export const defaultStateStoreLimits: StateStoreLimits = {
   volumesMax: 1024,
-  volumeBytesMax: 2 ** 44,
-  volumeSizeAlignmentBytes: 512,
-  readBytesMax: 32 * 1024 * 1024,
+  readBytesMax: requestLimits.requestBytesMax,
   blockStatusBlocksMax: 65_536,
   sessions: defaultSessionLimits,
 };
@@ -94,6 +88,10 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE TABLE IF NOT EXISTS evicted_sessions (
   session_id TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS retired_sessions (
+  seq INTEGER PRIMARY KEY,
+  session_id TEXT NOT NULL UNIQUE
 );
 CREATE TABLE IF NOT EXISTS members (
   node_id INTEGER PRIMARY KEY,
@@ -209,8 +207,12 @@ function prepare(db: Database.Database) {
     sessions: db.prepare<[], { session_id: string; record: string }>('SELECT session_id, record FROM sessions ORDER BY last_index'),
     putSession: db.prepare('INSERT OR REPLACE INTO sessions (session_id, last_index, record) VALUES (?, ?, ?)'),
     deleteSession: db.prepare('DELETE FROM sessions WHERE session_id = ?'),
-    evicted: db.prepare<[], { session_id: string }>('SELECT session_id FROM evicted_sessions ORDER BY session_id'),
-    putEvicted: db.prepare('INSERT OR IGNORE INTO evicted_sessions (session_id) VALUES (?)'),
+    // retired_sessions: closed or evicted ids, oldest first (an INTEGER PRIMARY KEY survives VACUUM).
+    evicted: db.prepare<[], { session_id: string }>('SELECT session_id FROM retired_sessions ORDER BY seq'),
+    putEvicted: db.prepare('INSERT OR IGNORE INTO retired_sessions (session_id) VALUES (?)'),
+    deleteEvicted: db.prepare('DELETE FROM retired_sessions WHERE session_id = ?'),
+    legacyEvicted: db.prepare<[], { session_id: string }>('SELECT session_id FROM evicted_sessions ORDER BY session_id'),
+    dropLegacyEvicted: db.prepare('DELETE FROM evicted_sessions'),
     members: db.prepare<[], { node_id: number; addresses: string }>('SELECT node_id, addresses FROM members ORDER BY node_id'),
     putMember: db.prepare('INSERT OR REPLACE INTO members (node_id, addresses) VALUES (?, ?)'),
     deleteMember: db.prepare('DELETE FROM members WHERE node_id = ?'),
@@ -236,7 +238,6 @@ export class BlockStateMachine {
   private constructor(file: string, limits: StateStoreLimits) {
     this.file = file;
     this.limits = limits;
-    assert(limits.volumeBytesMax / blockBytes <= 2 ** 32, 'block numbers fit 32 bits');
     this.db = openDatabase(file);
     this.s = prepare(this.db);
     this.sessionTable = new SessionTable(limits.sessions);
@@ -259,12 +260,26 @@ export class BlockStateMachine {
       this.applied = meta.applied_index;
       this.conf = JSON.parse(meta.conf_state) as ConfState;
     }
+    this.migrateEvicted();
     this.sessionTable = new SessionTable(this.limits.sessions);
     this.sessionTable.restore(
       this.s.sessions.all().map((row) => deserializeSession(row.session_id, row.record)),
       this.s.evicted.all().map((row) => row.session_id),
     );
     this.memberMap = new Map(this.s.members.all().map((row) => [row.node_id, JSON.parse(row.addresses) as MemberAddresses]));
+  }
+
+  /**
+   * migrateEvicted: format-1 files kept evicted ids unordered in evicted_sessions; they move to
+   * retired_sessions in id order (the same on every replica; stateHash sorts them anyway).
+   */
+  private migrateEvicted(): void {
+    const legacy = this.s.legacyEvicted.all();
+    if (legacy.length === 0) return;
+    this.db.transaction(() => {
+      for (const row of legacy) this.s.putEvicted.run(row.session_id);
+      this.s.dropLegacyEvicted.run();
+    })();
   }
 
   appliedIndex(): number {
@@ -358,24 +373,20 @@ export class BlockStateMachine {
     return outcomes;
   }
 
+  /** persistSessions: the rows of the sessions this batch touched and the retired-id changes (never the whole table). */
   private persistSessions(touched: Set<string>): void {
-    if (touched.size === 0) return;
     const table = this.sessionTable;
-    const records = new Map(table.entries().map((r) => [r.sessionId, r]));
     for (const id of touched) {
-      const record = records.get(id);
+      const record = table.get(id);
       if (record === undefined) this.s.deleteSession.run(id);
       else this.s.putSession.run(id, record.lastIndex, serializeSession(record));
     }
-    if (table.size() >= table.limits.sessionsMax) {
-      // Eviction happened (or may have): the evicted set and the dropped rows follow the table.
-      for (const id of table.evictedIds()) {
-        if (!records.has(id)) {
-          this.s.deleteSession.run(id);
-          this.s.putEvicted.run(id);
-        }
-      }
+    const changes = table.takeChanges();
+    for (const id of changes.retired) {
+      this.s.deleteSession.run(id);
+      this.s.putEvicted.run(id);
     }
+    for (const id of changes.forgotten) this.s.deleteEvicted.run(id);
   }
 
   private applyNormal(entry: Entry, touchedSessions: Set<string>): ApplyOutcome {
@@ -388,7 +399,12 @@ export class BlockStateMachine {
     }
     const session = command.session;
     if (session === undefined) return this.execute(command, entry.index);
-    const verdict = this.sessionTable.check(session.id, session.sequence);
+    if (command.kind === 'closeSession') {
+      this.sessionTable.close(session.id);
+      touchedSessions.add(session.id);
+      return ok;
+    }
+    const verdict = this.sessionTable.check(session.id, session.sequence, session.ackedBelow);
     switch (verdict) {
       case SessionVerdict.Duplicate:
         return decodeOutcome(this.sessionTable.result(session.id, session.sequence)!);
@@ -405,27 +421,24 @@ export class BlockStateMachine {
     }
   }
 
+  /** checkVolumeSize: the volume size rule of src/volume/rules.ts, the one the admin checks too. */
   private checkVolumeSize(sizeBytes: number): ApplyOutcome | undefined {
-    const { volumeBytesMax, volumeSizeAlignmentBytes } = this.limits;
-    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes > volumeBytesMax || sizeBytes % volumeSizeAlignmentBytes !== 0) {
-      return fail(ErrorCode.InvalidArgument, `volume size ${sizeBytes} must be a positive multiple of ${volumeSizeAlignmentBytes} up to ${volumeBytesMax}`);
-    }
-    return undefined;
+    const problem = volumeSizeProblem(sizeBytes);
+    return problem === undefined ? undefined : fail(ErrorCode.InvalidArgument, problem);
   }
 
   /** targetRange: the volume of a data command, or the deterministic error why the range is wrong. */
   private targetRange(name: string, offset: number, length: number): VolumeRecord | ApplyOutcome {
     const volume = this.volume(name);
     if (volume === undefined) return fail(ErrorCode.NotFound, `no volume named "${name}"`);
-    if (offset + length > volume.sizeBytes) {
-      return fail(ErrorCode.OutOfRange, `range [${offset}, ${offset + length}) beyond the end of "${name}" (${volume.sizeBytes} bytes)`);
-    }
-    return volume;
+    const problem = rangeProblem(offset, length, volume.sizeBytes);
+    return problem === undefined ? volume : fail(problem.code, `${name}: ${problem.message}`);
   }
 
   private execute(command: Command, index: number): ApplyOutcome {
     switch (command.kind) {
       case 'noop':
+      case 'closeSession':
         return ok;
       case 'write': {
         const volume = this.targetRange(command.volume, command.offset, command.data.length);
@@ -441,7 +454,8 @@ export class BlockStateMachine {
         return ok;
       }
       case 'createVolume': {
-        if (!isValidVolumeName(command.name)) return fail(ErrorCode.InvalidArgument, `invalid volume name ${JSON.stringify(command.name)}`);
+        const badName = volumeNameProblem(command.name);
+        if (badName !== undefined) return fail(ErrorCode.InvalidArgument, badName);
         const bad = this.checkVolumeSize(command.sizeBytes);
         if (bad !== undefined) return bad;
         if (this.volume(command.name) !== undefined) return fail(ErrorCode.AlreadyExists, `volume "${command.name}" already exists`);
@@ -485,23 +499,17 @@ export class BlockStateMachine {
 
   /** writeRange: read-modify-write of every block [offset, offset+data.length) touches. */
   private writeRange(volumeId: number, offset: number, data: Uint8Array): void {
-    let at = 0;
-    while (at < data.length) {
-      const position = offset + at;
-      const block = Math.floor(position / blockBytes);
-      const within = position - block * blockBytes;
-      const n = Math.min(blockBytes - within, data.length - at);
+    for (const p of blockPieces(offset, data.length, blockBytes)) {
       let next: Uint8Array;
-      if (n === blockBytes) {
-        next = data.subarray(at, at + n);
+      if (p.to - p.from === blockBytes) {
+        next = data.subarray(p.from - offset, p.to - offset);
       } else {
         next = new Uint8Array(blockBytes);
-        const old = this.loadBlock(volumeId, block, block * blockBytes);
+        const old = this.loadBlock(volumeId, p.block, p.blockStart);
         if (old !== undefined) next.set(old);
-        next.set(data.subarray(at, at + n), within);
+        next.set(data.subarray(p.from - offset, p.to - offset), p.from - p.blockStart);
       }
-      this.storeBlock(volumeId, block, next);
-      at += n;
+      this.storeBlock(volumeId, p.block, next);
     }
   }
 
@@ -548,12 +556,8 @@ export class BlockStateMachine {
   private readTarget(name: string, offset: number, length: number, maxBytes: number): VolumeRecord {
     const volume = this.volume(name);
     if (volume === undefined) throw new UsageError(ErrorCode.NotFound, `no volume named "${name}"`);
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      throw new UsageError(ErrorCode.InvalidArgument, `bad range offset ${offset} length ${length}`);
-    }
-    if (offset + length > volume.sizeBytes) {
-      throw new UsageError(ErrorCode.OutOfRange, `range [${offset}, ${offset + length}) beyond the end of "${name}" (${volume.sizeBytes} bytes)`);
-    }
+    const problem = rangeProblem(offset, length, volume.sizeBytes);
+    if (problem !== undefined) throw new UsageError(problem.code, `${name}: ${problem.message}`);
     if (length > maxBytes) throw new UsageError(ErrorCode.TooLarge, `read of ${length} bytes exceeds ${maxBytes}`);
     return volume;
   }
@@ -565,52 +569,18 @@ export class BlockStateMachine {
    */
   read(name: string, offset: number, length: number): ReadChunk[] {
     const volume = this.readTarget(name, offset, length, this.limits.readBytesMax);
-    const chunks: ReadChunk[] = [];
-    if (length === 0) return chunks;
+    if (length === 0) return [];
     const end = offset + length;
-    const firstBlock = Math.floor(offset / blockBytes);
-    const lastBlock = Math.floor((end - 1) / blockBytes);
-    let at = offset;
-    // run: adjacent data pieces, concatenated once when the run ends (fewer, larger chunks).
-    let run: { offset: number; length: number; pieces: Uint8Array[] } | undefined;
-    const endRun = () => {
-      if (run === undefined) return;
-      let data: Uint8Array;
-      if (run.pieces.length === 1) data = run.pieces[0]!;
-      else {
-        data = new Uint8Array(run.length);
-        let p = 0;
-        for (const piece of run.pieces) {
-          data.set(piece, p);
-          p += piece.length;
-        }
-      }
-      chunks.push({ offset: run.offset, length: run.length, data });
-      run = undefined;
-    };
-    const hole = (to: number) => {
-      if (to <= at) return;
-      endRun();
-      const previous = chunks[chunks.length - 1];
-      if (previous !== undefined && previous.data === undefined) previous.length += to - at;
-      else chunks.push({ offset: at, length: to - at });
-      at = to;
-    };
-    for (const row of this.s.blockRange.iterate(volume.createdIndex, firstBlock, lastBlock)) {
+    const runs = new ChunkRuns(offset);
+    for (const row of this.s.blockRange.iterate(volume.createdIndex, Math.floor(offset / blockBytes), Math.floor((end - 1) / blockBytes))) {
       const blockStart = row.block * blockBytes;
-      hole(blockStart);
+      runs.hole(blockStart);
       const data = verified(row.data, row.crc, row.block, Math.max(offset, blockStart));
-      const from = Math.max(at, blockStart);
+      const from = Math.max(offset, blockStart);
       const to = Math.min(end, blockStart + blockBytes);
-      const piece = data.subarray(from - blockStart, to - blockStart);
-      if (run === undefined) run = { offset: from, length: 0, pieces: [] };
-      run.pieces.push(piece);
-      run.length += piece.length;
-      at = to;
+      runs.data(data.subarray(from - blockStart, to - blockStart));
     }
-    hole(end);
-    endRun();
-    return chunks;
+    return runs.finish(end);
   }
 
   /**
@@ -620,28 +590,18 @@ export class BlockStateMachine {
    */
   blockStatus(name: string, offset: number, length: number): Extent[] {
     const volume = this.readTarget(name, offset, length, Number.MAX_SAFE_INTEGER);
-    const extents: Extent[] = [];
-    if (length === 0) return extents;
+    if (length === 0) return [];
     const end = offset + length;
-    const firstBlock = Math.floor(offset / blockBytes);
-    const lastBlock = Math.floor((end - 1) / blockBytes);
     const max = this.limits.blockStatusBlocksMax;
-    let at = offset;
-    const push = (to: number, hole: boolean) => {
-      if (to <= at) return;
-      const previous = extents[extents.length - 1];
-      if (previous !== undefined && previous.hole === hole) previous.length += to - at;
-      else extents.push({ length: to - at, hole, zero: hole });
-      at = to;
-    };
-    const rows = this.s.allocatedRange.all(volume.createdIndex, firstBlock, lastBlock, max);
+    const runs = new ExtentRuns(offset);
+    const rows = this.s.allocatedRange.all(volume.createdIndex, Math.floor(offset / blockBytes), Math.floor((end - 1) / blockBytes), max);
     for (const row of rows) {
       const blockStart = row.block * blockBytes;
-      push(blockStart, true);
-      push(Math.min(end, blockStart + blockBytes), false);
+      runs.push(blockStart, true);
+      runs.push(Math.min(end, blockStart + blockBytes), false);
     }
-    if (rows.length < max) push(end, true);
-    return extents;
+    if (rows.length < max) runs.push(end, true);
+    return runs.extents();
   }
 
   /**

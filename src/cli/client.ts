@@ -10,7 +10,9 @@ import * as grpc from '@grpc/grpc-js';
 import { ChardError, ErrorCode, NotLeaderError, RemoteError, UsageError } from '../errors.js';
 import type { MemberReport, NodeStatusReport, VerifyReport } from '../node/admin.js';
 import type { MemberAddresses } from '../node/replica.js';
-import type { BlockCommand, VolumeInfo } from '../node/volume-backend.js';
+import { randomBytes } from 'node:crypto';
+import type { Session, SessionCommand } from '../volume/command.js';
+import type { VolumeInfo } from '../volume/rules.js';
 import { statusToError } from '../transport/grpc-server.js';
 import { clientConstructor } from '../transport/proto.js';
 import { clientCredentials } from '../transport/tls.js';
@@ -135,8 +137,8 @@ export class NodeApi {
     };
   }
 
-  async volumeCreate(name: string, sizeBytes: number): Promise<VolumeInfo> {
-    const r = await this.call<{ volume: { name: string; size_bytes: number } }>('admin', 'VolumeCreate', { name, size_bytes: sizeBytes });
+  async volumeCreate(name: string, sizeBytes: number, session?: Session): Promise<VolumeInfo> {
+    const r = await this.call<{ volume: { name: string; size_bytes: number } }>('admin', 'VolumeCreate', { name, size_bytes: sizeBytes, session: wireSession(session) });
     return { name: r.volume.name, sizeBytes: r.volume.size_bytes };
   }
 
@@ -145,13 +147,13 @@ export class NodeApi {
     return r.volumes.map((v) => ({ name: v.name, sizeBytes: v.size_bytes }));
   }
 
-  async volumeResize(name: string, sizeBytes: number): Promise<VolumeInfo> {
-    const r = await this.call<{ volume: { name: string; size_bytes: number } }>('admin', 'VolumeResize', { name, size_bytes: sizeBytes });
+  async volumeResize(name: string, sizeBytes: number, session?: Session): Promise<VolumeInfo> {
+    const r = await this.call<{ volume: { name: string; size_bytes: number } }>('admin', 'VolumeResize', { name, size_bytes: sizeBytes, session: wireSession(session) });
     return { name: r.volume.name, sizeBytes: r.volume.size_bytes };
   }
 
-  async volumeDelete(name: string): Promise<void> {
-    await this.call('admin', 'VolumeDelete', { name });
+  async volumeDelete(name: string, session?: Session): Promise<void> {
+    await this.call('admin', 'VolumeDelete', { name, session: wireSession(session) });
   }
 
   async memberList(): Promise<MemberReport[]> {
@@ -207,19 +209,29 @@ export class NodeApi {
     return out;
   }
 
-  /** submit: one write-like block command on this node (it must lead). */
-  async submit(command: BlockCommand): Promise<void> {
-    const session = { session_id: command.session.id, sequence: command.session.sequence, acked_below: command.session.ackedBelow };
-    if (command.kind === 'write') {
-      await this.call('block', 'Write', { volume: command.volume, session, offset: command.offset, data: command.data });
-    } else if (command.kind === 'trim') {
-      await this.call('block', 'Trim', { volume: command.volume, session, offset: command.offset, length: command.length });
-    } else {
-      await this.call('block', 'WriteZeroes', { volume: command.volume, session, offset: command.offset, length: command.length });
+  /** submit: one write-like block command (or a session's close) on this node (it must lead). */
+  async submit(command: SessionCommand): Promise<void> {
+    const session = wireSession(command.session);
+    switch (command.kind) {
+      case 'write':
+        await this.call('block', 'Write', { volume: command.volume, session, offset: command.offset, data: command.data });
+        return;
+      case 'trim':
+        await this.call('block', 'Trim', { volume: command.volume, session, offset: command.offset, length: command.length });
+        return;
+      case 'writeZeroes':
+        await this.call('block', 'WriteZeroes', { volume: command.volume, session, offset: command.offset, length: command.length });
+        return;
+      case 'closeSession':
+        await this.call('block', 'CloseSession', { session });
+        return;
     }
   }
 }
 
+function wireSession(session: Session | undefined): { session_id: string; sequence: number; acked_below: number } | undefined {
+  return session === undefined ? undefined : { session_id: session.id, sequence: session.sequence, acked_below: session.ackedBelow };
+}
 
 export interface ClusterStatusReport {
   leader: number;
@@ -230,6 +242,8 @@ export class ClusterClient {
   private readonly apis = new Map<string, NodeApi>();
   private leaderAddress: string | undefined;
   readonly limits: ClientLimits;
+  /** adminSession: this client's session for volume changes: one stamp per operation, kept by its retries. */
+  private readonly adminSession = { id: `c-${randomBytes(8).toString('hex')}`, next: 1 };
   constructor(
     readonly targets: ClusterTarget[],
     private readonly credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(),
@@ -263,6 +277,31 @@ export class ClusterClient {
     options: { remember?: boolean } = {},
   ): Promise<T> {
     return this.leaderRetrying(fn, timeoutMs, options.remember !== false, []);
+  }
+
+  /** adminStamp: the next stamp of this client's admin session (one request at a time: ackedBelow = sequence). */
+  private adminStamp(): Session {
+    const sequence = this.adminSession.next++;
+    return { id: this.adminSession.id, sequence, ackedBelow: sequence };
+  }
+
+  /**
+   * volumeCreate / volumeResize / volumeDelete: on the leader, retried with ONE session stamp, so a
+   * retry after a lost answer returns the first attempt's result (not ALREADY_EXISTS / NOT_FOUND).
+   */
+  volumeCreate(name: string, sizeBytes: number): Promise<VolumeInfo> {
+    const session = this.adminStamp();
+    return this.leader((api) => api.volumeCreate(name, sizeBytes, session));
+  }
+
+  volumeResize(name: string, sizeBytes: number): Promise<VolumeInfo> {
+    const session = this.adminStamp();
+    return this.leader((api) => api.volumeResize(name, sizeBytes, session));
+  }
+
+  volumeDelete(name: string): Promise<void> {
+    const session = this.adminStamp();
+    return this.leader((api) => api.volumeDelete(name, session));
   }
 
   /**

@@ -284,7 +284,7 @@ targetOptions(volume.command('create <name>').description('create a volume').req
   async (name: string, options: TargetOptions & { size: string }) => {
     const size = parseSize(options.size);
     await withClient(options, async (client) => {
-      const created = await client.leader((api) => api.volumeCreate(name, size));
+      const created = await client.volumeCreate(name, size);
       print(options, created, () => `created volume ${name} (${formatSize(size)})`);
     });
   },
@@ -299,14 +299,14 @@ targetOptions(volume.command('resize <name>').description('change the size of a 
   async (name: string, options: TargetOptions & { size: string }) => {
     const size = parseSize(options.size);
     await withClient(options, async (client) => {
-      const resized = await client.leader((api) => api.volumeResize(name, size));
+      const resized = await client.volumeResize(name, size);
       print(options, resized, () => `resized volume ${name} to ${formatSize(size)}`);
     });
   },
 );
 targetOptions(volume.command('delete <name>').description('delete a volume and its blocks')).action(async (name: string, options: TargetOptions) => {
   await withClient(options, async (client) => {
-    await client.leader((api) => api.volumeDelete(name));
+    await client.volumeDelete(name);
     print(options, { deleted: name }, () => `deleted volume ${name}`);
   });
 });

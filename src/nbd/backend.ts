@@ -48,19 +48,9 @@ export interface ExportInfo {
   blockSizeMax: number;
 }
 
-/** ReadChunk: a piece of a read. Without `data` the piece is a hole and reads as zeros. */
-export interface ReadChunk {
-  offset: number;
-  length: number;
-  data?: Uint8Array;
-}
-
-/** Extent: allocation status of `length` bytes (base:allocation). */
-export interface Extent {
-  length: number;
-  hole: boolean;
-  zero: boolean;
-}
+/** ReadChunk / Extent: the answers of READ and BLOCK_STATUS (the volume layer's range types). */
+import type { Extent, ReadChunk } from '../volume/ranges.js';
+export type { Extent, ReadChunk };
 
 /** ExportHandle: one client's open export. */
 export interface ExportHandle {

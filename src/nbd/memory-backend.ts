@@ -11,6 +11,7 @@
 import { assert } from '../assert.js';
 import { ErrorCode, UsageError } from '../errors.js';
 import type { BlockBackend, ExportHandle, ExportInfo, Extent, ReadChunk } from './backend.js';
+import { ChunkRuns, ExtentRuns, blockPieces } from '../volume/ranges.js';
 
 export interface MemoryExportOptions {
   name: string;
@@ -97,80 +98,44 @@ export class MemoryExport {
   }
 
   readChunks(offset: number, length: number): ReadChunk[] {
-    type Run = { offset: number; length: number; parts?: Uint8Array[] };
-    const runs: Run[] = [];
-    let at = offset;
-    const end = offset + length;
-    while (at < end) {
-      const index = Math.floor(at / this.blockBytes);
-      const blockStart = index * this.blockBytes;
-      const pieceEnd = Math.min(end, blockStart + this.blockBytes);
-      const block = this.blocks.get(index);
-      const last = runs[runs.length - 1];
-      const piece = block?.subarray(at - blockStart, pieceEnd - blockStart);
-      if (last && (last.parts !== undefined) === (piece !== undefined)) {
-        last.length += pieceEnd - at;
-        if (piece) last.parts!.push(piece);
-      } else {
-        runs.push(piece ? { offset: at, length: pieceEnd - at, parts: [piece] } : { offset: at, length: pieceEnd - at });
-      }
-      at = pieceEnd;
-    }
     // Copy each data run into one buffer: one chunk per run, and later writes cannot alter it.
-    return runs.map((r) => (r.parts ? { offset: r.offset, length: r.length, data: Buffer.concat(r.parts, r.length) } : { offset: r.offset, length: r.length }));
+    const runs = new ChunkRuns(offset, true);
+    for (const p of blockPieces(offset, length, this.blockBytes)) {
+      const block = this.blocks.get(p.block);
+      if (block === undefined) runs.hole(p.to);
+      else runs.data(block.subarray(p.from - p.blockStart, p.to - p.blockStart));
+    }
+    return runs.finish(offset + length);
   }
 
   writeData(offset: number, data: Uint8Array): void {
-    let at = 0;
-    while (at < data.length) {
-      const position = offset + at;
-      const index = Math.floor(position / this.blockBytes);
-      const within = position - index * this.blockBytes;
-      const take = Math.min(this.blockBytes - within, data.length - at);
-      let block = this.blocks.get(index);
+    for (const p of blockPieces(offset, data.length, this.blockBytes)) {
+      let block = this.blocks.get(p.block);
       if (!block) {
         block = new Uint8Array(this.blockBytes);
-        this.blocks.set(index, block);
+        this.blocks.set(p.block, block);
       }
-      block.set(data.subarray(at, at + take), within);
-      at += take;
+      block.set(data.subarray(p.from - offset, p.to - offset), p.from - p.blockStart);
     }
   }
 
   /** zeroRange: whole blocks become holes (or zeroed blocks if noHole), partial blocks are zeroed in place. */
   zeroRange(offset: number, length: number, noHole: boolean): void {
-    let at = offset;
-    const end = offset + length;
-    while (at < end) {
-      const index = Math.floor(at / this.blockBytes);
-      const blockStart = index * this.blockBytes;
-      const pieceEnd = Math.min(end, blockStart + this.blockBytes);
-      const whole = at === blockStart && pieceEnd === blockStart + this.blockBytes;
-      const block = this.blocks.get(index);
-      if (whole && !noHole) this.blocks.delete(index);
-      else if (block) block.fill(0, at - blockStart, pieceEnd - blockStart);
-      else if (noHole) this.blocks.set(index, new Uint8Array(this.blockBytes));
-      at = pieceEnd;
+    for (const p of blockPieces(offset, length, this.blockBytes)) {
+      const whole = p.to - p.from === this.blockBytes;
+      const block = this.blocks.get(p.block);
+      if (whole && !noHole) this.blocks.delete(p.block);
+      else if (block) block.fill(0, p.from - p.blockStart, p.to - p.blockStart);
+      else if (noHole) this.blocks.set(p.block, new Uint8Array(this.blockBytes));
     }
   }
 
   extents(offset: number, length: number, extentsMax: number): Extent[] {
-    const extents: Extent[] = [];
-    let at = offset;
-    const end = offset + length;
-    while (at < end) {
-      const index = Math.floor(at / this.blockBytes);
-      const pieceEnd = Math.min(end, index * this.blockBytes + this.blockBytes);
-      const hole = !this.blocks.has(index);
-      const last = extents[extents.length - 1];
-      if (last && last.hole === hole) last.length += pieceEnd - at;
-      else {
-        if (extents.length >= extentsMax) break;
-        extents.push({ length: pieceEnd - at, hole, zero: hole });
-      }
-      at = pieceEnd;
+    const runs = new ExtentRuns(offset, extentsMax);
+    for (const p of blockPieces(offset, length, this.blockBytes)) {
+      if (!runs.push(p.to, !this.blocks.has(p.block))) break;
     }
-    return extents;
+    return runs.extents();
   }
 }
 

@@ -9,13 +9,15 @@
  */
 
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
-import { encodeCommand, isValidVolumeName, type Command } from '../blockstore/commands.js';
+import { decodeOutcome } from '../blockstore/state-store.js';
+import { type SessionTable, SessionVerdict } from '../blockstore/sessions.js';
+import { encodeCommand, type Command, type Session } from '../volume/command.js';
+import { type VolumeInfo, checkVolumeName, checkVolumeSize } from '../volume/rules.js';
 import { validateConfChange } from '../raft/confchange.js';
 import { type ConfChange, ConfChangeType, type ConfState, None, type NodeId } from '../raft/types.js';
 import type { Clock } from './clock.js';
 import { validateNodeId } from './config.js';
 import { encodeMembersContext, type MemberAddresses, type Replica } from './replica.js';
-import type { VolumeInfo } from './volume-backend.js';
 
 export interface NodeStatusReport {
   id: number;
@@ -56,6 +58,8 @@ export interface VerifyReport {
 /** AdminStore: the parts of the block store the admin operations read. */
 export interface AdminStore {
   listVolumes(): VolumeInfo[];
+  /** state: the applied session table (a retried volume change is answered from it). */
+  readonly state: { sessions(): Pick<SessionTable, 'check' | 'result'> };
   members(): Map<NodeId, MemberAddresses>;
   stateHash(): { appliedIndex: number; hash: string };
 }
@@ -63,8 +67,6 @@ export interface AdminStore {
 /** jointLeaveWaitMs: how long a membership change waits for the joint configuration to be left. */
 export const jointLeaveWaitMs = 10_000;
 
-export const volumeSizeMax = 2 ** 50; // 1 PiB: far beyond what a SQLite store should hold
-export const blockSize = 4096;
 
 export class NodeAdmin {
   constructor(
@@ -117,31 +119,54 @@ export class NodeAdmin {
     return this.store.listVolumes();
   }
 
-  async volumeCreate(name: string, sizeBytes: number): Promise<VolumeInfo> {
+  /*
+   * Volume changes. With a session stamp (a client that retries: ClusterClient.volumeCreate...)
+   * a retry of an operation that was already applied is answered with its first result from
+   * the session table: a create that succeeded but whose answer was lost returns success again,
+   * not ALREADY_EXISTS. Otherwise the existence checks refuse before anything is proposed (bad
+   * input changes nothing); one raced by a concurrent change is refused by apply.
+   */
+  async volumeCreate(name: string, sizeBytes: number, session?: Session): Promise<VolumeInfo> {
     checkVolumeName(name);
     checkVolumeSize(sizeBytes);
     this.requireLeader();
-    if (this.store.listVolumes().some((v) => v.name === name)) {
-      throw new UsageError(ErrorCode.AlreadyExists, `volume "${name}" already exists`);
+    if (!this.answeredBefore(session)) {
+      if (this.store.listVolumes().some((v) => v.name === name)) throw new UsageError(ErrorCode.AlreadyExists, `volume "${name}" already exists`);
+      await this.propose({ kind: 'createVolume', name, sizeBytes, ...(session ? { session } : {}) });
     }
-    await this.propose({ kind: 'createVolume', name, sizeBytes });
     return { name, sizeBytes };
   }
 
-  async volumeResize(name: string, sizeBytes: number): Promise<VolumeInfo> {
+  async volumeResize(name: string, sizeBytes: number, session?: Session): Promise<VolumeInfo> {
     checkVolumeName(name);
     checkVolumeSize(sizeBytes);
     this.requireLeader();
-    this.requireVolume(name);
-    await this.propose({ kind: 'resizeVolume', name, sizeBytes });
+    if (!this.answeredBefore(session)) {
+      this.requireVolume(name);
+      await this.propose({ kind: 'resizeVolume', name, sizeBytes, ...(session ? { session } : {}) });
+    }
     return { name, sizeBytes };
   }
 
-  async volumeDelete(name: string): Promise<void> {
+  async volumeDelete(name: string, session?: Session): Promise<void> {
     checkVolumeName(name);
     this.requireLeader();
+    if (this.answeredBefore(session)) return;
     this.requireVolume(name);
-    await this.propose({ kind: 'deleteVolume', name });
+    await this.propose({ kind: 'deleteVolume', name, ...(session ? { session } : {}) });
+  }
+
+  /**
+   * answeredBefore: true when `session`'s request was already applied successfully (a retry);
+   * throws its remembered refusal when it failed then. False for a new request (or no stamp).
+   */
+  private answeredBefore(session: Session | undefined): boolean {
+    if (session === undefined) return false;
+    const table = this.store.state.sessions();
+    if (table.check(session.id, session.sequence, session.ackedBelow) !== SessionVerdict.Duplicate) return false;
+    const outcome = decodeOutcome(table.result(session.id, session.sequence)!);
+    if (!outcome.ok) throw new UsageError(outcome.code, outcome.message);
+    return true;
   }
 
   private requireVolume(name: string): void {
@@ -257,17 +282,5 @@ export class NodeAdmin {
   leaderHint(): NodeId {
     const leader = this.replica.leaderId();
     return leader === None ? None : leader;
-  }
-}
-
-export function checkVolumeName(name: string): void {
-  if (!isValidVolumeName(name)) {
-    throw new UsageError(ErrorCode.InvalidArgument, `bad volume name "${name}": 1..64 characters of [A-Za-z0-9._-]`);
-  }
-}
-
-export function checkVolumeSize(sizeBytes: number): void {
-  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes > volumeSizeMax || sizeBytes % blockSize !== 0) {
-    throw new UsageError(ErrorCode.InvalidArgument, `bad volume size ${sizeBytes}: a positive multiple of ${blockSize} bytes up to 1 PiB`);
   }
 }

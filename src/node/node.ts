@@ -26,6 +26,7 @@ import { type MetricsServerHandle, startMetricsServer } from './metrics-http.js'
 import { type MemberAddresses, Replica } from './replica.js';
 import { BlockForwarder, encodeBlockCommand, startNodeRpcServer, type RpcServerHandle } from './rpc.js';
 import { VolumeBackend } from './volume-backend.js';
+import { requestLimits } from '../volume/rules.js';
 import { LocalVolumeService } from './volume-service.js';
 
 export interface Logger {
@@ -148,6 +149,7 @@ export class ChardNode {
     });
     const nbd = new NbdServer({
       backend: meteredBackend(new VolumeBackend(volumes), counters, logger),
+      limits: { requestBytesMax: requestLimits.requestBytesMax },
       logger,
       onEvent: (event, amount) => counters.inc(`nbd.${event}`, amount),
       ...(tls?.nbd ? { tls: tls.nbd } : {}),

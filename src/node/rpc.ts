@@ -10,7 +10,8 @@
  */
 
 import * as grpc from '@grpc/grpc-js';
-import { commandLimits } from '../blockstore/commands.js';
+import { type BlockCommand, type Session, type SessionCommand, commandLimits, encodeCommand } from '../volume/command.js';
+import { checkVolumeName, requestLimits } from '../volume/rules.js';
 import { ChardError, ErrorCode, NotLeaderError, UsageError } from '../errors.js';
 import type { NodeId } from '../raft/types.js';
 import { NodeApi, defaultClientLimits } from '../cli/client.js';
@@ -19,19 +20,18 @@ import { errorToStatus } from '../transport/grpc-server.js';
 import { serviceDefinition } from '../transport/proto.js';
 import type { NodeAdmin } from './admin.js';
 import type { Counters } from './metrics.js';
-import { checkVolumeName } from './admin.js';
 import { parseHostPort } from './config.js';
-import type { BlockCommand, SessionStamp } from './volume-backend.js';
 import type { LeaderForwarder, LocalVolumeService } from './volume-service.js';
 
-export { encodeBlockCommand } from '../blockstore/commands.js';
+/** encodeBlockCommand: what the node proposes for a client's block command. */
+export const encodeBlockCommand = (command: SessionCommand): Uint8Array => encodeCommand(command);
 
 /** rpcLimits: bounds of the admin/block server. */
 export const rpcLimits = {
   /** messageBytesMax: largest request or response (a write of writeBytesMax plus headers). */
   messageBytesMax: commandLimits.writeBytesMax + 64 * 1024,
-  /** readBytesMax: largest Read / BlockStatus range. */
-  readBytesMax: commandLimits.writeBytesMax,
+  /** readBytesMax: largest Read range (a client splits larger reads: requestLimits.readPieceBytes). */
+  readBytesMax: requestLimits.readPieceBytes,
 } as const;
 
 function bad(message: string): UsageError {
@@ -49,7 +49,7 @@ function volumeName(value: unknown): string {
   return value;
 }
 
-function sessionStamp(value: unknown): SessionStamp {
+function sessionStamp(value: unknown): Session {
   if (typeof value !== 'object' || value === null) throw bad('a write-like request needs a session stamp');
   const v = value as { session_id?: unknown; sequence?: unknown; acked_below?: unknown };
   if (typeof v.session_id !== 'string' || v.session_id.length < 1 || Buffer.byteLength(v.session_id) > commandLimits.sessionIdBytesMax) {
@@ -60,6 +60,18 @@ function sessionStamp(value: unknown): SessionStamp {
   const ackedBelow = uint(v.acked_below, 'session acked_below');
   if (ackedBelow > sequence) throw bad('session acked_below must not exceed the sequence');
   return { id: v.session_id, sequence, ackedBelow };
+}
+
+/** zeroLength: the range of one trim / write-zeroes command; clients split larger ones (issue 11 h). */
+function zeroLength(value: unknown): number {
+  const length = uint(value, 'length');
+  if (length > requestLimits.zeroPieceBytes) throw new UsageError(ErrorCode.TooLarge, `range of ${length} bytes exceeds ${requestLimits.zeroPieceBytes} (split it)`);
+  return length;
+}
+
+/** optionalSession: the stamp of an admin request, when the client sent one. */
+function optionalSession(value: unknown): Session | undefined {
+  return value === undefined || value === null ? undefined : sessionStamp(value);
 }
 
 type Handler = (request: Record<string, any>, metadata: grpc.Metadata) => Promise<object> | object;
@@ -147,16 +159,16 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
       };
     }),
     VolumeCreate: guarded(async (r) => {
-      const v = await admin.volumeCreate(volumeName(r.name), uint(r.size_bytes, 'size_bytes'));
+      const v = await admin.volumeCreate(volumeName(r.name), uint(r.size_bytes, 'size_bytes'), optionalSession(r.session));
       return { volume: { name: v.name, size_bytes: v.sizeBytes } };
     }),
     VolumeList: guarded(async () => ({ volumes: (await admin.volumeList()).map((v) => ({ name: v.name, size_bytes: v.sizeBytes })) })),
     VolumeResize: guarded(async (r) => {
-      const v = await admin.volumeResize(volumeName(r.name), uint(r.size_bytes, 'size_bytes'));
+      const v = await admin.volumeResize(volumeName(r.name), uint(r.size_bytes, 'size_bytes'), optionalSession(r.session));
       return { volume: { name: v.name, size_bytes: v.sizeBytes } };
     }),
     VolumeDelete: guarded(async (r) => {
-      await admin.volumeDelete(volumeName(r.name));
+      await admin.volumeDelete(volumeName(r.name), optionalSession(r.session));
       return {};
     }),
     MemberList: guarded(() => {
@@ -204,10 +216,10 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
     }),
   });
 
-  const range = (r: Record<string, any>) => {
+  const range = (r: Record<string, any>, lengthMax: number) => {
     const offset = uint(r.offset, 'offset');
     const length = uint(r.length, 'length');
-    if (length > rpcLimits.readBytesMax) throw new UsageError(ErrorCode.TooLarge, `range of ${length} bytes exceeds ${rpcLimits.readBytesMax}`);
+    if (length > lengthMax) throw new UsageError(ErrorCode.TooLarge, `range of ${length} bytes exceeds ${lengthMax}`);
     return { offset, length };
   };
   server.addService(serviceDefinition('chard.proto', 'chard.v1.Block'), {
@@ -218,7 +230,7 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
       return { session_id: volumes.newSessionId(), volume: { name: found.name, size_bytes: found.sizeBytes } };
     }),
     Read: guarded(async (r) => {
-      const { offset, length } = range(r);
+      const { offset, length } = range(r, rpcLimits.readBytesMax);
       const chunks = await volumes.read(volumeName(r.volume), offset, length);
       return { chunks: chunks.map((c) => ({ offset: c.offset, length: c.length, data: c.data ?? Buffer.alloc(0), zero: c.data === undefined })) };
     }),
@@ -230,18 +242,23 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
       return { applied_index: 0 };
     }),
     Trim: guarded(async (r) => {
-      const command: BlockCommand = { kind: 'trim', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), length: uint(r.length, 'length'), session: sessionStamp(r.session) };
+      const command: BlockCommand = { kind: 'trim', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), length: zeroLength(r.length), session: sessionStamp(r.session) };
       await volumes.submitLocal(command);
       return { applied_index: 0 };
     }),
     WriteZeroes: guarded(async (r) => {
-      const command: BlockCommand = { kind: 'zero', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), length: uint(r.length, 'length'), session: sessionStamp(r.session) };
+      const command: BlockCommand = { kind: 'writeZeroes', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), length: zeroLength(r.length), session: sessionStamp(r.session) };
       await volumes.submitLocal(command);
       return { applied_index: 0 };
     }),
     Flush: guarded(() => ({})),
+    CloseSession: guarded(async (r) => {
+      await volumes.submitLocal({ kind: 'closeSession', session: sessionStamp(r.session) });
+      return {};
+    }),
     BlockStatus: guarded(async (r) => {
-      const { offset, length } = range(r);
+      // No data travels: the store answers a prefix (blockStatusBlocksMax), whatever the length.
+      const { offset, length } = range(r, Number.MAX_SAFE_INTEGER);
       const extents = await volumes.blockStatus(volumeName(r.volume), offset, length);
       return { extents: extents.map((e) => ({ length: e.length, hole: e.hole, zero: e.zero })) };
     }),
@@ -277,7 +294,7 @@ export class BlockForwarder implements LeaderForwarder {
     private readonly credentials?: TransportCredentials,
   ) {}
 
-  async submit(leader: NodeId, command: BlockCommand): Promise<void> {
+  async submit(leader: NodeId, command: SessionCommand): Promise<void> {
     const address = this.adminAddressOf(leader);
     if (address === undefined || address === '') throw new NotLeaderError(leader);
     let api = this.apis.get(address);

@@ -3,10 +3,18 @@
  *
  * Writes: on the leader, the command is proposed and answered once applied here (which implies
  * committed on a quorum). On a follower it is forwarded to the leader's Block service. Either way
- * a failure that says "not now" (RemoteError: no leader, leader changed, timeout) is retried,
- * with the SAME session stamp, until `submitTimeoutMs`: the session table applies a sequence at
- * most once, so a retry of a write that did commit returns its original result instead of
- * writing again. Usage errors (unknown volume, out of range) are answered at once.
+ * a failure that says "not now" is retried, with the SAME session stamp, until `submitTimeoutMs`:
+ * any RemoteError (no leader, leader changed, timeout) and, whatever their class, BUSY (the core's
+ * uncommitted-bytes limit, the waiter table) and PROPOSAL_DROPPED (a leadership transfer or the
+ * SIGTERM hand-over in progress). The session table applies a sequence at most once, so a retry
+ * of a write that did commit returns its original result instead of writing again. Usage errors
+ * (unknown volume, out of range) are answered at once. A client connected to a node therefore
+ * sees a slow request, never an error, for any of those.
+ *
+ * Backpressure: the commands a node has in flight (its own clients' and those forwarded to it)
+ * pass one gate of `inflightBytesMax` payload bytes and `inflightCommandsMax` commands, half the
+ * core's uncommitted limit, so one connection at QD64 x 1 MiB waits at the gate instead of
+ * filling the leader's log past its limit; at most `gateWaitersMax` wait (more is BUSY, retried).
  *
  * Reads: a linearizable read barrier (lease on the leader, ReadIndex elsewhere), retried the same
  * way, then the local state machine. A node cut off from the quorum never gets the barrier, so it
@@ -14,13 +22,16 @@
  * that connection instead of answering stale data).
  */
 
-import { ErrorCode, RemoteError, UsageError } from '../errors.js';
-import type { Extent, ReadChunk } from '../nbd/backend.js';
+import { assert } from '../assert.js';
+import { ChardError, ErrorCode, RemoteError, UsageError } from '../errors.js';
+import { type SessionCommand, renewableIfFirst } from '../volume/command.js';
+import type { Extent, ReadChunk } from '../volume/ranges.js';
+import type { VolumeInfo } from '../volume/rules.js';
 import { None, type NodeId } from '../raft/types.js';
 import type { Clock } from './clock.js';
 import type { Counters } from './metrics.js';
 import type { Replica } from './replica.js';
-import type { BlockCommand, VolumeInfo, VolumeService } from './volume-backend.js';
+import type { VolumeService } from './volume-backend.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** VolumeStateView: the local, already-applied state a read is served from. */
@@ -32,7 +43,7 @@ export interface VolumeStateView {
 
 /** LeaderForwarder: sends a command to the leader's Block service (gRPC). */
 export interface LeaderForwarder {
-  submit(leader: NodeId, command: BlockCommand): Promise<void>;
+  submit(leader: NodeId, command: SessionCommand): Promise<void>;
 }
 
 export interface VolumeServiceLimits {
@@ -43,6 +54,12 @@ export interface VolumeServiceLimits {
   /** retryBackoffMs / retryBackoffMaxMs: pause between attempts (doubling). */
   retryBackoffMs: number;
   retryBackoffMaxMs: number;
+  /** inflightBytesMax: write payload bytes of the commands in flight through this node at once. */
+  inflightBytesMax: number;
+  /** inflightCommandsMax: commands in flight through this node at once. */
+  inflightCommandsMax: number;
+  /** gateWaitersMax: commands waiting for the gate; one more is refused with BUSY (retryable). */
+  gateWaitersMax: number;
 }
 
 export const defaultVolumeServiceLimits: VolumeServiceLimits = {
@@ -50,16 +67,82 @@ export const defaultVolumeServiceLimits: VolumeServiceLimits = {
   readTimeoutMs: 30_000,
   retryBackoffMs: 10,
   retryBackoffMaxMs: 100,
+  // Half of the core's uncommittedBytesMax (64 MiB), so that the leader's own traffic and what
+  // followers forward to it stay below the limit at which the core answers BUSY.
+  inflightBytesMax: 32 * 1024 * 1024,
+  inflightCommandsMax: 1024,
+  gateWaitersMax: 16_384,
 };
 
+/** isRetryable: a failure that says "not now": retried with the same session stamp. */
+export function isRetryable(error: unknown): boolean {
+  if (error instanceof UsageError) return false;
+  if (error instanceof RemoteError) return true;
+  return error instanceof ChardError && (error.code === ErrorCode.Busy || error.code === ErrorCode.ProposalDropped);
+}
+
+/** commandCost: the bytes a command holds of the in-flight budget (its payload; a header for the others). */
+function commandCost(command: SessionCommand): number {
+  return command.kind === 'write' ? Math.max(command.data.length, 64) : 64;
+}
+
+/**
+ * InflightGate: a FIFO budget of bytes and commands. A request larger than the whole budget
+ * runs alone. Waiters are served in arrival order, so a large request is not starved.
+ */
+export class InflightGate {
+  private bytes = 0;
+  private commands = 0;
+  private readonly waiting: Array<{ cost: number; grant: (release: () => void) => void }> = [];
+  constructor(
+    private readonly bytesMax: number,
+    private readonly commandsMax: number,
+    private readonly waitersMax: number,
+  ) {}
+
+  inflight(): { bytes: number; commands: number; waiting: number } {
+    return { bytes: this.bytes, commands: this.commands, waiting: this.waiting.length };
+  }
+
+  private fits(cost: number): boolean {
+    return this.commands < this.commandsMax && (this.bytes === 0 || this.bytes + cost <= this.bytesMax);
+  }
+
+  /** acquire: resolves with a release function once `cost` bytes fit (the budget is taken on its behalf). */
+  acquire(cost: number): Promise<() => void> {
+    if (this.waiting.length === 0 && this.fits(cost)) return Promise.resolve(this.take(cost));
+    if (this.waiting.length >= this.waitersMax) {
+      return Promise.reject(new RemoteError(ErrorCode.Busy, `${this.waitersMax} commands already wait for this node's in-flight budget`));
+    }
+    return new Promise((grant) => this.waiting.push({ cost, grant }));
+  }
+
+  private take(cost: number): () => void {
+    this.bytes += cost;
+    this.commands++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.bytes -= cost;
+      this.commands--;
+      while (this.waiting.length > 0 && this.fits(this.waiting[0]!.cost)) {
+        const next = this.waiting.shift()!;
+        next.grant(this.take(next.cost));
+      }
+    };
+  }
+}
 
 export class LocalVolumeService implements VolumeService {
   private readonly limits: VolumeServiceLimits;
+  /** gate: the in-flight budget of the commands through this node (see the module comment). */
+  readonly gate: InflightGate;
   private sessions = 0;
   constructor(
     private readonly replica: Replica,
     private readonly state: VolumeStateView,
-    private readonly encode: (command: BlockCommand) => Uint8Array,
+    private readonly encode: (command: SessionCommand) => Uint8Array,
     private readonly forwarder: LeaderForwarder,
     private readonly clock: Clock,
     private readonly defaultVolumeName: string,
@@ -67,6 +150,7 @@ export class LocalVolumeService implements VolumeService {
     private readonly counters?: Counters,
   ) {
     this.limits = { ...defaultVolumeServiceLimits, ...limits };
+    this.gate = new InflightGate(this.limits.inflightBytesMax, this.limits.inflightCommandsMax, this.limits.gateWaitersMax);
   }
 
   newSessionId(): string {
@@ -102,7 +186,16 @@ export class LocalVolumeService implements VolumeService {
     await this.retrying(this.limits.readTimeoutMs, 'read', () => this.replica.readBarrier());
   }
 
-  async submit(command: BlockCommand): Promise<void> {
+  async submit(command: SessionCommand): Promise<void> {
+    const release = await this.gate.acquire(commandCost(command));
+    try {
+      await this.submitRetrying(command);
+    } finally {
+      release();
+    }
+  }
+
+  private async submitRetrying(command: SessionCommand): Promise<void> {
     await this.retrying(this.limits.submitTimeoutMs, 'write', async () => {
       if (this.replica.isLeader()) {
         await this.replica.propose(this.encode(command));
@@ -132,8 +225,13 @@ export class LocalVolumeService implements VolumeService {
   }
 
   /** submitLocal: a command forwarded from another node: propose here only if leading. */
-  async submitLocal(command: BlockCommand): Promise<void> {
-    await this.replica.propose(this.encode(command));
+  async submitLocal(command: SessionCommand): Promise<void> {
+    const release = await this.gate.acquire(commandCost(command));
+    try {
+      await this.replica.propose(this.encode(command));
+    } finally {
+      release();
+    }
   }
 
   private async retrying(timeoutMs: number, what: string, attempt: () => Promise<void>): Promise<void> {
@@ -145,7 +243,8 @@ export class LocalVolumeService implements VolumeService {
         if (tries > 0) this.counters?.inc(`volume.${what}.retried_ok`);
         return;
       } catch (error) {
-        if (error instanceof UsageError || !(error instanceof RemoteError)) throw error;
+        if (!isRetryable(error)) throw renewableIfFirst(error, tries + 1);
+        assert(error instanceof ChardError, 'a retryable error is a ChardError');
         if (error.code === ErrorCode.Closed && this.replica.closing) throw error;
         if (this.clock.now() + backoff >= deadline) {
           this.counters?.inc(`volume.${what}.gave_up`);

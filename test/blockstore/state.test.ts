@@ -15,6 +15,7 @@ import { blockBytes } from '../../src/blockstore/state-store.js';
 import { type Command, encodeCommand } from '../../src/blockstore/commands.js';
 import { CorruptError, ErrorCode, UsageError } from '../../src/errors.js';
 import { EntryType } from '../../src/raft/types.js';
+import { checkVolumeSize, volumeBytesMax, volumeSizeAlignmentBytes } from '../../src/volume/rules.js';
 import { Prng, applyCommitted, drive, readAll, seedFromEnv, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -98,6 +99,24 @@ test('random unaligned writes, trims and write-zeroes match a byte-array model',
   })();
 });
 
+test('one volume size rule: a size the admin accepts is applied, one it refuses is refused by apply (defect j)', async (t) => {
+  await withStore('size-rule', (store) => {
+    const sizes = [512, 4096, 5120, 1000, 0, volumeBytesMax, volumeBytesMax + volumeSizeAlignmentBytes, 32 * 2 ** 40, 2 ** 50];
+    for (const [i, sizeBytes] of sizes.entries()) {
+      let adminAccepts = true;
+      try {
+        checkVolumeSize(sizeBytes);
+      } catch (error) {
+        t.true(error instanceof UsageError && error.code === ErrorCode.InvalidArgument);
+        adminAccepts = false;
+      }
+      const [outcome] = drive(store, [{ kind: 'createVolume', name: `v${i}`, sizeBytes }]);
+      t.is(outcome!.ok, adminAccepts, `size ${sizeBytes}: admin ${adminAccepts ? 'accepts' : 'refuses'}, apply must agree`);
+    }
+    t.false(drive(store, [{ kind: 'createVolume', name: 'big', sizeBytes: 32 * 2 ** 40 }])[0]!.ok, 'a 32 TiB create is refused');
+  })();
+});
+
 test('usage errors are deterministic results that change nothing', async (t) => {
   await withStore('errors', (store) => {
     drive(store, [{ kind: 'createVolume', name: 'v', sizeBytes: 64 * 1024 }]);
@@ -160,7 +179,7 @@ test('resize shrink cuts data (grow reads zeros), delete drops every block', asy
 
 test('sessions: a duplicate sequence is not re-applied (also after restart); stale and expired are refused', async (t) => {
   const tmp = tempDir('sessions');
-  let store = BlockStore.open(tmp.dir, { limits: { sessions: { sessionsMax: 2, sessionIdBytesMax: 64, resultsPerSessionMax: 16 } } });
+  let store = BlockStore.open(tmp.dir, { limits: { sessions: { sessionsMax: 2, sessionIdBytesMax: 64, resultsPerSessionMax: 16, retiredSessionsMax: 16 } } });
   try {
     const s = (sequence: number, ackedBelow = sequence) => ({ id: 'client-a', sequence, ackedBelow });
     drive(store, [{ kind: 'createVolume', name: 'v', sizeBytes: 8192 }]);
@@ -173,7 +192,7 @@ test('sessions: a duplicate sequence is not re-applied (also after restart); sta
     t.like(beyond, { ok: false, code: ErrorCode.OutOfRange });
     drive(store, [{ kind: 'resizeVolume', name: 'v', sizeBytes: 16384 }]);
     store.close();
-    store = BlockStore.open(tmp.dir, { limits: { sessions: { sessionsMax: 2, sessionIdBytesMax: 64, resultsPerSessionMax: 16 } } });
+    store = BlockStore.open(tmp.dir, { limits: { sessions: { sessionsMax: 2, sessionIdBytesMax: 64, resultsPerSessionMax: 16, retiredSessionsMax: 16 } } });
     const [again] = drive(store, [{ kind: 'write', volume: 'v', offset: 8192, data: new Uint8Array([3]), session: s(2, 1) }]);
     t.like(again, { ok: false, code: ErrorCode.OutOfRange });
     t.is(readAll(store, 'v', 8192, 1)[0], 0, 'not applied after restart either');
@@ -189,7 +208,7 @@ test('sessions: a duplicate sequence is not re-applied (also after restart); sta
       { kind: 'noop', session: { id: 'client-c', sequence: 1, ackedBelow: 1 } },
     ]);
     store.close();
-    store = BlockStore.open(tmp.dir, { limits: { sessions: { sessionsMax: 2, sessionIdBytesMax: 64, resultsPerSessionMax: 16 } } });
+    store = BlockStore.open(tmp.dir, { limits: { sessions: { sessionsMax: 2, sessionIdBytesMax: 64, resultsPerSessionMax: 16, retiredSessionsMax: 16 } } });
     const [expired] = drive(store, [{ kind: 'write', volume: 'v', offset: 0, data: new Uint8Array([6]), session: s(5, 5) }]);
     t.like(expired, { ok: false, code: ErrorCode.SessionExpired });
     t.is(readAll(store, 'v', 0, 1)[0], 1);
@@ -312,4 +331,54 @@ test('crash recovery: a state that lags the log catches up by re-applying; boots
     store.close();
     tmp.cleanup();
   }
+});
+
+test('sessions: 5,000 connect/write/close cycles keep the table small and the apply time flat (issue 11 d)', async (t) => {
+  await withStore('session-cycles', (store) => {
+    drive(store, [{ kind: 'createVolume', name: 'v', sizeBytes: MiB }]);
+    const retiredMax = store.state.sessions().limits.retiredSessionsMax;
+    const cycles = 5000;
+    const ms: number[] = [];
+    // The state machine alone (the log's fsync is not what grows): one apply per entry, as a
+    // replica applies a connection's write and, at its disconnect, its close.
+    const apply = (command: Command) => {
+      const index = store.state.appliedIndex() + 1;
+      const outcome = store.state.apply([{ index, term: 1, type: EntryType.Normal, data: encodeCommand(command) }], () => store.state.confState()).get(index)!;
+      t.true(outcome.ok);
+    };
+    for (let i = 0; i < cycles; i++) {
+      const session = { id: `conn-${i}`, sequence: 1, ackedBelow: 1 };
+      const started = performance.now();
+      apply({ kind: 'write', volume: 'v', offset: (i % 256) * 4096, data: new Uint8Array([i & 255, 1]), session });
+      apply({ kind: 'closeSession', session: { ...session, sequence: 2, ackedBelow: 2 } });
+      ms.push(performance.now() - started);
+    }
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const first = mean(ms.slice(0, 500));
+    const last = mean(ms.slice(-500));
+    t.log(`write+close of one session: first 500 ${first.toFixed(2)} ms, last 500 ${last.toFixed(2)} ms; live ${store.state.sessions().size()}, retired ${store.state.sessions().evictedIds().length}`);
+    t.is(store.state.sessions().size(), 0, 'every closed session left the table');
+    t.true(store.state.sessions().evictedIds().length <= retiredMax, 'the retired ids are bounded');
+    const rows = store.state.database().prepare<[], { c: number }>('SELECT COUNT(*) AS c FROM retired_sessions').get()!.c;
+    t.is(rows, Math.min(cycles, retiredMax));
+    t.true(last < first * 3 + 0.5, `apply time stays flat (${first.toFixed(2)} -> ${last.toFixed(2)} ms)`);
+  })();
+});
+
+test('sessions: a late retry of a closed session is EXPIRED, never applied again; so is an unknown session with answers', async (t) => {
+  await withStore('session-close', (store) => {
+    drive(store, [{ kind: 'createVolume', name: 'v', sizeBytes: 8192 }]);
+    const a = (sequence: number, ackedBelow: number) => ({ id: 'conn-a', sequence, ackedBelow });
+    drive(store, [{ kind: 'write', volume: 'v', offset: 0, data: new Uint8Array([1]), session: a(1, 1) }]);
+    drive(store, [{ kind: 'write', volume: 'v', offset: 0, data: new Uint8Array([2]), session: a(2, 2) }]);
+    t.deepEqual(drive(store, [{ kind: 'closeSession', session: a(3, 3) }]), [okOutcome]);
+    const [late] = drive(store, [{ kind: 'write', volume: 'v', offset: 0, data: new Uint8Array([1]), session: a(1, 1) }]);
+    t.like(late, { ok: false, code: ErrorCode.SessionExpired });
+    t.is(readAll(store, 'v', 0, 1)[0], 2, 'the stale write did not overwrite the newer one');
+    t.deepEqual(drive(store, [{ kind: 'closeSession', session: a(3, 3) }]), [okOutcome], 'a retried close is answered the same');
+    // an id never seen, but whose client had answers (ackedBelow > 1): it existed and ended
+    const [forgotten] = drive(store, [{ kind: 'write', volume: 'v', offset: 0, data: new Uint8Array([9]), session: { id: 'gone', sequence: 7, ackedBelow: 5 } }]);
+    t.like(forgotten, { ok: false, code: ErrorCode.SessionExpired });
+    t.is(readAll(store, 'v', 0, 1)[0], 2);
+  })();
 });

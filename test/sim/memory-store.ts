@@ -25,7 +25,7 @@
 import { CorruptError, ErrorCode } from '../../src/errors.js';
 import type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../../src/node/replica.js';
 // The one import of the session table in test/sim (it may move to another layer).
-import { SessionTable, SessionVerdict } from '../../src/raft/sessions.js';
+import { SessionTable, SessionVerdict } from '../../src/blockstore/sessions.js';
 
 export { SessionVerdict };
 import { MemoryStorage } from '../../src/raft/storage.js';

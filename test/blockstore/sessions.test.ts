@@ -1,8 +1,8 @@
-// core-sessions: unit tests of SessionTable (src/raft/sessions.ts, thesis §6.3 exactly-once):
+// core-sessions: unit tests of SessionTable (src/blockstore/sessions.ts, thesis §6.3 exactly-once):
 // new / duplicate / stale / expired verdicts, the per-session window of remembered results,
 // deterministic LRU eviction (two tables fed the same calls evict the same sessions), restore.
 import test from 'ava';
-import { SessionTable, SessionVerdict } from '../../src/raft/sessions.js';
+import { SessionTable, SessionVerdict } from '../../src/blockstore/sessions.js';
 
 const r = (s: string) => new TextEncoder().encode(s);
 const str = (b: Uint8Array | undefined) => (b === undefined ? undefined : new TextDecoder().decode(b));
@@ -86,4 +86,19 @@ test('SessionTable.restore: content and order survive a snapshot round trip', (t
   t.is(legacy.check('l', 7), SessionVerdict.Duplicate);
   t.is(legacy.check('l', 6), SessionVerdict.Stale);
   t.is(str(legacy.result('l', 7)), 'l7');
+});
+
+test('SessionTable: close retires the id; the retired ids are a bounded FIFO reported incrementally', (t) => {
+  const table = new SessionTable({ sessionsMax: 2, retiredSessionsMax: 3 });
+  for (let i = 1; i <= 6; i++) {
+    table.record(`s${i}`, 1, i, r('x'));
+    table.close(`s${i}`);
+  }
+  t.is(table.size(), 0);
+  t.deepEqual(table.evictedIds(), ['s4', 's5', 's6']);
+  t.deepEqual(table.takeChanges(), { retired: ['s1', 's2', 's3', 's4', 's5', 's6'], forgotten: ['s1', 's2', 's3'] });
+  t.deepEqual(table.takeChanges(), { retired: [], forgotten: [] });
+  t.is(table.check('s6', 1), SessionVerdict.Expired);
+  t.is(table.check('new', 3, 2), SessionVerdict.Expired, 'an unknown session that had answers is expired');
+  t.is(table.check('new', 3, 1), SessionVerdict.Apply);
 });

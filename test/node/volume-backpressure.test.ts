@@ -1,0 +1,100 @@
+/**
+ * volume-backpressure (issue 11 c): what an NBD client of a node sees when the raft core says
+ * "not now". The core's BUSY (past its uncommitted-bytes limit) and PROPOSAL_DROPPED (a
+ * leadership transfer, the SIGTERM hand-over) are plain ChardErrors; the volume service must
+ * retry them (same session stamp, backoff) and bound what a node has in flight, so that one
+ * connection at QD64 x 1 MiB waits instead of failing. Before the fix both cases answered EIO.
+ * In-process: the real LocalVolumeService / VolumeBackend / NbdServer over a fake leader that
+ * refuses exactly as the core does (test/node/fake-leader.ts).
+ */
+
+import test from 'ava';
+import { Command } from '../../src/nbd/protocol.js';
+import type { RawClient } from '../helpers/nbd-raw-client.js';
+import { startFakeNode } from './fake-leader.js';
+
+const MiB = 1024 * 1024;
+
+function pattern(i: number, bytes: number): Buffer {
+  const b = Buffer.alloc(bytes);
+  for (let k = 0; k < bytes; k += 4096) b.writeUInt32BE(i * 7919 + k, k);
+  return b;
+}
+
+/** writeAll: `count` writes of `bytes` all in flight at once; the errno of each reply. */
+async function writeAll(c: RawClient, count: number, bytes: number, base = 0): Promise<number[]> {
+  for (let i = 0; i < count; i++) c.request({ type: Command.write, handle: i + 1, offset: base + i * bytes, payload: pattern(i, bytes) });
+  const errnos: number[] = [];
+  for (let i = 0; i < count; i++) errnos.push((await c.reply()).errno);
+  return errnos;
+}
+
+async function readBack(c: RawClient, offset: number, bytes: number): Promise<Buffer> {
+  c.request({ type: Command.read, handle: 999, offset, lengthBytes: bytes });
+  const parts: Buffer[] = [];
+  for (const r of await c.structuredReply()) if (r.errno === 0 && r.payload.length > 8) parts.push(r.payload.subarray(8));
+  return Buffer.concat(parts);
+}
+
+test('two connections at QD64 x 1 MiB wait at the node instead of failing with EIO', async (t) => {
+  const node = await startFakeNode();
+  try {
+    node.leader.commitDelayMs = 20;
+    const c = await node.connect();
+    await c.go('v', { structured: false });
+    const d = await node.connect();
+    await d.go('v', { structured: false });
+    const [errnos, others] = await Promise.all([writeAll(c, 64, MiB), writeAll(d, 64, MiB, 128 * MiB)]);
+    t.log(`most uncommitted at once: ${(node.leader.maxUncommittedBytes / MiB).toFixed(1)} MiB`);
+    t.deepEqual(errnos, new Array(64).fill(0), 'every write succeeded');
+    t.deepEqual(others, new Array(64).fill(0), 'every write of the second connection succeeded');
+    d.close();
+    t.is(node.leader.refusals.busy, 0, 'the gate kept the leader below its uncommitted limit');
+    t.true(node.leader.maxUncommittedBytes <= 32 * MiB + 64 * 1024, `at most the gate's budget was uncommitted (${node.leader.maxUncommittedBytes})`);
+    c.request({ type: Command.read, handle: 500, offset: 63 * MiB, lengthBytes: MiB });
+    const r = await c.simpleReply(MiB);
+    t.is(r.errno, 0);
+    t.true(r.data.equals(pattern(63, MiB)));
+    c.close();
+  } finally {
+    await node.close();
+  }
+});
+
+test('BUSY from the core is retried with backoff, never an EIO', async (t) => {
+  // A gate as large as the core's limit: the core refuses, the service must retry.
+  const node = await startFakeNode({ service: { inflightBytesMax: 256 * MiB } });
+  try {
+    node.leader.uncommittedBytesMax = 16 * MiB;
+    node.leader.commitDelayMs = 20;
+    const c = await node.connect();
+    await c.go('v', { structured: false });
+    const errnos = await writeAll(c, 64, MiB);
+    t.deepEqual(errnos, new Array(64).fill(0));
+    t.true(node.leader.refusals.busy > 0, `the core did refuse (${node.leader.refusals.busy} times)`);
+    c.close();
+  } finally {
+    await node.close();
+  }
+});
+
+test('a leadership transfer (PROPOSAL_DROPPED) during writes is a pause, never an EIO', async (t) => {
+  const node = await startFakeNode();
+  try {
+    const c = await node.connect();
+    await c.go('v', { structured: false });
+    t.deepEqual(await writeAll(c, 32, 64 * 1024), new Array(32).fill(0));
+    node.leader.droppingUntil = performance.now() + 300;
+    const errnos = await writeAll(c, 64, 64 * 1024, 4 * MiB);
+    t.deepEqual(errnos, new Array(64).fill(0), 'every write during the transfer succeeded');
+    t.true(node.leader.refusals.dropped > 0, 'proposals were dropped while the transfer lasted');
+    c.request({ type: Command.read, handle: 501, offset: 4 * MiB + 10 * 64 * 1024, lengthBytes: 64 * 1024 });
+    const r = await c.simpleReply(64 * 1024);
+    t.true(r.data.equals(pattern(10, 64 * 1024)));
+    c.close();
+  } finally {
+    await node.close();
+  }
+});
+
+export { readBack };
