@@ -507,17 +507,14 @@ export class Replica {
     const known = [...this.store.members().keys()];
     const cs = this.raw.applyConfChange(cc);
     // A removed voter stays in the outgoing half of the joint configuration until the leave-joint
-    // entry commits, and that entry needs its acknowledgement: forget a member's address (and its
-    // link) only once it is in no part of the configuration — at the removal for a learner, at the
-    // leave-joint for a voter. Dropping it at the removal stalled a 2-voter cluster for good (the
-    // simulator's seed 13) and cost larger ones a fault of tolerance during the joint phase.
+    // entry commits, and that entry needs its acknowledgement: a member leaves the store's member
+    // list only once it is in no part of the configuration. Its link (address) stays in the
+    // transport: a replica that lags behind a later re-addition of that node — which may lead by
+    // then — must still be able to answer it, or neither can make progress (the simulator's seeds
+    // 13 and 1487). Raft sends nothing to non-members, so a kept address costs no traffic.
     const inConfig = new Set([...cs.voters, ...cs.votersOutgoing, ...cs.learners, ...cs.learnersNext]);
     if (inConfig.size > 0) {
-      for (const id of known) {
-        if (inConfig.has(id)) continue;
-        this.store.setMember(id, undefined);
-        if (id !== this.id) this.transport.removePeer(id);
-      }
+      for (const id of known) if (!inConfig.has(id)) this.store.setMember(id, undefined);
     }
     const member = cs.voters.includes(this.id) || cs.votersOutgoing.includes(this.id) || cs.learners.includes(this.id) || cs.learnersNext.includes(this.id);
     if (cs.voters.length > 0 && member === this.removed) {
