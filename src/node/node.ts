@@ -87,6 +87,7 @@ export class ChardNode {
         listen: config.listen.raft,
         ...(options.credentials ? { credentials: options.credentials } : {}),
         onEvent: counters.onEvent,
+        logger,
       });
     let faultsWatcher: FaultsFileWatcher | undefined;
     if (config.testing?.faultsFile !== undefined) {
