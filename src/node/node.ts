@@ -107,6 +107,7 @@ export class ChardNode {
         ...(credentials ? { credentials } : {}),
         ...(tls ? { peerUnit: 'node' } : {}),
         onEvent: counters.onEvent,
+        logger,
       });
     let faultsWatcher: FaultsFileWatcher | undefined;
     if (config.testing?.faultsFile !== undefined) {

@@ -134,6 +134,8 @@ export class RawNode {
       throw new UsageError(ErrorCode.InvalidArgument, `message from ${m.from} cannot come from a peer`);
     }
     if (!this.raft.progress.has(m.from) && isResponseFromNonMember(m)) return; // a response from a removed node
+    // An AppResp about an index beyond our log cannot be true (ours never shrinks within a term): it would set a match we never sent.
+    if (m.type === MessageType.AppResp && m.index > this.raft.log.lastIndex()) return;
     try {
       this.raft.step(m);
     } catch (error) {

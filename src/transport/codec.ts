@@ -13,6 +13,7 @@
 
 import { assert } from '../assert.js';
 import { ErrorCode, UsageError } from '../errors.js';
+import { decodeConfChange } from '../raft/confchange.js';
 import {
   type ConfState,
   type Entry,
@@ -40,6 +41,12 @@ export interface CodecLimits {
   confStateMembersMax: number;
   /** clusterIdBytesMax: length of the cluster id string. */
   clusterIdBytesMax: number;
+  /**
+   * termMax: the highest term a message may carry. A term near 2^53 - 1 accepted once would leave
+   * the cluster no next term to elect a leader in (term + 1 is not a safe integer and is refused
+   * here); 2^48 is more elections than a cluster holds in millennia.
+   */
+  termMax: number;
 }
 
 export const defaultCodecLimits: CodecLimits = {
@@ -50,6 +57,7 @@ export const defaultCodecLimits: CodecLimits = {
   snapshotChunkBytesMax: 8 * 1024 * 1024,
   confStateMembersMax: 1024,
   clusterIdBytesMax: 64,
+  termMax: 2 ** 48,
 };
 
 /** FrameError: a received frame violates the wire contract; the frame is dropped as a whole. */
@@ -331,7 +339,105 @@ export function decodeMessage(value: WireMessage, limits: CodecLimits = defaultC
   } else if (snapshot !== null && snapshot !== undefined) {
     throw new FrameError('bad-snapshot', `snapshot chunk on a ${type} message`);
   }
+  checkMessage(m, limits);
   return m;
+}
+
+// ---------------------------------------------------------------- what the core assumes
+
+/**
+ * notFromPeers: types a chard node never sends to a peer. RawNode.step refuses Propose from a
+ * peer (proposals are local), and a TransferLeader received by a follower is forwarded to its
+ * leader with `from` still naming the peer, which GrpcTransport.send asserts against (inside the
+ * Ready loop, so the process would exit); transfers are started on the leader itself.
+ */
+const notFromPeers: ReadonlySet<MessageType> = new Set<MessageType>(['Propose', 'TransferLeader']);
+
+/** logTermTypes: messages whose logTerm is the term of an entry the sender holds (<= its term). */
+const logTermTypes: ReadonlySet<MessageType> = new Set<MessageType>(['App', 'Vote', 'PreVote', 'VoteResp', 'PreVoteResp']);
+
+/**
+ * checkMessage: the rules a message must satisfy before the raft core sees it — each protects an
+ * assumption of src/raft (docs/transport.md lists them with the assert or rule each protects).
+ * Stateless: the same message is accepted or refused whatever the receiver's state.
+ */
+export function checkMessage(m: Message, limits: CodecLimits = defaultCodecLimits): void {
+  if (m.term > limits.termMax) throw new FrameError('bad-term', `term ${m.term} above ${limits.termMax}`);
+  if (notFromPeers.has(m.type)) throw new FrameError('not-from-peers', `${m.type} is never sent between nodes`);
+  if (m.from === m.to) throw new FrameError('self-message', `message from node ${m.from} to itself`);
+  // Raft.step treats term 0 as a local message (no term comparison at all); only a forwarded
+  // ReadIndex is sent with term 0 (Raft.send), and it must not carry one (it would raise ours).
+  if (m.type === 'ReadIndex') {
+    if (m.term !== 0) throw new FrameError('bad-term', `ReadIndex with term ${m.term} (forwarded reads carry term 0)`);
+  } else if (m.term === 0) {
+    throw new FrameError('bad-term', `${m.type} without a term`);
+  }
+  if (logTermTypes.has(m.type) && m.logTerm > m.term) {
+    throw new FrameError('bad-log-term', `${m.type} log_term ${m.logTerm} above its term ${m.term}`);
+  }
+  if (m.entries.length > 0 && m.type !== 'App') throw new FrameError('bad-entries', `entries on a ${m.type} message`);
+  if (m.type === 'App') checkAppend(m);
+  if (m.type === 'AppResp' && m.reject) {
+    // The follower's hint is findConflictByTerm(min(index, lastIndex)): never above the rejected index.
+    if (m.rejectHint > m.index) throw new FrameError('bad-reject-hint', `reject hint ${m.rejectHint} above the rejected index ${m.index}`);
+    if (m.rejectTerm > m.term) throw new FrameError('bad-reject-hint', `reject term ${m.rejectTerm} above the term ${m.term}`);
+  }
+  if (m.snapshot !== undefined) checkSnapshot(m, m.snapshot);
+}
+
+/**
+ * checkAppend: entries follow the previous entry (index, logTerm) without gaps — entry i has index
+ * `index + 1 + i` — and their terms never decrease, start at or above logTerm and never exceed
+ * the leader's term; a ConfChange entry decodes (the state machine decodes it while applying).
+ */
+function checkAppend(m: Message): void {
+  if (m.entries.length === 0) return;
+  if (m.index + m.entries.length > Number.MAX_SAFE_INTEGER) throw new FrameError('bad-entries', 'entry indexes beyond 2^53 - 1');
+  let term = m.logTerm;
+  for (let i = 0; i < m.entries.length; i++) {
+    const entry = m.entries[i]!;
+    if (entry.index !== m.index + 1 + i) {
+      throw new FrameError('entries-not-contiguous', `entry ${i} has index ${entry.index}, expected ${m.index + 1 + i}`);
+    }
+    if (entry.term < term || entry.term > m.term) {
+      throw new FrameError('bad-entry-term', `entry ${entry.index} has term ${entry.term} outside [${term}, ${m.term}]`);
+    }
+    term = entry.term;
+    if (entry.type === EntryType.ConfChange) {
+      try {
+        decodeConfChange(entry.data);
+      } catch {
+        throw new FrameError('bad-conf-change', `entry ${entry.index} is not a ConfChange`);
+      }
+    }
+  }
+}
+
+/**
+ * checkSnapshot: a snapshot the node could install: an index above 0, a term no higher than the
+ * sender's, and a configuration of at least one voter where every id has one role.
+ */
+function checkSnapshot(m: Message, chunk: SnapshotChunk): void {
+  const { index, term, confState: cs } = chunk.metadata;
+  if (index === 0) throw new FrameError('bad-snapshot', 'snapshot at index 0');
+  if (term > m.term) throw new FrameError('bad-snapshot', `snapshot term ${term} above the message term ${m.term}`);
+  if (cs.voters.length === 0) throw new FrameError('bad-snapshot', 'snapshot configuration without voters');
+  const voters = new Set(cs.voters);
+  const outgoing = new Set(cs.votersOutgoing);
+  const learners = new Set(cs.learners);
+  const learnersNext = new Set(cs.learnersNext);
+  const distinct =
+    voters.size === cs.voters.length &&
+    outgoing.size === cs.votersOutgoing.length &&
+    learners.size === cs.learners.length &&
+    learnersNext.size === cs.learnersNext.length;
+  if (!distinct) throw new FrameError('bad-snapshot', 'snapshot configuration lists an id twice');
+  for (const id of learners) {
+    if (voters.has(id) || outgoing.has(id)) throw new FrameError('bad-snapshot', `node ${id} is a voter and a learner`);
+  }
+  for (const id of learnersNext) {
+    if (voters.has(id) || !outgoing.has(id)) throw new FrameError('bad-snapshot', `learner-to-be ${id} is not an outgoing-only voter`);
+  }
 }
 
 /**
@@ -345,6 +451,7 @@ export function decodeEnvelope(value: WireEnvelope, limits: CodecLimits = defaul
   }
   const from = nodeId(value.from, 'envelope.from');
   const to = nodeId(value.to, 'envelope.to');
+  if (from === to) throw new FrameError('self-message', `frame from node ${from} to itself`);
   const wire = list<WireMessage>(value.messages, 'messages', limits.messagesPerFrameMax);
   if (wire.length === 0) throw new FrameError('empty', 'frame without messages');
   const messages = wire.map((w) => {

@@ -139,7 +139,22 @@ export interface GrpcTransportOptions {
   onEvent?: (name: string, value?: number) => void;
   /** random: jitter of the reconnect backoff (seeded by default from the node id). */
   random?: Random;
+  /** logger: where refused frames are reported, with the peer's address (rate-limited). */
+  logger?: TransportLogger;
 }
+
+/** TransportLogger: the part of the node's logger the transport uses. */
+export interface TransportLogger {
+  warn(o: object, m?: string): void;
+}
+
+/**
+ * refusalLogIntervalMs / refusalLogPeersMax: at most one log line per peer address per interval
+ * (a peer sending garbage must not flood the log; the counters count every frame), remembering at
+ * most this many addresses.
+ */
+const refusalLogIntervalMs = 1000;
+const refusalLogPeersMax = 1024;
 
 /** chardCodeKey: the metadata key carrying a ChardError code (as grpc-server.ts). */
 const chardCodeKey = 'chard-code';
@@ -283,6 +298,9 @@ export class GrpcTransport implements Transport {
   private readonly peerUnit: string | undefined;
   private readonly random: Random;
   private readonly userOnEvent: ((name: string, value?: number) => void) | undefined;
+  private readonly logger: TransportLogger | undefined;
+  /** refusalsLogged: per peer address, when its last refusal was logged and how many since. */
+  private readonly refusalsLogged = new Map<string, { atMs: number; suppressed: number }>();
   private readonly eventCounts = new Map<string, number>();
   private readonly peers = new Map<NodeId, Peer>();
   private readonly serverCalls = new Set<grpc.ServerDuplexStream<WireEnvelope, { frames: number }>>();
@@ -310,6 +328,7 @@ export class GrpcTransport implements Transport {
     this.peerUnit = options.peerUnit;
     this.random = options.random ?? new SeededRandom(options.nodeId);
     this.userOnEvent = options.onEvent;
+    this.logger = options.logger;
   }
 
   // ---------------------------------------------------------------- events
@@ -664,6 +683,29 @@ export class GrpcTransport implements Transport {
     }
   }
 
+  /** logRefusal: one warning per peer address per refusalLogIntervalMs, with the count suppressed. */
+  private logRefusal(call: grpc.ServerDuplexStream<WireEnvelope, { frames: number }>, reason: string, error: unknown): void {
+    if (this.logger === undefined) return;
+    let peer = 'unknown';
+    try {
+      peer = call.getPeer();
+    } catch {
+      // a call torn down meanwhile has no peer any more
+    }
+    const now = performance.now();
+    const last = this.refusalsLogged.get(peer);
+    if (last !== undefined && now - last.atMs < refusalLogIntervalMs) {
+      last.suppressed++;
+      return;
+    }
+    if (last === undefined && this.refusalsLogged.size >= refusalLogPeersMax) this.refusalsLogged.clear();
+    this.refusalsLogged.set(peer, { atMs: now, suppressed: 0 });
+    this.logger.warn(
+      { peer, reason, err: error instanceof Error ? error.message : String(error), suppressed: last?.suppressed ?? 0 },
+      'refused a raft frame from a peer',
+    );
+  }
+
   private serveStream(call: grpc.ServerDuplexStream<WireEnvelope, { frames: number }>): void {
     if (this.closed) {
       call.end();
@@ -684,9 +726,11 @@ export class GrpcTransport implements Transport {
       try {
         envelope = decodeEnvelope(wire, this.limits.codec);
       } catch (error) {
-        if (!(error instanceof FrameError)) throw error;
+        // Whatever a peer sends, it is answered by a counted refusal, never by an exception.
+        const reason = error instanceof FrameError ? error.reason : 'undecodable';
         this.event('transport.frame.rejected');
-        this.event(`transport.frame.rejected.${error.reason}`);
+        this.event(`transport.frame.rejected.${reason}`);
+        this.logRefusal(call, reason, error);
         return;
       }
       if (envelope.clusterId !== this.clusterId || envelope.to !== this.nodeId) {

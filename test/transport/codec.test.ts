@@ -16,12 +16,14 @@ import {
   defaultCodecLimits,
   encodeEnvelope,
   encodeMessage,
+  checkMessage,
   FrameError,
   messageBytes,
   type WireEnvelope,
   wireMessageTypes,
 } from '../../src/transport/codec.js';
 import { loadProto } from '../../src/transport/proto.js';
+import { encodeConfChange } from '../../src/raft/confchange.js';
 
 const streamMethod = loadProto('raft.proto')['chard.raft.RaftPeer'] as unknown as Record<
   string,
@@ -65,12 +67,15 @@ const snapshotChunk: fc.Arbitrary<SnapshotChunk> = fc
 
 const entry = fc.record({ term: count, index: count, type: fc.constantFrom(0 as const, 1 as const), data: bytes(64) });
 
+/** peerTypes: the wire types one node sends another (Propose and TransferLeader are refused). */
+const peerTypes = wireMessageTypes.filter((type) => type !== 'Propose' && type !== 'TransferLeader');
+
 /** link: every message of a frame travels from 3 to 7 (ids inside a frame must match). */
 const from = 3;
 const to = 7;
 const wireMessage: fc.Arbitrary<Message> = fc
   .record({
-    type: fc.constantFrom(...wireMessageTypes),
+    type: fc.constantFrom(...peerTypes),
     term: count,
     logTerm: count,
     index: count,
@@ -85,8 +90,40 @@ const wireMessage: fc.Arbitrary<Message> = fc
   .map(({ chunk, ...fields }) => {
     const m: Message = { ...message({ type: fields.type }), ...fields, from, to };
     if (m.type === 'Snap') m.snapshot = chunk;
-    return m;
+    return obeyRules(m);
   });
+
+const uniq = (ids: number[]) => [...new Set(ids)];
+
+/** obeyRules: the nearest message that satisfies checkMessage (the wire rules), for the round trip. */
+function obeyRules(m: Message): Message {
+  m.term = m.type === 'ReadIndex' ? 0 : Math.min(Math.max(1, m.term), defaultCodecLimits.termMax);
+  m.logTerm = Math.min(m.logTerm, Math.max(m.term, 0));
+  if (m.type !== 'App') m.entries = [];
+  m.index = Math.min(m.index, Number.MAX_SAFE_INTEGER - m.entries.length);
+  const terms = m.entries.map((e) => Math.min(Math.max(e.term, m.logTerm), m.term)).sort((a, b) => a - b);
+  m.entries = m.entries.map((e, i) => ({
+    ...e,
+    index: m.index + 1 + i,
+    term: terms[i]!,
+    data: e.type === 1 ? encodeConfChange({ changes: [{ type: 'add-node', nodeId: 1 + i }], context: e.data }) : e.data,
+  }));
+  if (m.type === 'AppResp' && m.reject) {
+    m.rejectHint = Math.min(m.rejectHint, m.index);
+    m.rejectTerm = Math.min(m.rejectTerm, m.term);
+  }
+  if (m.snapshot !== undefined) {
+    const md = m.snapshot.metadata;
+    md.index = Math.max(1, md.index);
+    md.term = Math.min(md.term, m.term);
+    const cs = md.confState;
+    cs.voters = uniq(cs.voters.length > 0 ? cs.voters : [1]);
+    cs.votersOutgoing = uniq(cs.votersOutgoing);
+    cs.learners = uniq(cs.learners).filter((id) => !cs.voters.includes(id) && !cs.votersOutgoing.includes(id));
+    cs.learnersNext = uniq(cs.learnersNext).filter((id) => !cs.voters.includes(id) && cs.votersOutgoing.includes(id));
+  }
+  return m;
+}
 
 test('every wire message type round-trips through protobuf bytes unchanged (property)', (t) => {
   const seen = new Set<string>();
@@ -102,7 +139,7 @@ test('every wire message type round-trips through protobuf bytes unchanged (prop
     }),
     { numRuns: 300, seed: 20261124 },
   );
-  t.deepEqual([...seen].sort(), [...wireMessageTypes].sort(), 'every wire type was generated');
+  t.deepEqual([...seen].sort(), [...peerTypes].sort(), 'every type peers send was generated');
 });
 
 test('a large snapshot chunk with a joint ConfState round-trips', (t) => {
@@ -212,7 +249,7 @@ test('snapshot chunks are checked against their message and their snapshot', (t)
     data: new Uint8Array(4),
     last: true,
   };
-  const snap = () => overTheWire(encodeEnvelope('c', from, to, [message({ type: 'Snap', from, to, snapshot: chunk })]));
+  const snap = () => overTheWire(encodeEnvelope('c', from, to, [message({ type: 'Snap', from, to, term: 2, snapshot: chunk })]));
   t.notThrows(() => decodeEnvelope(snap()));
 
   let f = snap();
@@ -242,4 +279,98 @@ test('snapshot chunks are checked against their message and their snapshot', (t)
   f = snap();
   rejects(t, f, 'too-large', { ...defaultCodecLimits, snapshotChunkBytesMax: 3 });
   rejects(t, snap(), 'too-many', { ...defaultCodecLimits, confStateMembersMax: 0 });
+});
+
+test('the wire rules of the raft core: each violation is refused with its reason', (t) => {
+  const app = (fields: Partial<Message> = {}) =>
+    message({
+      type: 'App',
+      from,
+      to,
+      term: 5,
+      logTerm: 4,
+      index: 10,
+      commit: 9,
+      entries: [11, 12, 13].map((index) => ({ term: 5, index, type: 0 as const, data: new Uint8Array(2) })),
+      ...fields,
+    });
+  const wire = (...messages: Message[]) => overTheWire(encodeEnvelope('c', from, to, messages));
+  t.notThrows(() => decodeEnvelope(wire(app())));
+  t.notThrows(() => decodeEnvelope(wire(app({ entries: [] }))), 'a heartbeat-like empty append');
+  t.notThrows(() => decodeEnvelope(wire(message({ type: 'ReadIndex', from, to, context: new Uint8Array(8) }))));
+
+  // Defect f: entries that are not contiguous after index, or do not start at index + 1.
+  const entriesAt = (...indexes: number[]) => indexes.map((index) => ({ term: 5, index, type: 0 as const, data: new Uint8Array(0) }));
+  rejects(t, wire(app({ entries: entriesAt(11, 13) })), 'entries-not-contiguous');
+  rejects(t, wire(app({ entries: entriesAt(11, 11) })), 'entries-not-contiguous');
+  rejects(t, wire(app({ entries: entriesAt(12, 11) })), 'entries-not-contiguous');
+  rejects(t, wire(app({ entries: entriesAt(12) })), 'entries-not-contiguous');
+  rejects(t, wire(app({ entries: entriesAt(10) })), 'entries-not-contiguous');
+  const overflow = app({ index: Number.MAX_SAFE_INTEGER - 1, entries: [] });
+  overflow.entries = [Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER + 1].map((index) => ({ term: 5, index, type: 0 as const, data: new Uint8Array(0) }));
+  t.throws(() => checkMessage(overflow), { instanceOf: FrameError, message: /beyond 2\^53/ });
+
+  // Entry terms: never below the previous entry's (logTerm), never decreasing, never above the leader's term.
+  const termsOf = (...terms: number[]) => terms.map((term, i) => ({ term, index: 11 + i, type: 0 as const, data: new Uint8Array(0) }));
+  t.notThrows(() => decodeEnvelope(wire(app({ entries: termsOf(4, 4, 5) }))));
+  rejects(t, wire(app({ entries: termsOf(3, 5) })), 'bad-entry-term');
+  rejects(t, wire(app({ entries: termsOf(5, 4) })), 'bad-entry-term');
+  rejects(t, wire(app({ entries: termsOf(5, 6) })), 'bad-entry-term');
+
+  // A ConfChange entry must decode (the state machine decodes it while applying).
+  const conf = (data: Uint8Array) => app({ entries: [{ term: 5, index: 11, type: 1, data }] });
+  t.notThrows(() => decodeEnvelope(wire(conf(encodeConfChange({ changes: [{ type: 'add-node', nodeId: 4 }], context: new Uint8Array(0) })))));
+  rejects(t, wire(conf(new TextEncoder().encode('not json'))), 'bad-conf-change');
+  rejects(t, wire(conf(new TextEncoder().encode('{"changes":[{"type":"add-node","nodeId":0}],"context":""}'))), 'bad-conf-change');
+
+  // Terms: every type but ReadIndex carries one (term 0 skips the core's term comparison), within termMax.
+  for (const type of ['App', 'AppResp', 'Vote', 'VoteResp', 'PreVote', 'PreVoteResp', 'Heartbeat', 'HeartbeatResp', 'SnapResp', 'TimeoutNow', 'ReadIndexResp'] as const) {
+    rejects(t, wire(message({ type, from, to, term: 0 })), 'bad-term');
+    t.notThrows(() => decodeEnvelope(wire(message({ type, from, to, term: 1 }))), type);
+  }
+  rejects(t, wire(message({ type: 'ReadIndex', from, to, term: 3 })), 'bad-term');
+  rejects(t, wire(app({ term: defaultCodecLimits.termMax + 1, entries: [] })), 'bad-term');
+  for (const type of ['App', 'Vote', 'PreVote', 'VoteResp', 'PreVoteResp'] as const) {
+    rejects(t, wire(message({ type, from, to, term: 3, logTerm: 4 })), 'bad-log-term');
+  }
+
+  // Types a node never sends to a peer; a message to itself; entries on anything but App.
+  rejects(t, wire(message({ type: 'Propose', from, to, term: 1, entries: entriesAt(1) })), 'not-from-peers');
+  rejects(t, wire(message({ type: 'TransferLeader', from, to, term: 1 })), 'not-from-peers');
+  const self = overTheWire(encodeEnvelope('c', from, to, [app()]));
+  self.to = from;
+  self.messages[0]!.to = from;
+  rejects(t, self, 'self-message');
+  rejects(t, wire(message({ type: 'Heartbeat', from, to, term: 5, entries: entriesAt(1) })), 'bad-entries');
+
+  // AppResp rejections: the hint never lies above the rejected index, nor its term above ours.
+  t.notThrows(() => decodeEnvelope(wire(message({ type: 'AppResp', from, to, term: 5, index: 10, reject: true, rejectHint: 7, rejectTerm: 4 }))));
+  rejects(t, wire(message({ type: 'AppResp', from, to, term: 5, index: 10, reject: true, rejectHint: 11 })), 'bad-reject-hint');
+  rejects(t, wire(message({ type: 'AppResp', from, to, term: 5, index: 10, reject: true, rejectHint: 7, rejectTerm: 6 })), 'bad-reject-hint');
+});
+
+test('snapshot metadata must describe an installable snapshot', (t) => {
+  const cs = { voters: [1, 2, 3], votersOutgoing: [] as number[], learners: [4], learnersNext: [] as number[], autoLeave: false };
+  const snap = (metadata: Partial<SnapshotChunk['metadata']> = {}, confState: Partial<typeof cs> = {}) =>
+    overTheWire(
+      encodeEnvelope('c', from, to, [
+        message({
+          type: 'Snap',
+          from,
+          to,
+          term: 5,
+          snapshot: { metadata: { index: 10, term: 5, sizeBytes: 4, confState: { ...cs, ...confState }, ...metadata }, offset: 0, data: new Uint8Array(4), last: true },
+        }),
+      ]),
+    );
+  t.notThrows(() => decodeEnvelope(snap()));
+  t.notThrows(() => decodeEnvelope(snap({}, { voters: [1, 3], votersOutgoing: [1, 2, 3], learnersNext: [2], autoLeave: true })), 'a joint configuration demoting 2');
+  rejects(t, snap({ index: 0 }), 'bad-snapshot');
+  rejects(t, snap({ term: 6 }), 'bad-snapshot');
+  rejects(t, snap({}, { voters: [] }), 'bad-snapshot');
+  rejects(t, snap({}, { voters: [1, 1, 2] }), 'bad-snapshot');
+  rejects(t, snap({}, { learners: [2] }), 'bad-snapshot');
+  rejects(t, snap({}, { votersOutgoing: [1, 2, 5], learners: [5] }), 'bad-snapshot');
+  rejects(t, snap({}, { learnersNext: [5] }), 'bad-snapshot');
+  rejects(t, snap({}, { votersOutgoing: [1, 2, 3], learnersNext: [3] }), 'bad-snapshot');
 });

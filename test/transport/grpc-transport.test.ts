@@ -47,7 +47,7 @@ async function node(id: NodeId, options: { clusterId?: string; listen?: string; 
 }
 
 function app(from: NodeId, to: NodeId, index: number, dataBytes = 64): Message {
-  return message({ type: 'App', from, to, term: 1, index, entries: [{ term: 1, index, type: 0, data: new Uint8Array(dataBytes) }] });
+  return message({ type: 'App', from, to, term: 1, index, entries: [{ term: 1, index: index + 1, type: 0, data: new Uint8Array(dataBytes) }] });
 }
 
 /** pump: send `count` messages made by `make`, keeping the peer's queue below `queuedMax`. */

@@ -51,7 +51,7 @@ for (const pauseMs of [3000, 6000]) {
       const batch: Message[] = [];
       for (let i = 0; i < 20; i++) {
         index++;
-        batch.push(message({ type: 'App', from: 1, to: 2, term: 1, index, entries: [{ term: 1, index, type: 0, data }] }));
+        batch.push(message({ type: 'App', from: 1, to: 2, term: 1, index, entries: [{ term: 1, index: index + 1, type: 0, data }] }));
       }
       transport.send(batch);
     }, 5);
