@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { BlockStore } from '../../src/blockstore/index.js';
 import { encodeCommand } from '../../src/blockstore/commands.js';
-import { systemClock } from '../../src/node/clock.js';
+import { systemScheduler } from '../../src/node/clock.js';
 import { Counters } from '../../src/node/metrics.js';
 import { type MemberAddresses, Replica, type ReplicaOptions } from '../../src/node/replica.js';
 import { SeededRandom } from '../../src/raft/random.js';
@@ -74,7 +74,7 @@ for (const node of nodes) {
     id: node.id,
     store: node.store,
     transport: node.transport,
-    clock: systemClock,
+    scheduler: systemScheduler,
     random: new SeededRandom(seed * 10 + node.id),
     counters: node.counters,
     logger: {
