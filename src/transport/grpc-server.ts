@@ -44,7 +44,7 @@ export const adminMethods = [
 ] as const;
 export type AdminMethod = (typeof adminMethods)[number];
 
-export const blockMethods = ['OpenSession', 'Read', 'Write', 'Trim', 'WriteZeroes', 'Flush', 'BlockStatus'] as const;
+export const blockMethods = ['OpenSession', 'CloseSession', 'Read', 'Write', 'Trim', 'WriteZeroes', 'Flush', 'BlockStatus'] as const;
 export type BlockMethod = (typeof blockMethods)[number];
 
 export const chardServices = { Admin: 'chard.v1.Admin', Block: 'chard.v1.Block' } as const;
