@@ -6,7 +6,7 @@
 
 import test from 'ava';
 import { startTarget } from '../helpers/nbd-target.js';
-import { fioFigures, formatFigures, startNbdkitFile } from '../../src/bench/fio.js';
+import { fioFigures, fioJobs, formatFigures, startNbdkitFile } from '../../src/bench/fio.js';
 import { requireTools, run, timed } from '../helpers/nbd-tools.js';
 
 test('fio ioengine=nbd randwrite + verify=crc32c, 2 jobs', async (t) => {
@@ -47,7 +47,7 @@ test('fio baseline figures (src/bench/fio.ts, 1 s per job): nbdkit file and the 
   try {
     const figures = await timed(t, 'fio baseline against nbdkit file', () => fioFigures(nbdkit.uri, { runtimeSeconds: 1 }));
     t.log(formatFigures('nbdkit file', figures));
-    t.deepEqual(figures.map((f) => f.job), ['randwrite-4k-qd32', 'randread-4k-qd32', 'seqwrite-1m-qd8']);
+    t.deepEqual(figures.map((f) => f.job), fioJobs.map((j) => j.name));
     for (const f of figures) t.true(f.iops > 0 && f.ioBytes > 0, `${f.job} moved data`);
   } finally {
     await nbdkit.stop();
