@@ -16,7 +16,8 @@ import type { Random } from '../raft/types.js';
 import { GrpcTransport, type TransportCredentials } from '../transport/transport.js';
 import type { Transport } from '../transport/transport.js';
 import { Faults, FaultyTransport } from '../transport/faulty.js';
-import { nodeTls } from '../transport/tls.js';
+import { loadCerts, nodeCredentials } from '../transport/tls.js';
+import type { NbdTlsOptions } from '../nbd/server.js';
 import { FaultsFileWatcher } from './faults-file.js';
 import { NodeAdmin } from './admin.js';
 import { type Scheduler, systemScheduler } from './clock.js';
@@ -192,4 +193,11 @@ export class ChardNode {
     this.store.close();
     this.logger.info({}, 'node stopped');
   }
+}
+
+/** nodeTls: the credentials and NBD TLS options of a node's `tls` config block. */
+function nodeTls(config: { certs: string; nbd: 'off' | 'optional' | 'required' }): { credentials: TransportCredentials; nbd?: NbdTlsOptions } {
+  const credentials = nodeCredentials(config.certs);
+  if (config.nbd === 'off') return { credentials };
+  return { credentials, nbd: { mode: config.nbd, ...loadCerts(config.certs, 'server', 'tls.certs') } };
 }

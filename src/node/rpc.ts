@@ -14,7 +14,7 @@ import { type BlockCommand, type Session, type SessionCommand, commandLimits, en
 import { checkVolumeName, requestLimits } from '../volume/rules.js';
 import { ChardError, ErrorCode, NotLeaderError, UsageError } from '../errors.js';
 import type { NodeId } from '../raft/types.js';
-import { NodeApi, defaultClientLimits } from '../cli/client.js';
+import { NodeApi, defaultClientLimits } from './api-client.js';
 import type { TransportCredentials } from '../transport/transport.js';
 import { errorToStatus } from '../transport/grpc-server.js';
 import { serviceDefinition } from '../transport/proto.js';

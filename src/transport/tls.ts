@@ -14,7 +14,6 @@ import path from 'node:path';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { ErrorCode, UsageError } from '../errors.js';
-import type { NbdTlsOptions } from '../nbd/server.js';
 import type { TransportCredentials } from './transport.js';
 
 export const certFileNames = {
@@ -75,11 +74,4 @@ export function nbdSecureContext(dir: string): SecureContext {
   } catch (error) {
     throw new UsageError(ErrorCode.InvalidArgument, `tls.certs: the certificates in ${dir} are not usable: ${(error as Error).message}`);
   }
-}
-
-/** nodeTls: the credentials and NBD TLS options of a node's `tls` config block. */
-export function nodeTls(config: { certs: string; nbd: 'off' | 'optional' | 'required' }): { credentials: TransportCredentials; nbd?: NbdTlsOptions } {
-  const credentials = nodeCredentials(config.certs);
-  if (config.nbd === 'off') return { credentials };
-  return { credentials, nbd: { mode: config.nbd, ...loadCerts(config.certs, 'server', 'tls.certs') } };
 }
