@@ -28,7 +28,7 @@ import type { MemberAddresses } from '../node/replica.js';
 import { SeededRandom } from '../raft/random.js';
 import type { FaultStall } from './checks.js';
 import type { HistoryEvent } from './history.js';
-import { judgeRun, truncatedReason, type ConvergenceResult, type Judgement, type RunFacts } from './judge.js';
+import { judgeRun, truncatedReason, type ConvergenceResult, type Judgement, type OpCounts, type RunFacts } from './judge.js';
 import type { LinearizabilityResult } from './linearizability.js';
 import type { FaultLink, NetLab } from './netlab.js';
 import { renderReport, type OverallVerdict } from './report.js';
@@ -96,14 +96,8 @@ export interface ChaosResults {
   schedule: string[];
   /** reasons: why the verdict is not PASS where the checks alone do not say (run-level). */
   reasons: string[];
-  figures: {
-    operations: number;
-    ok: number;
-    fail: number;
-    info: number;
-    reads: number;
-    writes: number;
-    flushes: number;
+  /** figures: the operation counts (judge's OpCounts, one shape for run and recheck) and timings. */
+  figures: OpCounts & {
     operationsCheckedPerMinute: number;
     checkerMs: number;
     ackedWriteCheckMs: number;
