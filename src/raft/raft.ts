@@ -33,6 +33,7 @@ import {
   Role,
   type SnapshotChunk,
   type SnapshotMetadata,
+  sameSnapshot,
   entryBytes,
   isLocalMessage,
   message,
@@ -986,7 +987,7 @@ export class Raft {
       return;
     }
     const staging = this.staging;
-    if (staging === undefined || staging.metadata.index !== metadata.index || staging.metadata.term !== metadata.term) {
+    if (staging === undefined || !sameSnapshot(staging.metadata, metadata)) {
       this.staging = { metadata, bytes: 0 };
     }
     const current = this.staging!;

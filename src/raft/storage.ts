@@ -18,6 +18,7 @@ import {
   type Entry,
   type HardState,
   type SnapshotMetadata,
+  sameSnapshot,
   emptyConfState,
   emptyHardState,
   entryBytes,
@@ -169,7 +170,7 @@ export class MemoryStorage implements LogStorage {
 
   /** stageSnapshotChunk: keeps a received chunk; a chunk of another snapshot restarts staging. */
   stageSnapshotChunk(metadata: SnapshotMetadata, offset: number, data: Uint8Array): void {
-    if (this.pending === undefined || this.pending.metadata.index !== metadata.index || this.pending.metadata.term !== metadata.term) {
+    if (this.pending === undefined || !sameSnapshot(this.pending.metadata, metadata)) {
       this.pending = { metadata, chunks: [], bytesReceived: 0 };
     }
     if (offset !== this.pending.bytesReceived) return; // out of order: the ack will tell the leader where we are

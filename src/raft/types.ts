@@ -87,6 +87,16 @@ export interface SnapshotMetadata {
 }
 
 /**
+ * sameSnapshot: whether two metadata name the same snapshot bytes — the one rule by which a
+ * receiver decides that a chunk continues what it has staged. Index and term alone are not enough:
+ * a chunk that claims another size for the same (index, term) would otherwise leave the staged
+ * bytes beyond the size it claims, and the transfer could never complete.
+ */
+export function sameSnapshot(a: SnapshotMetadata, b: SnapshotMetadata): boolean {
+  return a.index === b.index && a.term === b.term && a.sizeBytes === b.sizeBytes;
+}
+
+/**
  * SnapshotChunk: a piece of a snapshot in flight. The leader streams chunks at increasing
  * `offset`; the follower persists each (Ready.snapshotChunks), acknowledges the bytes it holds
  * (SnapResp with `index` = snapshot index and `rejectHint` = bytes held), and installs the whole

@@ -397,6 +397,30 @@ test('§7 chunks arriving while a snapshot install is pending are answered, not 
   t.is(c.node(2).storage.pendingSnapshot(), undefined);
 });
 
+test('§7 a chunk that claims another size for the same snapshot restarts staging instead of wedging it', (t) => {
+  const c = new Cluster();
+  c.addEmptyNode(2);
+  const confState = { voters: [1, 2, 3], votersOutgoing: [], learners: [], learnersNext: [], autoLeave: false };
+  const big = { index: 10, term: 2, confState, sizeBytes: 4 };
+  const snap = (offset: number, data: number[], last: boolean, meta: typeof big) =>
+    message({ type: 'Snap', from: 1, to: 2, term: 2, snapshot: { metadata: meta, offset, data: new Uint8Array(data), last } });
+  // Three bytes staged of a 4-byte snapshot (10, 2) ...
+  c.node(2).raw.step(snap(0, [0x20, 0x20, 0x20], false, big));
+  // ... then the leader's snapshot of the same (index, term) is 2 bytes ("[]"). Keyed by index and
+  // term only, the staged 3 bytes stayed and 3 never equals 2: the transfer could not complete.
+  const small = { ...big, sizeBytes: 2 };
+  c.node(2).raw.step(snap(0, [0x5b], false, small));
+  c.node(2).raw.step(snap(1, [0x5d], true, small));
+  const replies = outbox(c, 2);
+  t.deepEqual(replies.map((m) => [m.type, m.index, m.rejectHint]), [
+    ['SnapResp', 10, 3],
+    ['SnapResp', 10, 1],
+    ['AppResp', 10, 0],
+  ]);
+  t.true(c.log.includes('2: installed snapshot 10'));
+  t.is(c.node(2).storage.snapshot().sizeBytes, 2);
+});
+
 test('§7 an unreachable report during a snapshot transfer resends from the acknowledged offset; a reject falls back to probing', (t) => {
   const c = snapshotCluster({ snapshotChunkBytes: 8, snapshotChunksInflightMax: 2 });
   c.heal();
