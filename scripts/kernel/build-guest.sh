@@ -140,7 +140,9 @@ chard_step() {
   "$@" > /tmp/step.out 2>&1
   _rc=$?
   _t1=$(chard_ms)
-  sed "s/^/  $_name: /" /tmp/step.out
+  # read -r || [ -n ]: a last line without a newline is still printed, and ends with one, so the
+  # CHARD-RESULT line below always starts at column 0.
+  while IFS= read -r _l || [ -n "$_l" ]; do echo "  $_name: $_l"; done < /tmp/step.out
   if [ $_rc -eq 0 ]; then _ok=1; else _ok=0; fi
   echo "CHARD-RESULT step=$_name ok=$_ok rc=$_rc ms=$((_t1 - _t0))"
   return $_rc

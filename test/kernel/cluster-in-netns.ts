@@ -76,17 +76,19 @@ export class NetnsCluster {
   ) {}
 
   /**
-   * up: `chard cluster up --nodes N --dir DIR --detach --json` inside the namespace; resolves once a
+   * up: `chard cluster up --nodes N --dir DIR --detach --json [--certs CERTS]` inside the namespace; resolves once a
    * leader is elected and the default volume exists (what the CLI guarantees). On failure the
    * partial cluster is torn down and the error carries the node logs.
    */
-  static async up(netns: Netns, dir: string, options: { nodes: number; volumeSize: string; nodeOptions?: object }): Promise<NetnsCluster> {
+  static async up(netns: Netns, dir: string, options: { nodes: number; volumeSize: string; nodeOptions?: object; certs?: string }): Promise<NetnsCluster> {
     assert(options.nodes >= 1 && options.nodes <= 7, 'nodes out of range');
     mkdirSync(dir, { recursive: true });
     const cluster = new NetnsCluster(netns, dir, path.join(dir, 'run'));
     mkdirSync(cluster.runDir, { recursive: true });
     const args = ['cluster', 'up', '--nodes', String(options.nodes), '--dir', dir, '--detach', '--json', '--volume-size', options.volumeSize];
     if (options.nodeOptions !== undefined) args.push('--node-options', JSON.stringify(options.nodeOptions));
+    // --certs: mutual TLS on every link and NBD TLS `required`, with the certificates in that directory.
+    if (options.certs !== undefined) args.push('--certs', options.certs);
     const result = await cluster.cli(args, 60_000);
     if (result.code !== 0) {
       const logs = cluster.logTails();

@@ -27,6 +27,21 @@ export interface NbdConnectOptions {
   timeoutSeconds?: number;
   /** connections: nbd-client -C (multi-connection; the server must allow it). */
   connections?: number;
+  /**
+   * tls: nbd-client -x -certfile CERT -K KEY -A CA [-H NAME]: NBD_OPT_STARTTLS, X.509 with a
+   * client certificate, the server's certificate checked against CA and against NAME
+   * (nbd-client's default NAME is the host it dials, 10.0.2.2). Paths are the guest's (absolute).
+   * `-certfile`, not `-F`: nbd-client 3.24 (Debian 12) lost the -F short option (upstream fixed
+   * it in 3.26); its long option works there and in every later version.
+   */
+  tls?: NbdTlsFiles;
+}
+
+export interface NbdTlsFiles {
+  certFile: string;
+  keyFile: string;
+  caFile: string;
+  hostname?: string;
 }
 
 /** nbdConnectCommand: the nbd-client invocation (Debian 12's 3.24 syntax) for these options. */
@@ -37,6 +52,13 @@ export function nbdConnectCommand(options: NbdConnectOptions): string {
   if (options.timeoutSeconds !== undefined) args.push('-t', String(options.timeoutSeconds));
   if (options.connections !== undefined) args.push('-C', String(options.connections));
   if (options.exportName !== undefined && options.exportName !== '') args.push('-N', shellQuote(options.exportName));
+  if (options.tls !== undefined) {
+    const { certFile, keyFile, caFile, hostname } = options.tls;
+    // nbd-client's TLS proxy daemonizes (chdir /): only absolute paths reach the files.
+    for (const file of [certFile, keyFile, caFile]) assert(file.startsWith('/'), `TLS file ${file} must be an absolute guest path`);
+    args.push('-x', '-certfile', shellQuote(certFile), '-K', shellQuote(keyFile), '-A', shellQuote(caFile));
+    if (hostname !== undefined) args.push('-H', shellQuote(hostname));
+  }
   return args.join(' ');
 }
 
@@ -79,10 +101,13 @@ function writerLines(writer: WriterOptions, dir: string): string[] {
  * umount, disconnect. Each file's checksum is reported as `CHARD-RESULT file=NAME sha256=HEX`.
  */
 export function smokeScript(connect: NbdConnectOptions, files: SmokeFile[], writer?: WriterOptions): string {
+  return ['. /lib/chard.sh', ...smokeLines(connect, files, writer)].join('\n') + '\n';
+}
+
+function smokeLines(connect: NbdConnectOptions, files: SmokeFile[], writer?: WriterOptions): string[] {
   const device = connect.device ?? '/dev/nbd0';
   assert(files.length > 0, 'smokeScript needs at least one file');
   const lines = [
-    '. /lib/chard.sh',
     `chard_step connect ${nbdConnectCommand(connect)} || exit 1`,
     `chard_result device=${device} size_bytes=$(blockdev --getsize64 ${device})`,
     `chard_step mkfs mkfs.ext4 -q -F ${device} || exit 1`,
@@ -106,6 +131,37 @@ export function smokeScript(connect: NbdConnectOptions, files: SmokeFile[], writ
   );
   if (writer !== undefined) lines.push(...writerLines(writer, '/mnt/writer'));
   lines.push('chard_step umount2 umount /mnt || exit 1', `chard_step disconnect nbd-client -d ${device} || exit 1`);
+  return lines;
+}
+
+export interface RefusedConnect {
+  /** name: the step is reported as `refuse-NAME` (then `detached-NAME`). */
+  name: string;
+  connect: NbdConnectOptions;
+}
+
+/** refuseSecondsMax: a refused attach is over in seconds; a hang is cut here (and is not a refusal). */
+export const refuseSecondsMax = 60;
+
+/**
+ * tlsScript: the guest side of the kernel TLS test, in one boot. First every `refused` attach is
+ * tried and must fail: `CHARD-RESULT step=refuse-NAME ok=0 rc=N` (nbd-client's own failure is
+ * rc=1; a hang is killed after refuseSecondsMax and shows as another rc), and `detached-NAME`
+ * checks with `nbd-client -c` that the device stayed unattached (else it disconnects and stops).
+ * Then the smoke cycle of smokeScript over `connect`: connect, mkfs.ext4, mount, fsynced files
+ * with their sha256, umount, drop caches, fsck.ext4 -fn, remount, verify, umount, disconnect.
+ */
+export function tlsScript(connect: NbdConnectOptions, refused: RefusedConnect[], files: SmokeFile[]): string {
+  const lines = ['. /lib/chard.sh'];
+  for (const attempt of refused) {
+    checkName(attempt.name);
+    const device = attempt.connect.device ?? '/dev/nbd0';
+    lines.push(
+      `chard_step refuse-${attempt.name} timeout ${refuseSecondsMax} ${nbdConnectCommand(attempt.connect)}`,
+      `chard_step detached-${attempt.name} sh -c '! nbd-client -c ${device}' || { nbd-client -d ${device}; exit 1; }`,
+    );
+  }
+  lines.push(...smokeLines(connect, files));
   return lines.join('\n') + '\n';
 }
 

@@ -8,7 +8,8 @@
  *   networking (slirp) runs inside it, so the guest's gateway 10.0.2.2 is that namespace's
  *   127.0.0.1: servers listening there are reachable, and no packet ever leaves the namespace.
  * - runGuest boots the guest (TCG, never KVM: KVM hangs on these hosts) with a per-run shell script
- *   appended as a second initramfs archive, streams the serial console line by line (onLine), parses
+ *   (and any extra files, e.g. TLS certificates, under /chard/) appended as a second initramfs
+ *   archive, streams the serial console line by line (onLine), parses
  *   the `CHARD-RESULT key=value ...` lines, enforces the timeout by killing QEMU, and always removes
  *   its temporary files.
  *
@@ -203,10 +204,50 @@ export interface GuestEvent {
   line: string;
 }
 
+/** GuestFile: one extra file of the per-run archive (RunGuestOptions.files). */
+export interface GuestFile {
+  path: string;
+  data: Buffer;
+  mode?: number;
+}
+
+/** guestFilesBytesMax: the per-run archive is copied into guest RAM; keep it small. */
+export const guestFilesBytesMax = 16 * 1024 * 1024;
+
+/** perRunEntries: the cpio entries of /chard: the script, the extra files and their directories. */
+export function perRunEntries(script: string, files: GuestFile[] = []): { path: string; data?: Buffer; mode: number }[] {
+  const entries: { path: string; data?: Buffer; mode: number }[] = [{ path: 'chard', mode: 0o040755 }];
+  const dirs = new Set<string>(['chard']);
+  let bytes = 0;
+  for (const file of files) {
+    assert(/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/.test(file.path) && !file.path.split('/').includes('..'), `bad guest file path ${file.path}`);
+    assert(file.path !== 'script.sh', 'script.sh is the script itself');
+    bytes += file.data.length;
+    assert(bytes <= guestFilesBytesMax, `guest files exceed ${guestFilesBytesMax} bytes`);
+    const parts = file.path.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const dir = ['chard', ...parts.slice(0, i)].join('/');
+      if (!dirs.has(dir)) {
+        dirs.add(dir);
+        entries.push({ path: dir, mode: 0o040755 });
+      }
+    }
+    entries.push({ path: `chard/${file.path}`, mode: 0o100000 | (file.mode ?? 0o644), data: file.data });
+  }
+  entries.push({ path: 'chard/script.sh', mode: 0o100755, data: Buffer.from(script) });
+  return entries;
+}
+
 export interface RunGuestOptions {
   netns: Netns;
   /** script: POSIX sh run by the guest's /init as /chard/script.sh, after modules and network are up. */
   script: string;
+  /**
+   * files: more files for the per-run archive, beside the script (e.g. TLS certificates): `path`
+   * is relative to /chard (`tls/ca-cert.pem` becomes /chard/tls/ca-cert.pem; parent directories
+   * are made), `mode` defaults to 0644. At most guestFilesBytesMax bytes in all.
+   */
+  files?: GuestFile[];
   timeoutMs: number;
   /** memoryMb: guest RAM; 512 is plenty for nbd + ext4 and keeps TCG boot fast. */
   memoryMb?: number;
@@ -278,12 +319,7 @@ export async function runGuest(options: RunGuestOptions): Promise<GuestRun> {
   const dir = await mkdtemp(join(tmpdir(), 'chard-guest-'));
   try {
     // The per-run archive is appended to the cached one; the kernel unpacks both in order.
-    const scriptArchive = gzipSync(
-      cpioNewc([
-        { path: 'chard', mode: 0o040755 },
-        { path: 'chard/script.sh', mode: 0o100755, data: Buffer.from(options.script) },
-      ]),
-    );
+    const scriptArchive = gzipSync(cpioNewc(perRunEntries(options.script, options.files)));
     const initrd = join(dir, 'initrd.img');
     await writeFile(initrd, Buffer.concat([await readFile(image.initramfs), scriptArchive]));
     const args = [
