@@ -635,7 +635,7 @@ class Connection {
         rejectUnauthorized: true,
         minVersion: 'TLSv1.2',
       });
-      let reason = 'connection closed during the TLS handshake (a certificate the CA did not sign?)';
+      let reason = 'the client closed the connection during the TLS handshake (it may have refused this node\'s certificate, or it has no certificate of the cluster CA)';
       const onClose = (): void => {
         this.server.event(NbdEvent.tlsHandshakeFailures);
         this.log.warn({ peer: this.peer, reason }, 'nbd TLS handshake failed; closing');
