@@ -60,7 +60,7 @@ test('a whole-device TRIM and WRITE_ZEROES keep the leader and every concurrent 
       term = leaderStatus.term;
       break;
     }
-    if (Date.now() > deadline) t.fail(`the cluster did not settle: ${JSON.stringify(statuses.map((s) => [s.id, s.role, s.term, s.commitIndex, s.appliedIndex]))}`);
+    if (Date.now() > deadline) throw new Error(`the cluster did not settle: ${JSON.stringify(statuses.map((s) => [s.id, s.role, s.term, s.commitIndex, s.appliedIndex]))}`);
     await sleep(100);
   }
   const nbdPort = port(cluster.node(leader).nbd);
