@@ -60,6 +60,12 @@ export interface VolumeRecord {
   createdIndex: number;
 }
 
+/** ApplyCounts: block rows one apply() transaction stored (inserted or replaced) and deleted. */
+export interface ApplyCounts {
+  blocksStored: number;
+  blocksDeleted: number;
+}
+
 const STATE_FORMAT = 1;
 
 const SCHEMA = `
@@ -234,6 +240,8 @@ export class BlockStateMachine {
   private memberMap = new Map<NodeId, MemberAddresses>();
   /** inApply: true while apply() runs its transaction (setMember joins it). */
   private inApply = false;
+  /** counts: the block rows the current (or last) apply() stored and deleted. */
+  private counts: ApplyCounts = { blocksStored: 0, blocksDeleted: 0 };
 
   private constructor(file: string, limits: StateStoreLimits) {
     this.file = file;
@@ -337,6 +345,7 @@ export class BlockStateMachine {
     if (entries.length === 0) return outcomes;
     assert(entries[0]!.index === this.applied + 1, `apply continues at ${this.applied + 1}, got ${entries[0]!.index}`);
     const touchedSessions = new Set<string>();
+    this.counts = { blocksStored: 0, blocksDeleted: 0 };
     let conf = this.conf;
     const run = this.db.transaction(() => {
       for (let i = 0; i < entries.length; i++) {
@@ -371,6 +380,14 @@ export class BlockStateMachine {
     this.applied = entries[entries.length - 1]!.index;
     this.conf = structuredClone(conf);
     return outcomes;
+  }
+
+  /**
+   * lastApplyCounts: the block rows the last apply() stored and deleted — the work of one apply
+   * transaction, which the volume layer bounds for zeroing (requestLimits.zeroPieceBytes).
+   */
+  lastApplyCounts(): ApplyCounts {
+    return { ...this.counts };
   }
 
   /** persistSessions: the rows of the sessions this batch touched and the retired-id changes (never the whole table). */
@@ -478,7 +495,7 @@ export class BlockStateMachine {
       case 'deleteVolume': {
         const volume = this.volume(command.name);
         if (volume === undefined) return fail(ErrorCode.NotFound, `no volume named "${command.name}"`);
-        this.s.deleteVolumeBlocks.run(volume.createdIndex);
+        this.counts.blocksDeleted += this.s.deleteVolumeBlocks.run(volume.createdIndex).changes;
         this.s.deleteVolume.run(command.name);
         return ok;
       }
@@ -493,8 +510,11 @@ export class BlockStateMachine {
   }
 
   private storeBlock(volumeId: number, block: number, data: Uint8Array): void {
-    if (isZero(data)) this.s.deleteBlock.run(volumeId, block);
-    else this.s.putBlock.run(volumeId, block, data, crc32(data));
+    if (isZero(data)) this.counts.blocksDeleted += this.s.deleteBlock.run(volumeId, block).changes;
+    else {
+      this.s.putBlock.run(volumeId, block, data, crc32(data));
+      this.counts.blocksStored++;
+    }
   }
 
   /** writeRange: read-modify-write of every block [offset, offset+data.length) touches. */
@@ -538,7 +558,7 @@ export class BlockStateMachine {
       return;
     }
     if (offset % blockBytes !== 0) zeroPart(firstFull - 1, offset - (firstFull - 1) * blockBytes, blockBytes);
-    this.s.deleteBlocks.run(volumeId, firstFull, endFull - 1);
+    this.counts.blocksDeleted += this.s.deleteBlocks.run(volumeId, firstFull, endFull - 1).changes;
     if (end % blockBytes !== 0) zeroPart(endFull, 0, end - endFull * blockBytes);
   }
 

@@ -12,6 +12,7 @@
  * `chard_refused_connections_total{listener, reason}` without a mapping entry.
  */
 
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import * as prom from 'prom-client';
 import type { BlockBackend, ExportHandle } from '../nbd/backend.js';
 import { Role } from '../raft/types.js';
@@ -71,6 +72,35 @@ export class Counters {
     }
     return { counts: Object.fromEntries(this.counts), gauges: Object.fromEntries(this.gauges), quantiles };
   }
+}
+
+// ------------------------------------------------------------------ event-loop delay
+
+/** eventLoopDelayEveryMs: the period of one `node.event_loop_delay_ms` sample. */
+export const eventLoopDelayEveryMs = 1000;
+/** eventLoopDelayResolutionMs: the sampling timer of perf_hooks.monitorEventLoopDelay. */
+export const eventLoopDelayResolutionMs = 10;
+
+/**
+ * watchEventLoopDelay: once per `eventLoopDelayEveryMs`, observes `node.event_loop_delay_ms`, the
+ * longest time the event loop was blocked in that period (perf_hooks.monitorEventLoopDelay). A
+ * stall longer than the election timeout (300 ms) on a leader costs its leadership (CheckQuorum),
+ * so this is the figure to compare with it. A stall that spans the period is observed when it ends.
+ */
+export function watchEventLoopDelay(counters: Counters): { close(): void } {
+  const histogram = monitorEventLoopDelay({ resolution: eventLoopDelayResolutionMs });
+  histogram.enable();
+  const timer = setInterval(() => {
+    if (histogram.count > 0) counters.observe('node.event_loop_delay_ms', histogram.max / 1e6);
+    histogram.reset();
+  }, eventLoopDelayEveryMs);
+  timer.unref();
+  return {
+    close: () => {
+      clearInterval(timer);
+      histogram.disable();
+    },
+  };
 }
 
 // ------------------------------------------------------------------ NBD latency and in-flight
@@ -198,6 +228,7 @@ const nbdLatencyHelp = 'NBD request latency at the backend, by command';
 const refusedHelp = 'connections, frames and messages refused, by listener and reason';
 const agentStallHelp = 'attach agent: how long the cluster did not answer during a failover';
 const leaderChangesHelp = 'leader changes this node has seen';
+const eventLoopDelayHelp = 'the longest event-loop stall of each second (a leader stalled past the election timeout loses its leadership)';
 const proposalHelp = 'from proposing an entry to its being applied on the leader';
 const fsyncHelp = 'durable write of a batch of log entries (write + fsync)';
 const entriesHelp = 'log entries made durable by one fsync (group commit)';
@@ -252,6 +283,7 @@ export class PromExporter implements CounterSink {
     this.histogram('chard_raft_fsync_duration_seconds', fsyncHelp, latencyBuckets);
     this.histogram('chard_raft_entries_per_fsync', entriesHelp, entriesBuckets);
     this.histogram('chard_snapshot_create_duration_seconds', snapshotHelp, latencyBuckets);
+    this.histogram('chard_event_loop_delay_seconds', eventLoopDelayHelp, latencyBuckets);
   }
 
   private counter(name: string, help: string, labelNames: string[] = []): prom.Counter<string> {
@@ -468,6 +500,9 @@ export class PromExporter implements CounterSink {
         return;
       case 'agent.stall_ms':
         this.histogram('chard_agent_stall_duration_seconds', agentStallHelp, latencyBuckets).observe(seconds);
+        return;
+      case 'node.event_loop_delay_ms':
+        this.histogram('chard_event_loop_delay_seconds', eventLoopDelayHelp, latencyBuckets).observe(seconds);
         return;
       default:
         return;

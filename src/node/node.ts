@@ -22,7 +22,7 @@ import { FaultsFileWatcher } from './faults-file.js';
 import { NodeAdmin } from './admin.js';
 import { type Scheduler, systemScheduler } from './clock.js';
 import { type NodeConfig, parseHostPort } from './config.js';
-import { Counters, meteredBackend, PromExporter } from './metrics.js';
+import { Counters, meteredBackend, PromExporter, watchEventLoopDelay } from './metrics.js';
 import { type MetricsServerHandle, startMetricsServer } from './metrics-http.js';
 import { type MemberAddresses, Replica } from './replica.js';
 import { BlockForwarder, encodeBlockCommand, startNodeRpcServer, type RpcServerHandle } from './rpc.js';
@@ -61,6 +61,8 @@ export interface LogContext {
 
 export class ChardNode {
   readonly counters = new Counters();
+  /** eventLoopDelay: samples node.event_loop_delay_ms (chard_event_loop_delay_seconds) until stop. */
+  private eventLoopDelay: { close(): void } | undefined;
   private constructor(
     readonly config: NodeConfig,
     readonly store: BlockStore,
@@ -177,6 +179,7 @@ export class ChardNode {
     logger.info({ id: config.id, cluster: config.clusterId, ...addresses, ...(metrics ? { metrics: metrics.address } : {}) }, 'node started');
     const node = new ChardNode(config, store, transport, replica, admin, volumes, rpc, nbd, forwarder, addresses, logger, faultsWatcher, metrics);
     (node as { counters: Counters }).counters = counters;
+    node.eventLoopDelay = watchEventLoopDelay(counters);
     return node;
   }
 
@@ -184,6 +187,7 @@ export class ChardNode {
   async stop(options: { transfer?: boolean } = {}): Promise<void> {
     this.logger.info({ transfer: options.transfer === true }, 'node stopping');
     this.faultsWatcher?.close();
+    this.eventLoopDelay?.close();
     await this.metrics?.close();
     await this.replica.close({ transfer: options.transfer === true });
     await this.nbd.close();

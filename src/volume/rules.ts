@@ -80,11 +80,20 @@ export const requestLimits = {
   /** readPieceBytes: a read larger than this is several Read RPCs / barrier-served pieces. */
   readPieceBytes: 4 * 1024 * 1024,
   /**
-   * zeroPieceBytes: the range of one trim / write-zeroes command. A larger one is split, so that
-   * one apply deletes at most 16,384 block rows (a 4 GiB mkfs discard is 64 such commands).
+   * zeroPieceBytes: the range of one trim / write-zeroes command (zeroPieceBlocksMax blocks). A
+   * larger one is split, so that one command's apply deletes at most 4,096 block rows on each
+   * replica (a 4 GiB mkfs discard is 256 such commands, each a ~61-byte log entry). With 4 pieces
+   * in flight per request (zeroPiecesInflightMax), the apply batch of a replica that keeps up then
+   * deletes at most 16,384 rows: measured 50-100 ms on a loaded 2-core machine, against an election
+   * timeout of 300 ms. At 64 MiB a batch of 4 pieces of a full device was 65,536 rows (4 times that:
+   * an estimate, not measured).
+   * (A replica that lags applies up to applyEntriesPerTurnMax entries per turn; see issue 11 h.)
    */
-  zeroPieceBytes: 64 * 1024 * 1024,
+  zeroPieceBytes: 16 * 1024 * 1024,
 } as const;
+
+/** zeroPieceBlocksMax: the block rows one trim / write-zeroes command may delete (its apply's bound). */
+export const zeroPieceBlocksMax = requestLimits.zeroPieceBytes / blockBytes;
 
 /** volumeBlockSizes: the block size constraints every volume export advertises (NBD_INFO_BLOCK_SIZE). */
 export const volumeBlockSizes = { blockSizeMin: 1, blockSizePreferred: blockBytes, blockSizeMax: requestLimits.requestBytesMax } as const;

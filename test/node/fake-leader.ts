@@ -11,7 +11,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { BlockStateMachine, decodeOutcome, encodeOutcome } from '../../src/blockstore/state-store.js';
+import { type ApplyCounts, BlockStateMachine, decodeOutcome, encodeOutcome } from '../../src/blockstore/state-store.js';
 import { ChardError, ErrorCode, UsageError } from '../../src/errors.js';
 import { NbdServer, type NbdLimits } from '../../src/nbd/server.js';
 import { systemClock } from '../../src/node/clock.js';
@@ -35,6 +35,11 @@ export class FakeLeader {
   refusals = { busy: 0, dropped: 0 };
   /** applyMs: how long each apply of one entry took (the biggest piece of work per turn). */
   readonly applyMs: number[] = [];
+  /** applyCounts: the block rows each apply stored and deleted (BlockStateMachine.lastApplyCounts). */
+  readonly applyCounts: ApplyCounts[] = [];
+  /** inflightEntries / maxInflightEntries: proposals not yet applied (what one replica's apply batch could hold). */
+  inflightEntries = 0;
+  maxInflightEntries = 0;
   private nextIndex = 1;
   private applyQueue: Promise<void> = Promise.resolve();
 
@@ -64,12 +69,15 @@ export class FakeLeader {
     }
     this.uncommittedBytes += data.length;
     this.maxUncommittedBytes = Math.max(this.maxUncommittedBytes, this.uncommittedBytes);
+    this.maxInflightEntries = Math.max(this.maxInflightEntries, ++this.inflightEntries);
     const index = this.nextIndex++;
     const applied = this.applyQueue.then(async () => {
       await new Promise((r) => setTimeout(r, this.commitDelayMs));
       const started = performance.now();
       const outcome = this.state.apply([{ index, term: 1, type: EntryType.Normal, data }], () => emptyConfState()).get(index)!;
       this.applyMs.push(performance.now() - started);
+      this.applyCounts.push(this.state.lastApplyCounts());
+      this.inflightEntries--;
       this.uncommittedBytes -= data.length;
       return outcome;
     });
