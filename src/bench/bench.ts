@@ -15,7 +15,7 @@
  */
 
 import { execFile } from 'node:child_process';
-import { closeSync, fdatasyncSync, mkdtempSync, openSync, readFileSync, rmSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, fdatasyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -120,6 +120,8 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   };
   const runtimeSeconds = options.quick ? 1 : options.runtimeSeconds;
   const regionBytes = options.quick ? 64 * MiB : 256 * MiB;
+  // --dir names where the bench may work (the disk under test); it is made if it does not exist.
+  if (options.dir !== undefined) mkdirSync(options.dir, { recursive: true });
   const workDir = mkdtempSync(path.join(options.dir ?? os.tmpdir(), 'chard-bench-'));
   const fio: Record<string, FioFigure[]> = {};
   const result: BenchResult = {
