@@ -259,6 +259,9 @@ export class NodeAdmin {
     while (this.clock.now() < deadline) {
       const leader = this.replica.leaderId();
       if (leader === id) return;
+      // The core gives one attempt an election timeout; a target behind by more than it fetches in
+      // that time (a deep queue of 1 MiB writes) needs several: proposals stay paused meanwhile.
+      if (this.replica.isLeader() && this.replica.status().leadTransferee === None) this.replica.transferLeadership(id);
       await new Promise((r) => setTimeout(r, 10));
     }
     throw new RemoteError(ErrorCode.Timeout, `node ${id} did not take over within ${timeoutMs} ms (it may lag or be down)`);

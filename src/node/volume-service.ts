@@ -9,7 +9,9 @@
  * SIGTERM hand-over in progress). The session table applies a sequence at most once, so a retry
  * of a write that did commit returns its original result instead of writing again. Usage errors
  * (unknown volume, out of range) are answered at once. A client connected to a node therefore
- * sees a slow request, never an error, for any of those.
+ * sees a slow request, never an error, for any of those. Once the replica is closed (SIGTERM,
+ * after its hand-over) nothing is retried: the request fails with CLOSED and the NBD server
+ * closes that connection at once instead of holding its drain.
  *
  * Backpressure: the commands a node has in flight (its own clients' and those forwarded to it)
  * pass one gate of `inflightBytesMax` payload bytes and `inflightCommandsMax` commands, half the
@@ -245,7 +247,9 @@ export class LocalVolumeService implements VolumeService {
       } catch (error) {
         if (!isRetryable(error)) throw renewableIfFirst(error, tries + 1);
         assert(error instanceof ChardError, 'a retryable error is a ChardError');
-        if (error.code === ErrorCode.Closed && this.replica.closing) throw error;
+        // A closed replica learns nothing more (after its hand-over it may not know the new
+        // leader yet, and never will): retrying would only hold the NBD drain until it expires.
+        if (this.replica.closing) throw error.code === ErrorCode.Closed ? error : new RemoteError(ErrorCode.Closed, `node is shutting down (${what}: ${error.message})`);
         if (this.clock.now() + backoff >= deadline) {
           this.counters?.inc(`volume.${what}.gave_up`);
           throw new RemoteError(ErrorCode.Unavailable, `${what} not served within ${timeoutMs} ms: ${error.message}`);
