@@ -28,8 +28,8 @@ export class FakeLeader {
   closing = false;
   uncommittedBytesMax = 64 * 1024 * 1024;
   commitDelayMs = 2;
-  /** droppingUntil: proposals before this time (ms, performance.now) are dropped (a transfer). */
-  droppingUntil = 0;
+  /** dropNext: this many next proposals are dropped (a transfer in progress), counted, not timed. */
+  dropNext = 0;
   uncommittedBytes = 0;
   maxUncommittedBytes = 0;
   refusals = { busy: 0, dropped: 0 };
@@ -42,6 +42,18 @@ export class FakeLeader {
   maxInflightEntries = 0;
   private nextIndex = 1;
   private applyQueue: Promise<void> = Promise.resolve();
+  private releaseCommits: (() => void) | undefined;
+
+  /**
+   * holdCommitsUntilBusy: nothing commits until the core has refused once with BUSY, so that a
+   * test of the BUSY path reaches the limit however slowly a loaded machine delivers the writes.
+   */
+  holdCommitsUntilBusy(): void {
+    const held = new Promise<void>((resolve) => {
+      this.releaseCommits = resolve;
+    });
+    this.applyQueue = this.applyQueue.then(() => held);
+  }
 
   constructor(readonly state: BlockStateMachine) {}
 
@@ -59,12 +71,15 @@ export class FakeLeader {
   }
 
   propose(data: Uint8Array): Promise<Uint8Array> {
-    if (performance.now() < this.droppingUntil) {
+    if (this.dropNext > 0) {
+      this.dropNext--;
       this.refusals.dropped++;
       return Promise.reject(new ChardError(ErrorCode.ProposalDropped, 'leadership transfer in progress'));
     }
     if (this.uncommittedBytes > 0 && this.uncommittedBytes + data.length > this.uncommittedBytesMax) {
       this.refusals.busy++;
+      this.releaseCommits?.();
+      this.releaseCommits = undefined;
       return Promise.reject(new ChardError(ErrorCode.Busy, 'too many uncommitted bytes; retry later'));
     }
     this.uncommittedBytes += data.length;

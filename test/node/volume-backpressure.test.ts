@@ -66,7 +66,7 @@ test('BUSY from the core is retried with backoff, never an EIO', async (t) => {
   const node = await startFakeNode({ service: { inflightBytesMax: 256 * MiB } });
   try {
     node.leader.uncommittedBytesMax = 16 * MiB;
-    node.leader.commitDelayMs = 20;
+    node.leader.holdCommitsUntilBusy();
     const c = await node.connect();
     await c.go('v', { structured: false });
     const errnos = await writeAll(c, 64, MiB);
@@ -84,7 +84,7 @@ test('a leadership transfer (PROPOSAL_DROPPED) during writes is a pause, never a
     const c = await node.connect();
     await c.go('v', { structured: false });
     t.deepEqual(await writeAll(c, 32, 64 * 1024), new Array(32).fill(0));
-    node.leader.droppingUntil = performance.now() + 300;
+    node.leader.dropNext = 40;
     const errnos = await writeAll(c, 64, 64 * 1024, 4 * MiB);
     t.deepEqual(errnos, new Array(64).fill(0), 'every write during the transfer succeeded');
     t.true(node.leader.refusals.dropped > 0, 'proposals were dropped while the transfer lasted');
