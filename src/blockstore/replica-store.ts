@@ -48,6 +48,13 @@ export interface ReplicaStore {
    * resolution. It must never show a state that is neither the old nor the new one (e.g. the
    * truncation of a conflicting suffix without the entries that replace it).
    *
+   * A Ready whose mustSync is false (only the commit index changed) need not be fsynced: its
+   * promise may resolve at once. The replica applies committed entries that were durable before a
+   * Ready while that Ready's persist is in flight, so the state machine may be made durable ahead
+   * of the hard state whose commit index covers it: on open, the store raises the commit index to
+   * its applied index (BlockStore.recover does; the state machine only applies committed entries,
+   * each of them durable in the log before it was applied).
+   *
    * The replica keeps stepping messages and proposals into the core while a persist is in flight;
    * the next Ready carries everything that arrived meanwhile (group commit across turns).
    */

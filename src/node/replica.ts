@@ -15,9 +15,11 @@
  * and client proposals into the core, and when the promise resolves the rest of the Ready runs
  * (a follower's acknowledgements and votes leave only then; the leader counts its own entries
  * only at advance(), after its write is durable) and the next Ready carries everything that
- * arrived during the fsync: group commit across turns. A rejected persist halts the replica (a
- * failed fsync is never retried). A synchronous persist blocks the event loop; a leader's is then
- * deferred by one turn so that its appends reach the sockets first.
+ * arrived during the fsync: group commit across turns. Committed entries that were durable here
+ * before the Ready are applied when its persist starts, so their clients are answered while the
+ * next batch fsyncs. A rejected persist halts the replica (a failed fsync is never retried). A
+ * synchronous persist blocks the event loop; a leader's is then deferred by one turn so that its
+ * appends reach the sockets first.
  *
  * Every timer and every reading of time goes through the Scheduler port (src/node/clock.ts), so the
  * seeded simulator runs this very code.
