@@ -22,8 +22,43 @@ export type ApplyOutcome = { ok: true; value: Uint8Array } | { ok: false; code: 
 /** ReplicaStore: what the replica needs from durable storage (implemented by src/blockstore). */
 export interface ReplicaStore {
   readonly logStorage: LogStorage;
-  /** persist: make the Ready's chunks, snapshot, entries and hard state durable (one fsync). */
-  persist(ready: Ready): void;
+  /**
+   * persist: make the Ready's snapshot chunks, snapshot, entries (truncating any stored suffix
+   * they conflict with) and hard state durable, as one atomic unit (one fsync, or one group
+   * commit). The replica calls it once per Ready, in Ready order, and never with a second Ready
+   * before the first one's persist completed.
+   *
+   * - Returning void: everything is durable when the call returns (it may block the event loop
+   *   on the fsync; the replica then defers a leader's persist by one turn so that its
+   *   messagesEarly reach the sockets first).
+   * - Returning a promise: it resolves once everything of the Ready is durable, and rejects if it
+   *   cannot be made durable. A rejection is final: the replica halts (status().halted) and never
+   *   calls persist again in this process — a failed fsync is never retried, since the kernel may
+   *   have dropped the dirty pages it reported. Nothing that depends on the Ready is sent
+   *   before the resolution, so a crash before it may lose all of the Ready or keep a part of it
+   *   in this order: the snapshot, a prefix of the entries (never a hole), and the hard state
+   *   only together with all of the entries (its commit index may point into them).
+   *
+   * What logStorage must show, and when: by the time persist returns (void) or its promise
+   * resolves, logStorage answers for the new state (entries, term, lastIndex, firstIndex,
+   * snapshot, hardState), because the core drops those entries from its unstable tail at the
+   * Ready's advance() and reads them from logStorage from then on. Before that, the core reads
+   * the Ready's entries from its own unstable tail and never asks logStorage for indices at or
+   * beyond them, so the store may expose the new state as early as the call, or only at the
+   * resolution. It must never show a state that is neither the old nor the new one (e.g. the
+   * truncation of a conflicting suffix without the entries that replace it).
+   *
+   * A Ready whose mustSync is false (only the commit index changed) need not be fsynced: its
+   * promise may resolve at once. The replica applies committed entries that were durable before a
+   * Ready while that Ready's persist is in flight, so the state machine may be made durable ahead
+   * of the hard state whose commit index covers it: on open, the store raises the commit index to
+   * its applied index (BlockStore.recover does; the state machine only applies committed entries,
+   * each of them durable in the log before it was applied).
+   *
+   * The replica keeps stepping messages and proposals into the core while a persist is in flight;
+   * the next Ready carries everything that arrived meanwhile (group commit across turns).
+   */
+  persist(ready: Ready): void | Promise<void>;
   /** installSnapshot: replace the state machine with the staged snapshot. */
   installSnapshot(metadata: SnapshotMetadata): void;
   /**

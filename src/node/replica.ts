@@ -4,11 +4,25 @@
  * offers the operations the rest of the node needs: propose (leader), linearizable read barrier
  * (any node), membership changes, leadership transfer, status.
  *
- * The Ready loop (docs/design.md): send messagesEarly → persist (one fsynced transaction) → send
- * messages → apply committed entries (one transaction) → advance. Ready handling is coalesced with
- * `scheduler.soon` (setImmediate in production), so every proposal and message that arrives in one
- * turn of the event loop shares one fsync (group commit). Every timer and every reading of time goes
- * through the Scheduler port (src/node/clock.ts), so the seeded simulator runs this very code.
+ * The Ready loop (docs/design.md): send messagesEarly → persist → (once durable) install the
+ * snapshot, send messages → apply committed entries (one transaction) → advance. Ready handling is
+ * coalesced with `scheduler.soon` (setImmediate in production), so every proposal and message that
+ * arrives in one turn of the event loop shares one fsync (group commit).
+ *
+ * persist (ReplicaStore, src/blockstore/replica-store.ts) is synchronous or asynchronous. A store
+ * whose persist returns a promise (its fsync runs off the event loop) keeps one Ready in flight:
+ * the leader's appends (messagesEarly) leave at once, the event loop goes on stepping peer messages
+ * and client proposals into the core, and when the promise resolves the rest of the Ready runs
+ * (a follower's acknowledgements and votes leave only then; the leader counts its own entries
+ * only at advance(), after its write is durable) and the next Ready carries everything that
+ * arrived during the fsync: group commit across turns. Committed entries that were durable here
+ * before the Ready are applied when its persist starts, so their clients are answered while the
+ * next batch fsyncs. A rejected persist halts the replica (a failed fsync is never retried). A
+ * synchronous persist blocks the event loop; a leader's is then deferred by one turn so that its
+ * appends reach the sockets first.
+ *
+ * Every timer and every reading of time goes through the Scheduler port (src/node/clock.ts), so the
+ * seeded simulator runs this very code.
  */
 
 import { assert } from '../assert.js';
@@ -38,11 +52,19 @@ import { ProposalWaiters, ReadWaiters } from './waiters.js';
 import type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../blockstore/replica-store.js';
 export type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../blockstore/replica-store.js';
 
-/** ReplicaFailure: the apply failure that halted a replica (Replica.failed). */
+/**
+ * ReplicaFailure: what halted a replica (Replica.failed): a failed apply of committed entries, or
+ * a persist that could not be made durable (a failed fsync).
+ */
 export interface ReplicaFailure {
+  /** stage: 'apply' (the state is corrupt, see status().stateCorrupt) or 'persist' (the log write failed). */
+  stage: 'apply' | 'persist';
   message: string;
   code: ErrorCode | undefined;
-  /** firstIndex..lastIndex: the committed entries whose apply failed (none of them is applied). */
+  /**
+   * firstIndex..lastIndex: apply: the committed entries whose apply failed (none of them is
+   * applied); persist: the entries of the Ready that could not be made durable (0..0 if it had none).
+   */
   firstIndex: number;
   lastIndex: number;
   /** at: scheduler time of the failure. */
@@ -138,6 +160,12 @@ export interface ReplicaTestingKnobs {
    * serves them on a lease that expired while it was stopped (defect a of issue 11).
    */
   skipCatchUpOnEntry?: boolean;
+  /**
+   * ackBeforeDurable: a Ready's messages (a follower's append responses, votes) are sent when its
+   * persist starts instead of once it is durable. A node that crashes with the write lost has then
+   * acknowledged entries or a vote it no longer holds (the rule of issue 12's pipelined Ready loop).
+   */
+  ackBeforeDurable?: boolean;
 }
 
 const encoder = new TextEncoder();
@@ -208,8 +236,13 @@ export class Replica {
   private readonly onApplied: ReplicaOptions['onApplied'];
   private tickTimer: Timer | undefined;
   private readyScheduled = false;
-  /** readyInFlight: a Ready was taken and is not yet advanced (its persist is pending). */
+  /**
+   * readyInFlight: a Ready was taken and is not yet advanced: a synchronous persist deferred by
+   * one turn, or an asynchronous one not yet durable. No other Ready is taken meanwhile.
+   */
   private readyInFlight = false;
+  /** persistsAsync: the store's persist answered with a promise once (then it is written to at once). */
+  private persistsAsync = false;
   private closed = false;
   private failure: ReplicaFailure | undefined;
   private lastExpireMs = 0;
@@ -341,11 +374,14 @@ export class Replica {
   }
 
   /**
-   * handleReadys: one Ready at a time. When a Ready has messages that may go out before its own
-   * fsync (a leader's appends: messagesEarly) and must be synced, the messages are sent and the
-   * rest (persist, apply, advance) continues in the next turn of the event loop, after the
-   * transport has written them to the sockets: followers receive and fsync the entries while the
-   * leader fsyncs its own copy (SQLite's fsync blocks this thread).
+   * handleReadys: one Ready at a time. The leader's messagesEarly (its appends and heartbeats)
+   * leave first, then the Ready is persisted (persistReady). A synchronous store blocks the event
+   * loop on its fsync: when a Ready has messagesEarly and must be synced, the persist and the rest
+   * continue in the next turn of the event loop, after the transport has written the appends to
+   * the sockets, so that the followers fsync their copies while the leader fsyncs its own. An
+   * asynchronous store is written to at once and the Ready stays in flight until the write is
+   * durable; meanwhile receive(), propose() and the ticks keep stepping the core, and the loop
+   * resumes when the promise settles (see the file comment).
    *
    * Apply work is bounded per turn: one Ready per turn carries committed entries, at most
    * applyEntriesPerTurnMax of them and applyBytesPerTurnMax of bytes (one entry at least); the
@@ -371,29 +407,101 @@ export class Replica {
         break;
       }
       if (rd.messagesEarly.length > 0) this.transport.send(rd.messagesEarly);
-      if (rd.messagesEarly.length > 0 && rd.mustSync) {
+      if (rd.messagesEarly.length > 0 && rd.mustSync && !this.persistsAsync) {
         this.readyInFlight = true;
         this.scheduler.soon(() => {
           this.readyInFlight = false;
           if (this.halted) return;
-          this.finishReady(rd);
+          this.persistReady(rd);
           this.schedule();
         });
         return;
       }
-      this.finishReady(rd);
+      this.persistReady(rd);
     }
     if (!this.halted && !this.readyInFlight && this.raw.hasReady()) this.schedule();
   }
 
-  private finishReady(rd: Ready): void {
-    const persistStart = this.scheduler.now();
-    this.store.persist(rd);
-    if (rd.mustSync) {
-      this.counters?.inc('store.fsync');
-      this.counters?.inc('store.entries', rd.entries.length);
-      this.counters?.observe('store.persist_ms', this.scheduler.now() - persistStart);
+  /**
+   * persistReady: hand the Ready to the store. A synchronous persist is durable on return and the
+   * Ready is finished at once; a promise keeps it in flight until it settles (onDurable,
+   * onPersistFailed). An exception of a synchronous persist propagates (the process dies, as on
+   * any fsync it cannot complete).
+   */
+  private persistReady(rd: Ready): void {
+    if (this.testing.ackBeforeDurable === true && rd.messages.length > 0) {
+      this.transport.send(rd.messages);
+      rd.messages = [];
     }
+    const started = this.scheduler.now();
+    const pending = this.store.persist(rd);
+    if (pending === undefined) {
+      this.countPersist(rd, started);
+      this.finishReady(rd, false);
+      return;
+    }
+    this.persistsAsync = true;
+    this.readyInFlight = true;
+    // Committed entries that were durable here before this Ready (below its entries; no snapshot
+    // in it) need not wait for its write: applied now, their clients get their answers while the
+    // log fsyncs the next batch. A batch with a ConfChange waits (the configuration then changes
+    // together with the core's applied index, at advance()).
+    const appliedEarly = this.appliesEarly(rd);
+    pending.then(
+      () => this.onDurable(rd, started, appliedEarly),
+      (error: unknown) => this.onPersistFailed(rd, error),
+    );
+    if (appliedEarly) this.applyEntries(rd.committedEntries);
+  }
+
+  /** appliesEarly: the Ready's committed entries are all durable here already and hold no ConfChange. */
+  private appliesEarly(rd: Ready): boolean {
+    const committed = rd.committedEntries;
+    if (committed.length === 0 || rd.snapshot !== undefined) return false;
+    if (rd.entries.length > 0 && committed[committed.length - 1]!.index >= rd.entries[0]!.index) return false;
+    return committed.every((entry) => entry.type !== EntryType.ConfChange);
+  }
+
+  /** onDurable: an asynchronous persist completed: finish the Ready and take the next one. */
+  private onDurable(rd: Ready, started: number, appliedEarly: boolean): void {
+    this.readyInFlight = false;
+    if (this.halted) return;
+    try {
+      this.countPersist(rd, started);
+      this.finishReady(rd, appliedEarly);
+    } catch (error) {
+      // A defect (not a storage failure): raised on the scheduler, as it would be from a
+      // synchronous persist's turn, instead of vanishing in a promise reaction.
+      this.scheduler.soon(() => {
+        throw error;
+      });
+      return;
+    }
+    this.schedule();
+  }
+
+  /** onPersistFailed: the store could not make the Ready durable: halt (never retried). */
+  private onPersistFailed(rd: Ready, error: unknown): void {
+    this.readyInFlight = false;
+    if (this.closed) {
+      this.logger?.info({ err: String(error) }, 'persist in flight at close failed');
+      return;
+    }
+    if (this.failure !== undefined) return;
+    const first = rd.entries.length > 0 ? rd.entries[0]!.index : 0;
+    const last = rd.entries.length > 0 ? rd.entries[rd.entries.length - 1]!.index : 0;
+    this.fail('persist', error, first, last);
+  }
+
+  private countPersist(rd: Ready, started: number): void {
+    if (!rd.mustSync) return;
+    this.counters?.inc('store.fsync');
+    this.counters?.inc('store.entries', rd.entries.length);
+    this.counters?.observe('store.persist_ms', this.scheduler.now() - started);
+  }
+
+  /** finishReady: the Ready is durable: install its snapshot, send, apply (unless done early), advance. */
+  private finishReady(rd: Ready, appliedEarly: boolean): void {
     if (rd.snapshot !== undefined) {
       this.store.installSnapshot(rd.snapshot);
       this.counters?.inc('snapshot.installed');
@@ -403,7 +511,7 @@ export class Replica {
     if (rd.messages.length > 0) this.transport.send(rd.messages);
     // A failed apply halts the replica with this Ready not advanced: the core's applied index stays
     // what the store holds (see fail()).
-    if (rd.committedEntries.length > 0 && !this.applyEntries(rd.committedEntries)) return;
+    if (!appliedEarly && rd.committedEntries.length > 0 && !this.applyEntries(rd.committedEntries)) return;
     for (const rs of rd.readStates) this.reads.readState(rs.requestContext, rs.index);
     if (rd.softState !== undefined) this.onSoftState(rd.softState.role, rd.softState.leader);
     this.raw.advance();
@@ -418,7 +526,7 @@ export class Replica {
     try {
       outcomes = this.store.apply(entries, (cc, index) => this.applyConfChange(cc, index));
     } catch (error) {
-      this.fail(error, entries[0]!.index, entries[entries.length - 1]!.index);
+      this.fail('apply', error, entries[0]!.index, entries[entries.length - 1]!.index);
       return false;
     }
     for (const entry of entries) {
@@ -439,21 +547,27 @@ export class Replica {
   }
 
   /**
-   * fail: the state machine could not apply committed entries (a CorruptError from a rotted
-   * block, an I/O error). Throwing on would crash the process and, on restart, apply the same
-   * entry again: a crash loop. Instead the replica halts, as a crash-stopped raft member does
-   * (always safe): no more persists, applies, messages or ticks, so it never campaigns or serves
-   * again in this process. Waiters fail with a retryable UNAVAILABLE; a leader first hands its
-   * leadership to a voter that holds its whole log (TimeoutNow), otherwise its silence makes the
-   * followers elect a new leader within an election timeout. status() reports `stateCorrupt`;
-   * `failed` carries the details for the repair (restore from a peer's snapshot on restart).
+   * fail: the state machine could not apply committed entries (stage 'apply': a CorruptError from
+   * a rotted block, an I/O error), or the store could not make a Ready durable (stage 'persist':
+   * a failed fsync, which is never retried — the kernel may have dropped the pages it failed to
+   * write). Throwing on would crash the process and, on restart, apply the same entry again: a
+   * crash loop. Instead the replica halts, as a crash-stopped raft member does (always safe): no
+   * more persists, applies, messages or ticks, so it never campaigns or serves again in this
+   * process. Waiters fail with a retryable UNAVAILABLE; a leader first hands its leadership to a
+   * voter that holds its whole log (TimeoutNow), otherwise its silence makes the followers elect a
+   * new leader within an election timeout. status() reports `halted` (and `stateCorrupt` for an
+   * apply failure); `failed` carries the details for the repair (restore from a peer's snapshot
+   * on restart).
    */
-  private fail(error: unknown, firstIndex: number, lastIndex: number): void {
+  private fail(stage: ReplicaFailure['stage'], error: unknown, firstIndex: number, lastIndex: number): void {
     const message = error instanceof Error ? error.message : String(error);
     const code = error instanceof ChardError ? error.code : undefined;
-    this.failure = { message, code, firstIndex, lastIndex, at: this.scheduler.now() };
-    this.counters?.inc('raft.apply_failed');
-    this.logger?.error({ err: message, code, firstIndex, lastIndex, appliedIndex: this.store.appliedIndex() }, 'applying committed entries failed: this replica stops serving and steps down');
+    this.failure = { stage, message, code, firstIndex, lastIndex, at: this.scheduler.now() };
+    this.counters?.inc(stage === 'apply' ? 'raft.apply_failed' : 'raft.persist_failed');
+    this.logger?.error(
+      { err: message, code, firstIndex, lastIndex, appliedIndex: this.store.appliedIndex() },
+      stage === 'apply' ? 'applying committed entries failed: this replica stops serving and steps down' : 'making entries durable failed: this replica stops serving and steps down',
+    );
     if (this.isLeaderInCore()) this.handOverOnFailure();
     this.tickTimer?.cancel();
     const unavailable = () => this.failedError();
@@ -478,18 +592,21 @@ export class Replica {
   }
 
   private failedError(): RemoteError {
-    return new RemoteError(ErrorCode.Unavailable, `node ${this.id} stopped serving: applying entries ${this.failure?.firstIndex}..${this.failure?.lastIndex} failed (${this.failure?.message}); retry at another node`);
+    const f = this.failure;
+    const what = f?.stage === 'persist' ? 'making entries durable' : 'applying entries';
+    return new RemoteError(ErrorCode.Unavailable, `node ${this.id} stopped serving: ${what} ${f?.firstIndex}..${f?.lastIndex} failed (${f?.message}); retry at another node`);
   }
 
   /**
    * failed: why this replica halted (see fail()), or undefined while it is healthy. The restart-time
-   * repair of the block store keys on it (also reported as status().stateCorrupt).
+   * repair of the block store keys on it (also reported as status().halted, and for an apply
+   * failure as status().stateCorrupt).
    */
   get failed(): ReplicaFailure | undefined {
     return this.failure;
   }
 
-  /** halted: closed, or stopped by a failed apply. */
+  /** halted: closed, or stopped by a failed apply or persist. */
   private get halted(): boolean {
     return this.closed || this.failure !== undefined;
   }
@@ -741,16 +858,20 @@ export class Replica {
     this.schedule();
   }
 
-  /** status: the core's status, plus `stateCorrupt` (the replica halted on a failed apply, see `failed`). */
-  status(): Status & { removed: boolean; leaderForMs: number; stateCorrupt: boolean } {
+  /**
+   * status: the core's status, plus `halted` (the replica stopped on a failed apply or persist,
+   * see `failed`) and `stateCorrupt` (halted on a failed apply).
+   */
+  status(): Status & { removed: boolean; leaderForMs: number; halted: boolean; stateCorrupt: boolean } {
     const core = this.raw.status();
-    const stateCorrupt = this.failure !== undefined;
+    const halted = this.failure !== undefined;
     return {
       ...core,
-      ...(stateCorrupt ? { role: 'follower' as const, leader: None, leaseValid: false, applied: this.store.appliedIndex() } : {}),
+      ...(halted ? { role: 'follower' as const, leader: None, leaseValid: false, applied: this.store.appliedIndex() } : {}),
       removed: this.removed,
       leaderForMs: this.isLeader() ? this.scheduler.now() - this.leaderSince : 0,
-      stateCorrupt,
+      halted,
+      stateCorrupt: this.failure?.stage === 'apply',
     };
   }
 

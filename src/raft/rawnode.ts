@@ -204,7 +204,10 @@ export class RawNode {
     if (committedEntries.length > committedEntriesMax) committedEntries = committedEntries.slice(0, committedEntriesMax);
     const all = raft.messages;
     raft.messages = [];
-    const isLeader = raft.role === 'leader';
+    // Early only once the leader's term is durable (handed out in an earlier, advanced Ready): a
+    // voter that is a quorum alone becomes leader in the Ready that raises its term, and if that
+    // persist is lost, the restarted node may lead the same term again with other entries.
+    const isLeader = raft.role === 'leader' && hard.term === this.previousHardState.term;
     const messagesEarly: Message[] = [];
     const messages: Message[] = [];
     for (const m of all) {

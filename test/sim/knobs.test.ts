@@ -1,6 +1,6 @@
 // Proves: the simulator's checkers are not blind. Each testing knob of the raft core (config.ts
 // TestingKnobs) or of the Replica (skipCatchUpOnEntry: a lease checked against a clock that was not
-// caught up) breaks one safety rule; with the knob on for every node, the swarm must report a
+// caught up; ackBeforeDurable: acknowledgements and votes sent before the write is durable) breaks one safety rule; with the knob on for every node, the swarm must report a
 // safety violation (any checker but liveness) within `seedsMax` seeds, or this test fails. It
 // prints how many seeds each knob needed and which checker caught it. The seed schedule is made
 // sharper per knob where the broken rule needs a particular situation (simulator.ts drawConfig);
@@ -20,6 +20,7 @@ const knobTicks: Record<KnobName, number> = {
   leaseWithoutQuorum: 400,
   leaderCountsUnpersisted: 400,
   skipCatchUpOnEntry: 400,
+  ackBeforeDurable: 400,
 };
 
 for (const knob of knobNames) {

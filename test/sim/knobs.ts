@@ -13,5 +13,6 @@ export const knobNames = [
   'leaseWithoutQuorum',
   'leaderCountsUnpersisted',
   'skipCatchUpOnEntry',
+  'ackBeforeDurable',
 ] as const satisfies ReadonlyArray<keyof SimKnobs>;
 export type KnobName = (typeof knobNames)[number];

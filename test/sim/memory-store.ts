@@ -9,14 +9,22 @@
  * restarted node replays the log from there. `crashImage()` is what a restarted process finds:
  * the durable log, and the durable state machine (or the newer snapshot in the log).
  *
- * A persist in flight when the crash hits: Replica's persist is synchronous (one fsynced
- * transaction that blocks the event loop), so a crash can strike (a) between two scheduler
- * callbacks — after a leader's messagesEarly went out and before its persist ran, which Replica
- * splits into two turns exactly so the fsyncs overlap — or (b) during the fsync itself. (b) is
- * `beforePersist` throwing SimCrash: nothing of that Ready becomes durable and nothing after the
- * persist (messages that promise durability — a follower's ack, a vote — the apply) ever runs.
- * That is faithful to the Ready contract: an ack is only sent after its persist returned, and a
- * persist that returned is durable. A persist is otherwise atomic (one transaction).
+ * Two kinds of persist, as the ReplicaStore contract allows (src/blockstore/replica-store.ts):
+ *
+ * - Synchronous (no `persistAsync` hook; SQLite's fsynced transaction that blocks the event loop):
+ *   a crash can strike (a) between two scheduler callbacks — after a leader's messagesEarly went
+ *   out and before its persist ran, which Replica splits into two turns exactly so the fsyncs
+ *   overlap — or (b) during the fsync itself: `beforePersist` throwing SimCrash. Nothing of that
+ *   Ready becomes durable and nothing after the persist (messages that promise durability — a
+ *   follower's ack, a vote — the apply) ever runs. The write is atomic (one transaction).
+ * - Asynchronous (`persistAsync` set; a log whose fsync runs off the event loop): persist returns
+ *   a promise, and the write becomes durable — enters the log — only when the simulator calls
+ *   `complete` from an I/O callback of the node, after a seeded delay; the promise resolves then.
+ *   Until that moment the write is in flight: a crash of the node (any crash: its pending events
+ *   die with it) loses it, and the simulator may also crash the node at the completion itself
+ *   (`complete` is never called) after `tear` made a prefix of the Ready's entries durable (a
+ *   torn write of the log: the contract allows a prefix of the entries without the hard state).
+ *   `complete(error)` rejects the promise instead (an fsync that failed).
  *
  * The state machine is the simulator's register machine: a map of keys deduplicated by a
  * SessionTable, driven by JSON commands carried as entry data.
@@ -135,6 +143,12 @@ export class KvMachine {
 export interface StoreHooks {
   /** beforePersist: called before a Ready's writes; may throw SimCrash (the fsync never finished) or block the node (fsync time). */
   beforePersist?(ready: Ready): void;
+  /**
+   * persistAsync: when set, persist is asynchronous (see the file comment): the hook arranges for
+   * `complete` to be called once the write is durable (or with an error: it failed), and may call
+   * `tear(n)` first to make only the first n entries durable before it crashes the node.
+   */
+  persistAsync?(ready: Ready, complete: (error?: Error) => void, tear: (entries: number) => void): void;
   /** persisted: `entry` is durable; prevTerm is the term at index - 1 in the durable log (-1 if unknown). */
   persisted?(entry: Entry, prevTerm: number): void;
   /** applied: `entry` was applied; the machine shows the state after it. */
@@ -185,12 +199,47 @@ export class MemoryReplicaStore implements ReplicaStore {
     let machine = KvMachine.restore(this.machineDurable);
     const snapshot = storage.snapshot();
     if (snapshot.index > machine.applied) machine = KvMachine.restore(storage.snapshotBytes());
+    // As BlockStore's recover: the state machine may be ahead of the durable commit index (Replica
+    // applies entries that were durable here before the hard state committing them is, and a
+    // commit-only hard state is not fsynced); it only ever applies committed entries, so the
+    // commit index is raised to the applied one.
+    if (machine.applied > storage.lastIndex()) throw new CorruptError(`state applied ${machine.applied} but the log ends at ${storage.lastIndex()}`);
+    if (machine.applied > storage.hardState.commit) storage.setHardState({ ...storage.hardState, commit: machine.applied });
     return new MemoryReplicaStore(storage, machine, machine.serialize());
   }
 
-  persist(ready: Ready): void {
+  persist(ready: Ready): void | Promise<void> {
     const writes = ready.entries.length > 0 || ready.hardState !== undefined || ready.snapshot !== undefined || ready.snapshotChunks.length > 0;
-    if (writes) this.hooks.beforePersist?.(ready);
+    if (!writes) return;
+    this.hooks.beforePersist?.(ready);
+    const persistAsync = this.hooks.persistAsync;
+    if (persistAsync === undefined) {
+      this.write(ready);
+      return;
+    }
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const complete = (error?: Error) => {
+        if (settled) return;
+        settled = true;
+        if (error !== undefined) {
+          reject(error);
+          return;
+        }
+        this.write(ready);
+        resolve();
+      };
+      const tear = (entries: number) => {
+        if (settled || entries <= 0) return;
+        settled = true;
+        this.write({ ...ready, hardState: undefined, entries: ready.entries.slice(0, entries) });
+      };
+      persistAsync(ready, complete, tear);
+    });
+  }
+
+  /** write: the Ready's writes enter the durable log (one atomic transaction). */
+  private write(ready: Ready): void {
     const storage = this.logStorage;
     for (const chunk of ready.snapshotChunks) storage.stageSnapshotChunk(chunk.metadata, chunk.offset, chunk.data);
     if (ready.snapshot !== undefined) storage.applySnapshot(ready.snapshot, storage.takeStagedSnapshot(ready.snapshot));

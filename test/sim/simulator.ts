@@ -25,7 +25,7 @@
 import { ChardError, NotLeaderError } from '../../src/errors.js';
 import type { ReadOnlyOption, TestingKnobs } from '../../src/raft/config.js';
 import { SeededRandom } from '../../src/raft/random.js';
-import { type ConfChange, ConfChangeType, type ConfState, EntryType, type NodeId, emptyConfState } from '../../src/raft/types.js';
+import { type ConfChange, ConfChangeType, type ConfState, EntryType, type NodeId, type Ready, emptyConfState } from '../../src/raft/types.js';
 import { Replica, type ReplicaLimits, encodeMembersContext, type MemberAddresses } from '../../src/node/replica.js';
 import { CheckerName, Checkers, type Violation, hashString } from './checkers.js';
 import { type Command, MemoryReplicaStore, SessionVerdict, encodeCommand } from './memory-store.js';
@@ -36,6 +36,8 @@ import { SimNetwork, type SimTransport } from './sim-transport.js';
 export interface SimKnobs extends TestingKnobs {
   /** skipCatchUpOnEntry: Replica's propose/readBarrier do not catch up on elapsed ticks first (issue 11 2a). */
   skipCatchUpOnEntry?: boolean;
+  /** ackBeforeDurable: Replica sends a Ready's messages (acks, votes) before its persist is durable (issue 12). */
+  ackBeforeDurable?: boolean;
 }
 
 export interface SimOptions {
@@ -101,10 +103,19 @@ export interface SimConfig {
   delayStepsMax: number;
   dropRate: number;
   duplicateRate: number;
-  /** fsyncStepsMax: a persist blocks its node's event loop for up to this many steps. */
+  /**
+   * asyncPersist: the stores' persist is asynchronous (a log fsynced off the event loop: the
+   * Ready stays in flight until it is durable); otherwise synchronous (SQLite's, blocking).
+   */
+  asyncPersist: boolean;
+  /** fsyncStepsMax: a synchronous persist blocks its node's event loop, an asynchronous one is in flight, for up to this many steps. */
   fsyncStepsMax: number;
   faultsPerKiloTick: number;
-  /** crashInFsyncRate: chance that a persist is cut by a crash (nothing of it durable). */
+  /**
+   * crashInFsyncRate: chance that a persist is cut by a crash (nothing of it durable; an
+   * asynchronous one also when it would complete, then half the time with a prefix of its
+   * entries durable: a torn log write).
+   */
   crashInFsyncRate: number;
   snapshotChunkBytes: number;
   snapshotChunksInflightMax: number;
@@ -206,6 +217,14 @@ export function drawConfig(random: SeededRandom, knobs: SimKnobs | undefined): S
     fsyncStepsMax = Math.max(fsyncStepsMax, 6);
   }
   if (knobs?.commitOldTermEntries || knobs?.voteWithoutLogCheck) faultsPerKiloTick = Math.max(faultsPerKiloTick, 60);
+  if (knobs?.ackBeforeDurable) {
+    // An acknowledgement (or vote) sent before the write is durable is a lie only if the node
+    // then crashes with the write lost: asynchronous persists (drawn below) that stay in flight
+    // for a while, crashes that cut them, and often.
+    crashInFsyncRate = Math.max(crashInFsyncRate, 0.05);
+    fsyncStepsMax = Math.max(fsyncStepsMax, 6);
+    faultsPerKiloTick = Math.max(faultsPerKiloTick, 60);
+  }
   const config: SimConfig = {
     voters: voterCount,
     learners,
@@ -220,6 +239,7 @@ export function drawConfig(random: SeededRandom, knobs: SimKnobs | undefined): S
     delayStepsMax: random.pick([1, 2, 4, 8, 16]),
     dropRate: random.pick([0, 0.01, 0.05, 0.15]),
     duplicateRate: random.pick([0, 0.01, 0.05]),
+    asyncPersist: false, // drawn last, below
     fsyncStepsMax,
     faultsPerKiloTick,
     crashInFsyncRate,
@@ -281,6 +301,11 @@ export function drawConfig(random: SeededRandom, knobs: SimKnobs | undefined): S
     config.confChangeRate = 0;
     config.idsMax = config.voters + config.learners + 2;
   }
+  // Drawn after everything else, so that every other value of a seed's draw is what it was
+  // before asynchronous persists were modelled (the knobs' sharpened schedules stay as tuned).
+  // skipCatchUpOnEntry's pause scenario keeps its tuned schedule whole: synchronous persists and
+  // no draw (with asynchronous ones its first detection moved from seed 547 to 1400).
+  config.asyncPersist = knobs?.ackBeforeDurable === true || (knobs?.skipCatchUpOnEntry !== true && random.chance(0.6));
   return config;
 }
 
@@ -479,7 +504,7 @@ class Simulation {
     // The operator's peer list (node.ts `peers`): every address a member may have.
     for (let id = 1; id <= c.idsMax; id++) transport.addPeer(id, addressesOf(id).raft);
     node.store.hooks = this.storeHooks(node, scheduler);
-    const { skipCatchUpOnEntry, ...raftKnobs } = knobs;
+    const { skipCatchUpOnEntry, ackBeforeDurable, ...raftKnobs } = knobs;
     const replica = new Replica({
       id: node.id,
       store: node.store,
@@ -487,7 +512,7 @@ class Simulation {
       scheduler,
       random: this.random.fork(),
       limits: this.limits(),
-      testing: { skipCatchUpOnEntry: skipCatchUpOnEntry === true },
+      testing: { skipCatchUpOnEntry: skipCatchUpOnEntry === true, ackBeforeDurable: ackBeforeDurable === true },
       // the test-only pass-through of the raft config (knobs, preVote, flow-control limits)
       raft: {
         preVote: c.preVote,
@@ -518,8 +543,9 @@ class Simulation {
           this.stats.crashesInFsync++;
           throw new SimCrash('during fsync (the persist is lost)');
         }
-        if (c.fsyncStepsMax > 0) scheduler.busy(this.faultRandom.int(c.fsyncStepsMax + 1) * this.stepMs);
+        if (c.fsyncStepsMax > 0 && !c.asyncPersist) scheduler.busy(this.faultRandom.int(c.fsyncStepsMax + 1) * this.stepMs);
       },
+      ...(c.asyncPersist ? { persistAsync: (ready, complete, tear) => this.persistAsync(node, scheduler, ready, complete, tear) } : {}),
       persisted: (entry, prevTerm) => this.checkers.onPersist(node.id, entry, prevTerm),
       applied: (entry, machine, verdict, command) => {
         if (entry.type === EntryType.ConfChange && entry.index > this.latestConf.index) {
@@ -544,6 +570,26 @@ class Simulation {
       syncMachine: () => this.faultRandom.float() < c.stateSyncRate,
       compactionLag: () => this.faultRandom.int(4),
     };
+  }
+
+  /**
+   * persistAsync: an asynchronous persist of `node` completes after a seeded delay, as an I/O
+   * callback of its process (held while it is paused, dropped if it crashes first: the write is
+   * then lost). It may instead crash the node at that moment, with nothing or a prefix of the
+   * Ready's entries durable.
+   */
+  private persistAsync(node: SimNode, scheduler: NodeScheduler, ready: Ready, complete: () => void, tear: (entries: number) => void): void {
+    const c = this.config;
+    const delay = this.faultRandom.int(c.fsyncStepsMax + 1) * this.stepMs;
+    scheduler.io(this.now() + delay, () => {
+      if (this.faultsOn && c.crashInFsyncRate > 0 && this.faultRandom.float() < c.crashInFsyncRate) {
+        this.stats.crashesInFsync++;
+        const kept = ready.entries.length > 0 && this.faultRandom.chance(0.5) ? this.faultRandom.int(ready.entries.length + 1) : 0;
+        tear(kept);
+        throw new SimCrash(`with a persist in flight (${kept} of its ${ready.entries.length} entries durable)`);
+      }
+      complete();
+    });
   }
 
   /** stopProcess: the node's process is gone (crash or shutdown); its pending events die with it. */
