@@ -35,7 +35,7 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, InternalError } from '../errors.js';
-import { type Entry, type EntryType, type HardState, emptyHardState } from '../raft/types.js';
+import { type Entry, type EntryType, type HardState, emptyHardState, entryBytes } from '../raft/types.js';
 
 export interface WalLimits {
   /** segmentBytesMax: a new segment file is started before a record would pass this size. */
@@ -64,6 +64,8 @@ export type WalRecord =
   | { type: typeof WalRecordType.Compact; firstIndex: number; termBefore: number };
 
 const headerBytes = 9;
+/** entryOverheadBytes: what entryBytes (raft/types.ts) adds to an entry's data; entries() counts the same. */
+const entryOverheadBytes = entryBytes({ index: 0, term: 0, type: 0, data: new Uint8Array(0) });
 const entryHeaderBytes = 6 + 6 + 1 + 4;
 const segmentPattern = /^wal-(\d{16})\.log$/;
 
@@ -405,15 +407,15 @@ export class SegmentedLog {
     return this.log[index - this.first]!.term;
   }
 
-  /** entries: [lo, hi), at least one entry if lo < hi, then at most `maxBytes` of data. */
+  /** entries: [lo, hi), at least one entry if lo < hi, then at most `maxBytes` in total (entryBytes: data + 24, as LogStorage counts). */
   entries(lo: number, hi: number, maxBytes: number): Entry[] {
     assert(lo >= this.first && hi <= this.lastIndex() + 1 && lo <= hi, `wal: entries [${lo}, ${hi}) outside [${this.first}, ${this.lastIndex() + 1})`);
     const out: Entry[] = [];
     let bytes = 0;
     for (let index = lo; index < hi; index++) {
       const e = this.log[index - this.first]!;
-      if (out.length > 0 && bytes + e.length > maxBytes) break;
-      bytes += e.length;
+      if (out.length > 0 && bytes + e.length + entryOverheadBytes > maxBytes) break;
+      bytes += e.length + entryOverheadBytes;
       out.push({ index: e.index, term: e.term, type: e.type, data: e.data ?? this.readData(e) });
     }
     return out;
@@ -479,8 +481,19 @@ export class SegmentedLog {
     return done;
   }
 
+  /**
+   * trimCache: drops the oldest cached entry data beyond cacheBytesMax — only of durable entries
+   * (data still in flight is not in the file yet, so it cannot be read back): the cache may pass
+   * the limit by what is in flight, and is trimmed again when a batch becomes durable.
+   */
   private trimCache(): void {
-    while (this.cacheBytes > this.limits.cacheBytesMax && this.cacheFrom < this.log.length) this.uncache(this.log[this.cacheFrom++]!);
+    while (
+      this.cacheBytes > this.limits.cacheBytesMax &&
+      this.cacheFrom < this.log.length &&
+      this.log[this.cacheFrom]!.appendSequence <= this.durableSequence
+    ) {
+      this.uncache(this.log[this.cacheFrom++]!);
+    }
   }
 
   private async writeLoop(): Promise<void> {
@@ -514,6 +527,7 @@ export class SegmentedLog {
       }
       this.inFlight = [];
       this.durableSequence = batch[batch.length - 1]!.appendSequence;
+      this.trimCache();
       for (const p of batch) p.resolve();
     }
     if (this.closed) await this.releaseHandle();
@@ -624,6 +638,7 @@ export class SegmentedLog {
         }
         for (const segment of fds.keys()) segment.onDisk = true;
         this.durableSequence = pending[pending.length - 1]!.appendSequence;
+        this.trimCache();
         this.stats.batches++;
         this.stats.appends += pending.length;
         this.stats.bytes += pending.reduce((n, p) => n + p.buffer.length, 0);
