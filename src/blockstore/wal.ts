@@ -212,7 +212,9 @@ export class SegmentedLog {
   private inFlight: Pending[] = [];
   /** closed: closeSync() ran; the writer loop stops and the log takes no more appends. */
   private closed = false;
+  /** writing: the latest writer loop (close() waits for it); looping: one is running now. */
   private writing: Promise<void> | undefined;
+  private looping = false;
   private failure: Error | undefined;
   private handle: { segment: Segment; fh: FileHandle } | undefined;
   /** stats: appends and bytes made durable, and the fdatasyncs that did it (appends per sync = group commit). */
@@ -475,9 +477,13 @@ export class SegmentedLog {
     this.trimCache();
     const buffer = buffers.length === 1 ? buffers[0]! : Buffer.concat(buffers, size);
     const done = new Promise<void>((resolve, reject) => this.queue.push({ segment: segment!, position, buffer, appendSequence, resolve, reject }));
-    this.writing ??= this.writeLoop().finally(() => {
-      this.writing = undefined;
-    });
+    // `looping` is cleared synchronously as the loop returns: an append made by code that its last
+    // resolved batch woke (a microtask before `writing` settles) must start a new loop, not wait
+    // for one that has already left.
+    if (!this.looping) {
+      this.looping = true;
+      this.writing = this.writeLoop();
+    }
     return done;
   }
 
@@ -497,7 +503,21 @@ export class SegmentedLog {
   }
 
   private async writeLoop(): Promise<void> {
-    while (this.queue.length > 0 && this.failure === undefined) {
+    try {
+      await this.writeQueued();
+    } finally {
+      this.looping = false; // already false on a normal exit; here for an unexpected throw
+    }
+    if (this.closed) await this.releaseHandle();
+  }
+
+  /** writeQueued: clears `looping` in the same synchronous step in which it finds nothing left to write. */
+  private async writeQueued(): Promise<void> {
+    for (;;) {
+      if (this.queue.length === 0 || this.failure !== undefined || this.closed) {
+        this.looping = false;
+        return;
+      }
       // One batch: contiguous writes to one segment, up to batchBytesMax.
       const segment = this.queue[0]!.segment;
       const batch: Pending[] = [];
@@ -510,27 +530,26 @@ export class SegmentedLog {
       this.inFlight = batch;
       try {
         const fh = await this.fileFor(segment);
-        if (this.closed) break; // closeSync wrote and synced this batch itself
+        if (this.closed) continue; // closeSync wrote and synced this batch itself
         const { bytesWritten } = await fh.writev(batch.map((p) => p.buffer), batch[0]!.position);
         if (bytesWritten !== bytes) throw new Error(`short write: ${bytesWritten} of ${bytes} bytes`);
-        if (this.closed) break;
+        if (this.closed) continue;
         await fh.datasync();
         this.stats.batches++;
         this.stats.appends += batch.length;
         this.stats.bytes += bytes;
       } catch (error) {
-        if (this.closed) break; // closeSync settled this batch (durable, or rejected with its own error)
+        if (this.closed) continue; // closeSync settled this batch (durable, or rejected with its own error)
         this.failure = new InternalError(ErrorCode.Internal, `wal: write to ${segment.file} failed; the log takes no more appends until restart: ${String(error)}`, { cause: error });
         for (const p of [...batch, ...this.queue]) p.reject(this.failure);
         this.queue = [];
-        return;
+        continue;
       }
       this.inFlight = [];
       this.durableSequence = batch[batch.length - 1]!.appendSequence;
       this.trimCache();
       for (const p of batch) p.resolve();
     }
-    if (this.closed) await this.releaseHandle();
   }
 
   private async releaseHandle(): Promise<void> {
@@ -652,7 +671,7 @@ export class SegmentedLog {
     } else if (this.failure !== undefined) {
       for (const p of pending) p.reject(this.failure);
     }
-    if (this.writing === undefined) void this.releaseHandle();
+    if (!this.looping) void this.releaseHandle();
     this.closeReadFds();
   }
 
