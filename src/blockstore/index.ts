@@ -1,8 +1,11 @@
 /**
  * blockstore: BlockStore, the durable storage of one chard node in a data directory —
- * `log.db` (the raft log, SqliteLogStorage, fsynced per batch), `state.db` (the block state
- * machine, BlockStateMachine) and `snapshots/` (the latest snapshot file and a staging file for
- * one being received). It implements the node's ReplicaStore (replica-store.ts).
+ * `wal/` (raft entries and hard state: SegmentedLog, written off the event loop) and `log.db`
+ * (snapshot bookkeeping), both behind WalLogStorage (wal-storage.ts, which also migrates a store
+ * whose log was in log.db); `state.db` (the block state machine, BlockStateMachine) and
+ * `snapshots/` (the latest snapshot file and a staging file for one being received). It
+ * implements the node's ReplicaStore (replica-store.ts); persist() returns a promise that
+ * resolves when the Ready is durable.
  *
  * Crash recovery on open(): the state machine's applied index is the one raft restarts from
  * (RawNode `applied`); entries after it are re-applied through raft's normal path. If the state
