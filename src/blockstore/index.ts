@@ -1,8 +1,11 @@
 /**
  * blockstore: BlockStore, the durable storage of one chard node in a data directory —
- * `log.db` (the raft log, SqliteLogStorage, fsynced per batch), `state.db` (the block state
- * machine, BlockStateMachine) and `snapshots/` (the latest snapshot file and a staging file for
- * one being received). It implements the node's ReplicaStore (replica-store.ts).
+ * `wal/` (raft entries and hard state: SegmentedLog, written off the event loop) and `log.db`
+ * (snapshot bookkeeping), both behind WalLogStorage (wal-storage.ts, which also migrates a store
+ * whose log was in log.db); `state.db` (the block state machine, BlockStateMachine) and
+ * `snapshots/` (the latest snapshot file and a staging file for one being received). It
+ * implements the node's ReplicaStore (replica-store.ts); persist() returns a promise that
+ * resolves when the Ready is durable.
  *
  * Crash recovery on open(): the state machine's applied index is the one raft restarts from
  * (RawNode `applied`); entries after it are re-applied through raft's normal path. If the state
@@ -28,22 +31,30 @@ import { decodeCommand } from './commands.js';
 import { type ApplyOutcome, type CorruptionRecord, type MemberAddresses, type ReplicaStore, StateCorruptError } from './replica-store.js';
 import { bootstrapConfState, bootstrapEntry } from '../raft/confchange.js';
 import { type ConfChange, type ConfState, type Entry, EntryType, type NodeId, type Ready, type SnapshotMetadata } from '../raft/types.js';
-import { type LogStoreLimits, SNAPSHOT_DIR, SqliteLogStorage, defaultLogStoreLimits, fsyncDirectory } from './log-store.js';
+import { type LogStoreLimits, SNAPSHOT_DIR, defaultLogStoreLimits, fsyncDirectory } from './log-store.js';
+import { WalLogStorage } from './wal-storage.js';
+import { type WalLimits, defaultWalLimits } from './wal.js';
 import { type SnapshotCopy, copyStateSnapshot } from './snapshot-copy.js';
 import type { SnapshotWorkerData, SnapshotWorkerMessage, SnapshotWorkerResult } from './snapshot-worker.js';
 import { BlockStateMachine, type StateStoreLimits, type VolumeRecord, blockBytes, defaultStateStoreLimits } from './state-store.js';
 
 export { SqliteLogStorage } from './log-store.js';
+export { WAL_DIR, WalLogStorage } from './wal-storage.js';
 export { BlockStateMachine, blockBytes } from './state-store.js';
 export * from './commands.js';
 
-export interface BlockStoreLimits extends LogStoreLimits, StateStoreLimits {
+/**
+ * BlockStoreLimits: the log's (WalLimits for the WAL; LogStoreLimits for log.db, which holds no
+ * entries once migrated — cacheBytesMax is the WAL's entry cache), the state machine's, and these.
+ */
+export interface BlockStoreLimits extends LogStoreLimits, WalLimits, StateStoreLimits {
   /** compactionTrailingEntries: entries kept in the log behind a new snapshot (slow followers catch up from them). */
   compactionTrailingEntries: number;
 }
 
 export const defaultBlockStoreLimits: BlockStoreLimits = {
   ...defaultLogStoreLimits,
+  ...defaultWalLimits,
   ...defaultStateStoreLimits,
   compactionTrailingEntries: 1024,
 };
@@ -70,7 +81,7 @@ interface IncomingMirror {
 export class BlockStore implements ReplicaStore {
   readonly dir: string;
   readonly limits: BlockStoreLimits;
-  readonly logStorage: SqliteLogStorage;
+  readonly logStorage: WalLogStorage;
   readonly state: BlockStateMachine;
   private closed = false;
   /** snapshotInFlight: the running createSnapshotAsync() (at most one), undefined when none. */
@@ -100,7 +111,7 @@ export class BlockStore implements ReplicaStore {
     removeDatabaseFiles(path.join(dir, REBUILD_FILE));
     this.state = BlockStateMachine.open(path.join(dir, STATE_DB_FILE), limits);
     try {
-      this.logStorage = SqliteLogStorage.open(dir, { limits, confStateSource: () => this.state.confState() });
+      this.logStorage = WalLogStorage.open(dir, { limits, confStateSource: () => this.state.confState() });
     } catch (error) {
       this.state.close();
       throw error;
@@ -134,21 +145,22 @@ export class BlockStore implements ReplicaStore {
     }
     const applied = this.state.appliedIndex();
     if (applied > this.logStorage.lastIndex()) {
-      throw new CorruptError(`state.db applied ${applied} but log.db ends at ${this.logStorage.lastIndex()}`);
+      throw new CorruptError(`state.db applied ${applied} but the log ends at ${this.logStorage.lastIndex()}`);
     }
     if (applied < this.logStorage.firstIndex() - 1) {
-      throw new CorruptError(`state.db applied ${applied} but log.db starts at ${this.logStorage.firstIndex()} with no snapshot to cover it`);
+      throw new CorruptError(`state.db applied ${applied} but the log starts at ${this.logStorage.firstIndex()} with no snapshot to cover it`);
     }
     // A power loss may leave the applied index above the stored commit index: a batch that only
-    // advances the commit index is written to log.db without its own fsync (mustSync false), and
-    // state.db runs with synchronous=NORMAL too, so the two files lose their latest transactions
-    // independently. Raising the commit index to the applied index is safe: the state machine only
-    // ever applies committed entries, so applied <= the true commit index; every entry up to it
-    // was durable in log.db before it was applied (checked above: applied <= lastIndex); and a
-    // commit index is a fact of the cluster, never revoked. Made durable here, so RaftLog (which
+    // advances the commit index is appended to the WAL without waiting for its fdatasync
+    // (mustSync false), and state.db runs with synchronous=NORMAL too, so the two files lose their
+    // latest writes independently. Raising the commit index to the applied index is safe: the
+    // state machine only ever applies committed entries, so applied <= the true commit index;
+    // every entry up to it is in the log (checked above: applied <= lastIndex); and a commit index
+    // is a fact of the cluster, never revoked. Appended here (visible at once, durable with the
+    // WAL's next fdatasync or at close; if lost, the next open raises it again), so RaftLog (which
     // asserts applied <= committed) and every later reader see one consistent pair.
     const hard = this.logStorage.hardState();
-    if (applied > hard.commit) this.logStorage.persist({ hardState: { ...hard, commit: applied }, mustSync: true });
+    if (applied > hard.commit) void this.logStorage.persist({ hardState: { ...hard, commit: applied }, mustSync: true })?.catch(() => undefined);
   }
 
   /**
@@ -173,7 +185,7 @@ export class BlockStore implements ReplicaStore {
           'and add it again (chard member add ID --raft HOST:PORT --learner --wait, then chard member promote ID): the leader streams it a snapshot.',
       );
     };
-    if (log.firstIndex() > snapshot.index + 1) refuse(`log.db starts at ${log.firstIndex()}, after the latest snapshot (${snapshot.index})`);
+    if (log.firstIndex() > snapshot.index + 1) refuse(`the log starts at ${log.firstIndex()}, after the latest snapshot (${snapshot.index})`);
     let from: 'snapshot' | 'empty';
     if (snapshot.index > 0) {
       const file = log.snapshotFilePath();
@@ -213,7 +225,8 @@ export class BlockStore implements ReplicaStore {
   bootstrap(voters: NodeId[], learners: NodeId[] = [], members: Map<NodeId, MemberAddresses> = new Map()): void {
     if (this.logStorage.lastIndex() > 0) return;
     assert(this.state.appliedIndex() === 0, 'fresh state');
-    this.logStorage.persist({ entries: [bootstrapEntry(voters, learners)], hardState: { term: 0, vote: 0, commit: 1 }, mustSync: true });
+    // Durable with the WAL's next fdatasync (or close): a crash before it leaves a fresh store, bootstrapped again on start.
+    void this.logStorage.persist({ entries: [bootstrapEntry(voters, learners)], hardState: { term: 0, vote: 0, commit: 1 }, mustSync: true })?.catch(() => undefined);
     this.state.bootstrapConfState(bootstrapConfState(voters, learners));
     for (const [id, addresses] of members) this.state.setMember(id, addresses);
   }
@@ -221,13 +234,18 @@ export class BlockStore implements ReplicaStore {
   // ------------------------------------------------------------------ ReplicaStore
 
   /**
-   * persist: snapshot chunks, snapshot bookkeeping, entries and hard state in one fsynced
-   * transaction (SqliteLogStorage.persist); then, if the Ready carried snapshot chunks or a
-   * snapshot, the newly durable staged bytes are appended to the incoming mirror (advanceMirror).
+   * persist: WalLogStorage.persist — snapshot chunks and snapshot bookkeeping durable on return
+   * (log.db, snapshot files), then entries and hard state appended to the WAL; if the Ready carried
+   * snapshot chunks or a snapshot, the newly durable staged bytes are appended to the incoming
+   * mirror (advanceMirror). The entries are visible to raft at once. Returns a promise that
+   * resolves when the Ready's entries, hard state and snapshot are durable (rejects if the WAL
+   * failed: the replica must halt), or undefined when nothing of it waits for the disk (no
+   * entries, no snapshot, and no hard state with mustSync).
    */
-  persist(ready: Ready): void {
-    this.logStorage.persist(ready);
+  persist(ready: Ready): Promise<void> | undefined {
+    const durable = this.logStorage.persist(ready);
     if (ready.snapshotChunks.length > 0 || ready.snapshot !== undefined) this.advanceMirror(ready.snapshot);
+    return durable;
   }
 
   /**
@@ -490,7 +508,7 @@ export class BlockStore implements ReplicaStore {
       const metadata = log.recordSnapshotFile(copy.index, copy.confState, temp);
       assert(metadata.sizeBytes === copy.sizeBytes, 'the recorded file is the copy');
       const compactIndex = copy.index - this.limits.compactionTrailingEntries;
-      if (compactIndex >= log.firstIndex()) log.compact(compactIndex);
+      if (compactIndex >= log.firstIndex()) void log.compact(compactIndex);
       return metadata;
     } catch (error) {
       fs.rmSync(temp, { force: true });

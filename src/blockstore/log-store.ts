@@ -140,6 +140,8 @@ export class SqliteLogStorage implements LogStorage {
   private readonly confStateSource: (() => ConfState) | undefined;
 
   private hard: HardState = { ...emptyHardState };
+  /** hardStored: log.db has a hard_state row (hasLogRows). */
+  private hardStored = false;
   private offsetIndex = 0;
   private offsetTerm = 0;
   private last = 0;
@@ -204,6 +206,7 @@ export class SqliteLogStorage implements LogStorage {
       | { term: number; vote: number; commit_index: number }
       | undefined;
     if (hard !== undefined) this.hard = { term: hard.term, vote: hard.vote, commit: hard.commit_index };
+    this.hardStored = hard !== undefined;
     const offset = db.prepare('SELECT idx, term FROM log_offset WHERE id = 1').get() as { idx: number; term: number } | undefined;
     if (offset !== undefined) {
       this.offsetIndex = offset.idx;
@@ -467,6 +470,7 @@ export class SqliteLogStorage implements LogStorage {
       }
       if (hardState !== undefined) s.setHard.run(hardState.term, hardState.vote, hardState.commit);
     });
+    if (hardState !== undefined) this.hardStored = true;
     // A batch that only advances the commit index (mustSync false: etcd's rule) need not be
     // fsynced on its own: losing it in a crash only makes the commit index go back, which raft
     // re-learns. Under WAL the next synchronous commit fsyncs it anyway.
@@ -589,10 +593,11 @@ export class SqliteLogStorage implements LogStorage {
    * applied `index`) as the latest snapshot: fsync it, rename it into place, fsync the directory,
    * then record the metadata (one transaction). The previous snapshot file is deleted afterwards.
    */
-  recordSnapshotFile(index: number, confState: ConfState, tempPath: string): SnapshotMetadata {
+  recordSnapshotFile(index: number, confState: ConfState, tempPath: string, logTerm?: number): SnapshotMetadata {
     assert(index > this.snap.metadata.index, 'new snapshot is newer');
-    assert(index <= this.last && index >= this.offsetIndex, 'snapshot index within the log');
-    const term = this.term(index);
+    // logTerm: the term of entry `index` in a log kept elsewhere (the block store's WAL), which checked the index.
+    if (logTerm === undefined) assert(index <= this.last && index >= this.offsetIndex, 'snapshot index within the log');
+    const term = logTerm ?? this.term(index);
     const fd = fs.openSync(tempPath, 'r+');
     let sizeBytes: number;
     try {
@@ -620,6 +625,38 @@ export class SqliteLogStorage implements LogStorage {
     const tempPath = this.snapshotTempPath(index);
     fs.writeFileSync(tempPath, data);
     return this.recordSnapshotFile(index, confState, tempPath);
+  }
+
+  /**
+   * hasLogRows: log.db holds raft entries or a hard state — a store written before the block
+   * store kept its log in the WAL, or a migration that a crash interrupted before dropLog().
+   */
+  hasLogRows(): boolean {
+    return this.hardStored || this.last > this.offsetIndex;
+  }
+
+  /**
+   * dropLog: the last step of the migration to the WAL: deletes every entry and the hard state
+   * (one fsynced transaction). The offset is set to the latest snapshot, so that log.db alone
+   * still describes a consistent (empty) log; the snapshot, staging and conf state stay.
+   */
+  dropLog(): void {
+    const index = this.snap.metadata.index;
+    const term = this.snap.metadata.term;
+    this.db.transaction(() => {
+      this.statements.deleteAll.run();
+      this.db.prepare('DELETE FROM hard_state').run();
+      this.statements.setOffset.run(index, term);
+    })();
+    this.persistStats.transactions += 1;
+    this.hard = { ...emptyHardState };
+    this.hardStored = false;
+    this.offsetIndex = index;
+    this.offsetTerm = term;
+    this.last = index;
+    this.cache = [];
+    this.cacheBytes = 0;
+    this.cacheFirst = index + 1;
   }
 
   /** compact: drops entries up to `compactIndex` (kept as the log's offset); only behind a durable snapshot. */

@@ -15,7 +15,8 @@
  *   u32 payloadLength | u32 crc32(type byte + payload) | u8 type | payload
  * with three types: ENTRIES (u32 count, then per entry u48 index, u48 term, u8 type, u32 length,
  * data), HARD_STATE (u48 term, u32 vote, u48 commit) and COMPACT (u48 firstIndex, u48 term of
- * firstIndex - 1). An ENTRIES record whose first index is at or below the last index replaces the
+ * firstIndex - 1; if the log holds firstIndex - 1 with another term — a snapshot from the leader
+ * that disagrees with this log — the entries after it are discarded too). An ENTRIES record whose first index is at or below the last index replaces the
  * suffix from there (raft's conflict rule), exactly as it does in memory.
  *
  * Recovery (`open`) reads every segment in order. A record that is cut short or fails its checksum
@@ -28,13 +29,13 @@
  * so retrying it could report success for data that is gone.
  */
 
-import { closeSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, unlinkSync } from 'node:fs';
+import { closeSync, constants, fdatasyncSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, unlinkSync, writeSync } from 'node:fs';
 import { type FileHandle, open as openAsync } from 'node:fs/promises';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, InternalError } from '../errors.js';
-import { type Entry, type EntryType, type HardState, emptyHardState } from '../raft/types.js';
+import { type Entry, type EntryType, type HardState, emptyHardState, entryBytes } from '../raft/types.js';
 
 export interface WalLimits {
   /** segmentBytesMax: a new segment file is started before a record would pass this size. */
@@ -63,6 +64,8 @@ export type WalRecord =
   | { type: typeof WalRecordType.Compact; firstIndex: number; termBefore: number };
 
 const headerBytes = 9;
+/** entryOverheadBytes: what entryBytes (raft/types.ts) adds to an entry's data; entries() counts the same. */
+const entryOverheadBytes = entryBytes({ index: 0, term: 0, type: 0, data: new Uint8Array(0) });
 const entryHeaderBytes = 6 + 6 + 1 + 4;
 const segmentPattern = /^wal-(\d{16})\.log$/;
 
@@ -145,6 +148,49 @@ export function encodeRecord(record: WalRecord): Buffer {
   return out;
 }
 
+/**
+ * writeLogSync: writes a new log of `records` into the empty directory `dir` on this thread (the
+ * block store's migration of a log kept in SQLite): in order, a new segment before one would pass
+ * segmentBytesMax, each segment fdatasynced, then the directory. SegmentedLog.open reads it back.
+ */
+export function writeLogSync(dir: string, records: WalRecord[], limits: Partial<WalLimits> = {}): void {
+  const { segmentBytesMax, recordBytesMax } = { ...defaultWalLimits, ...limits };
+  mkdirSync(dir, { recursive: true });
+  let sequence = 0;
+  let fd: number | undefined;
+  let bytes = 0;
+  const finish = (): void => {
+    if (fd === undefined) return;
+    fdatasyncSync(fd);
+    closeSync(fd);
+    fd = undefined;
+  };
+  try {
+    for (const record of records) {
+      const buffer = encodeRecord(record);
+      assert(buffer.length <= recordBytesMax, `wal: record of ${buffer.length} bytes exceeds recordBytesMax ${recordBytesMax}`);
+      if (fd === undefined || (bytes > 0 && bytes + buffer.length > segmentBytesMax)) {
+        finish();
+        sequence += 1;
+        fd = openSync(path.join(dir, segmentName(sequence)), 'wx');
+        bytes = 0;
+      }
+      let at = 0;
+      while (at < buffer.length) at += writeSync(fd, buffer, at, buffer.length - at, bytes + at);
+      bytes += buffer.length;
+    }
+    finish();
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+  const dirFd = openSync(dir, 'r');
+  try {
+    fsyncSync(dirFd);
+  } finally {
+    closeSync(dirFd);
+  }
+}
+
 /** SegmentedLog: see the file comment. Open with SegmentedLog.open(dir). */
 export class SegmentedLog {
   readonly dir: string;
@@ -162,7 +208,13 @@ export class SegmentedLog {
   /** cacheFrom: position in `log` of the oldest entry whose data is still cached. */
   private cacheFrom = 0;
   private queue: Pending[] = [];
+  /** inFlight: the batch the writer loop is writing now (closeSync writes it again, synchronously). */
+  private inFlight: Pending[] = [];
+  /** closed: closeSync() ran; the writer loop stops and the log takes no more appends. */
+  private closed = false;
+  /** writing: the latest writer loop (close() waits for it); looping: one is running now. */
   private writing: Promise<void> | undefined;
+  private looping = false;
   private failure: Error | undefined;
   private handle: { segment: Segment; fh: FileHandle } | undefined;
   /** stats: appends and bytes made durable, and the fdatasyncs that did it (appends per sync = group commit). */
@@ -294,8 +346,19 @@ export class SegmentedLog {
     }
   }
 
+  /**
+   * dropBefore: the log now starts at `firstIndex`, entry `firstIndex - 1` having `termBefore`. If
+   * the log holds `firstIndex - 1` with another term (a snapshot from the leader that disagrees
+   * with this log), everything after it goes too: the log is empty at the snapshot's position.
+   */
   private dropBefore(firstIndex: number, termBefore: number): void {
     if (firstIndex < this.first) return;
+    const at = firstIndex - 1;
+    if (at >= this.first - 1 && at <= this.lastIndex() && this.term(at) !== termBefore) {
+      for (let i = Math.max(0, at + 1 - this.first); i < this.log.length; i++) this.uncache(this.log[i]!);
+      this.log.length = Math.max(0, Math.min(this.log.length, at + 1 - this.first));
+      this.cacheFrom = Math.min(this.cacheFrom, this.log.length);
+    }
     if (firstIndex === this.first) {
       this.termBeforeFirst = termBefore;
       return;
@@ -346,15 +409,15 @@ export class SegmentedLog {
     return this.log[index - this.first]!.term;
   }
 
-  /** entries: [lo, hi), at least one entry if lo < hi, then at most `maxBytes` of data. */
+  /** entries: [lo, hi), at least one entry if lo < hi, then at most `maxBytes` in total (entryBytes: data + 24, as LogStorage counts). */
   entries(lo: number, hi: number, maxBytes: number): Entry[] {
     assert(lo >= this.first && hi <= this.lastIndex() + 1 && lo <= hi, `wal: entries [${lo}, ${hi}) outside [${this.first}, ${this.lastIndex() + 1})`);
     const out: Entry[] = [];
     let bytes = 0;
     for (let index = lo; index < hi; index++) {
       const e = this.log[index - this.first]!;
-      if (out.length > 0 && bytes + e.length > maxBytes) break;
-      bytes += e.length;
+      if (out.length > 0 && bytes + e.length + entryOverheadBytes > maxBytes) break;
+      bytes += e.length + entryOverheadBytes;
       out.push({ index: e.index, term: e.term, type: e.type, data: e.data ?? this.readData(e) });
     }
     return out;
@@ -378,6 +441,7 @@ export class SegmentedLog {
    */
   append(records: WalRecord[]): Promise<void> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.closed) return Promise.reject(new InternalError(ErrorCode.Internal, `wal ${this.dir}: append after close`));
     const buffers = records.map(encodeRecord);
     const size = buffers.reduce((n, b) => n + b.length, 0);
     if (size > this.limits.recordBytesMax) return Promise.reject(new InternalError(ErrorCode.Internal, `wal: append of ${size} bytes exceeds recordBytesMax ${this.limits.recordBytesMax}`));
@@ -413,18 +477,47 @@ export class SegmentedLog {
     this.trimCache();
     const buffer = buffers.length === 1 ? buffers[0]! : Buffer.concat(buffers, size);
     const done = new Promise<void>((resolve, reject) => this.queue.push({ segment: segment!, position, buffer, appendSequence, resolve, reject }));
-    this.writing ??= this.writeLoop().finally(() => {
-      this.writing = undefined;
-    });
+    // `looping` is cleared synchronously as the loop returns: an append made by code that its last
+    // resolved batch woke (a microtask before `writing` settles) must start a new loop, not wait
+    // for one that has already left.
+    if (!this.looping) {
+      this.looping = true;
+      this.writing = this.writeLoop();
+    }
     return done;
   }
 
+  /**
+   * trimCache: drops the oldest cached entry data beyond cacheBytesMax — only of durable entries
+   * (data still in flight is not in the file yet, so it cannot be read back): the cache may pass
+   * the limit by what is in flight, and is trimmed again when a batch becomes durable.
+   */
   private trimCache(): void {
-    while (this.cacheBytes > this.limits.cacheBytesMax && this.cacheFrom < this.log.length) this.uncache(this.log[this.cacheFrom++]!);
+    while (
+      this.cacheBytes > this.limits.cacheBytesMax &&
+      this.cacheFrom < this.log.length &&
+      this.log[this.cacheFrom]!.appendSequence <= this.durableSequence
+    ) {
+      this.uncache(this.log[this.cacheFrom++]!);
+    }
   }
 
   private async writeLoop(): Promise<void> {
-    while (this.queue.length > 0 && this.failure === undefined) {
+    try {
+      await this.writeQueued();
+    } finally {
+      this.looping = false; // already false on a normal exit; here for an unexpected throw
+    }
+    if (this.closed) await this.releaseHandle();
+  }
+
+  /** writeQueued: clears `looping` in the same synchronous step in which it finds nothing left to write. */
+  private async writeQueued(): Promise<void> {
+    for (;;) {
+      if (this.queue.length === 0 || this.failure !== undefined || this.closed) {
+        this.looping = false;
+        return;
+      }
       // One batch: contiguous writes to one segment, up to batchBytesMax.
       const segment = this.queue[0]!.segment;
       const batch: Pending[] = [];
@@ -434,23 +527,35 @@ export class SegmentedLog {
         batch.push(p);
         bytes += p.buffer.length;
       }
+      this.inFlight = batch;
       try {
         const fh = await this.fileFor(segment);
+        if (this.closed) continue; // closeSync wrote and synced this batch itself
         const { bytesWritten } = await fh.writev(batch.map((p) => p.buffer), batch[0]!.position);
         if (bytesWritten !== bytes) throw new Error(`short write: ${bytesWritten} of ${bytes} bytes`);
+        if (this.closed) continue;
         await fh.datasync();
         this.stats.batches++;
         this.stats.appends += batch.length;
         this.stats.bytes += bytes;
       } catch (error) {
+        if (this.closed) continue; // closeSync settled this batch (durable, or rejected with its own error)
         this.failure = new InternalError(ErrorCode.Internal, `wal: write to ${segment.file} failed; the log takes no more appends until restart: ${String(error)}`, { cause: error });
         for (const p of [...batch, ...this.queue]) p.reject(this.failure);
         this.queue = [];
-        return;
+        continue;
       }
+      this.inFlight = [];
       this.durableSequence = batch[batch.length - 1]!.appendSequence;
+      this.trimCache();
       for (const p of batch) p.resolve();
     }
+  }
+
+  private async releaseHandle(): Promise<void> {
+    const handle = this.handle;
+    this.handle = undefined;
+    if (handle !== undefined) await handle.fh.close().catch(() => undefined);
   }
 
   private async fileFor(segment: Segment): Promise<FileHandle> {
@@ -481,8 +586,10 @@ export class SegmentedLog {
    */
   async compact(firstIndex: number, snapshotTerm?: number): Promise<void> {
     if (firstIndex <= this.first) return;
-    // Beyond the log only for an installed snapshot, whose term the caller knows.
-    assert(snapshotTerm !== undefined || firstIndex <= this.durableIndex() + 1, `wal: compact to ${firstIndex} beyond durable index ${this.durableIndex()}`);
+    // Beyond the log only for an installed snapshot, whose term the caller knows. Entries still in
+    // flight may be compacted: their records precede the COMPACT record in the file, so it is never
+    // durable without them, and segments are deleted only once it is durable.
+    assert(snapshotTerm !== undefined || firstIndex <= this.lastIndex() + 1, `wal: compact to ${firstIndex} beyond last index ${this.lastIndex()}`);
     const termBefore = snapshotTerm ?? this.term(firstIndex - 1);
     await this.append([
       { type: WalRecordType.HardState, hardState: this.hard },
@@ -507,6 +614,73 @@ export class SegmentedLog {
     await this.writing;
     if (this.handle !== undefined) await this.handle.fh.close();
     this.handle = undefined;
+    this.closed = true;
+    this.closeReadFds();
+  }
+
+  /**
+   * closeSync: close() for a caller that cannot wait (BlockStore.close). Every append still queued
+   * or in flight is written again on this thread — the same bytes at the same positions the writer
+   * loop uses, so a write the thread pool is still doing lands identical bytes — then each touched
+   * segment is fdatasynced (and the directory, for a new segment), and those appends resolve. The
+   * writer loop stops at its next step and closes its file in the background. Afterwards the log
+   * takes no appends. If the synchronous write fails, the appends reject as for a failed fdatasync.
+   */
+  closeSync(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const pending = [...this.inFlight, ...this.queue];
+    this.inFlight = [];
+    this.queue = [];
+    if (this.failure === undefined && pending.length > 0) {
+      const fds = new Map<Segment, number>();
+      let newFile = false;
+      try {
+        for (const p of pending) {
+          let fd = fds.get(p.segment);
+          if (fd === undefined) {
+            fd = openSync(p.segment.file, constants.O_RDWR | constants.O_CREAT, 0o644);
+            fds.set(p.segment, fd);
+            if (!p.segment.onDisk) newFile = true;
+          }
+          let at = 0;
+          while (at < p.buffer.length) at += writeSync(fd, p.buffer, at, p.buffer.length - at, p.position + at);
+        }
+        for (const fd of fds.values()) fdatasyncSync(fd);
+        if (newFile) {
+          const dirFd = openSync(this.dir, 'r');
+          try {
+            fsyncSync(dirFd);
+          } finally {
+            closeSync(dirFd);
+          }
+        }
+        for (const segment of fds.keys()) segment.onDisk = true;
+        this.durableSequence = pending[pending.length - 1]!.appendSequence;
+        this.trimCache();
+        this.stats.batches++;
+        this.stats.appends += pending.length;
+        this.stats.bytes += pending.reduce((n, p) => n + p.buffer.length, 0);
+        for (const p of pending) p.resolve();
+      } catch (error) {
+        this.failure = new InternalError(ErrorCode.Internal, `wal: synchronous flush on close of ${this.dir} failed: ${String(error)}`, { cause: error });
+        for (const p of pending) p.reject(this.failure);
+      } finally {
+        for (const fd of fds.values()) closeSync(fd);
+      }
+    } else if (this.failure !== undefined) {
+      for (const p of pending) p.reject(this.failure);
+    }
+    if (!this.looping) void this.releaseHandle();
+    this.closeReadFds();
+  }
+
+  /** pendingAppends: appends not yet durable (queued or being written). */
+  pendingAppends(): number {
+    return this.inFlight.length + this.queue.length;
+  }
+
+  private closeReadFds(): void {
     for (const s of this.segments) {
       if (s.readFd !== undefined) closeSync(s.readFd);
       s.readFd = undefined;

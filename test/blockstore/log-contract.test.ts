@@ -1,5 +1,6 @@
 /**
- * log-contract: proves that SqliteLogStorage honours the LogStorage contract exactly like
+ * log-contract: proves that SqliteLogStorage and WalLogStorage (the block store's log: entries in
+ * the segmented WAL, snapshots in log.db) honour the LogStorage contract exactly like
  * MemoryStorage — term/entries bounds and their errors (COMPACTED, LOG_UNAVAILABLE,
  * SNAPSHOT_OUT_OF_DATE), truncation of a conflicting suffix, byte limits, compaction only behind
  * a snapshot, snapshot staging and install, hard state — by running ONE test table against both,
@@ -10,6 +11,7 @@
 
 import test from 'ava';
 import { SqliteLogStorage } from '../../src/blockstore/log-store.js';
+import { WalLogStorage } from '../../src/blockstore/wal-storage.js';
 import { AssertionFailure } from '../../src/assert.js';
 import { ChardError, ErrorCode } from '../../src/errors.js';
 import { type LogStorage, MemoryStorage } from '../../src/raft/storage.js';
@@ -61,6 +63,24 @@ function sqliteSubject(dir: string, cacheEntriesMax = 16_384): Subject {
   };
 }
 
+function walSubject(dir: string, cacheBytesMax = 64 * 1024 * 1024): Subject {
+  const storage = WalLogStorage.open(dir, { limits: { cacheBytesMax } });
+  return {
+    storage,
+    append: (entries) => void storage.persist({ entries }),
+    setHardState: (hardState) => void storage.persist({ hardState }),
+    snapshot: (i, cs, d) => storage.createSnapshot(i, cs, d),
+    compact: (i) => void storage.compact(i),
+    stage: (metadata, offset, data) => void storage.persist({ snapshotChunks: [{ metadata, offset, data, last: offset + data.length === metadata.sizeBytes }] }),
+    install: (snapshot) => void storage.persist({ snapshot }),
+    restart: () => {
+      storage.close();
+      return walSubject(dir, cacheBytesMax);
+    },
+    close: () => storage.close(),
+  };
+}
+
 const kinds = [
   { name: 'memory', make: () => ({ subject: memorySubject(), cleanup: () => {} }) },
   {
@@ -68,6 +88,13 @@ const kinds = [
     make: () => {
       const t = tempDir('contract');
       return { subject: sqliteSubject(t.dir, 3), cleanup: t.cleanup };
+    },
+  },
+  {
+    name: 'wal',
+    make: () => {
+      const t = tempDir('contract-wal');
+      return { subject: walSubject(t.dir, 300), cleanup: t.cleanup };
     },
   },
 ];
@@ -210,13 +237,17 @@ for (const kind of kinds) {
   });
 }
 
-test('memory and sqlite answer identically under a seeded random operation sequence', (t) => {
+for (const durable of [
+  { name: 'sqlite', open: (dir: string) => sqliteSubject(dir, 4) },
+  { name: 'wal', open: (dir: string) => walSubject(dir, 500) },
+])
+test(`memory and ${durable.name} answer identically under a seeded random operation sequence`, (t) => {
   const seed = seedFromEnv(20261124);
   t.log(`seed=${seed} (CHARD_SEED replays)`);
   const rng = new Prng(seed);
   const tmp = tempDir('contract-model');
   let memory = memorySubject();
-  let sqlite = sqliteSubject(tmp.dir, 4);
+  let sqlite = durable.open(tmp.dir);
   try {
     let term = 1;
     let snapshotIndex = 0;
@@ -226,7 +257,10 @@ test('memory and sqlite answer identically under a seeded random operation seque
       const first = memory.storage.firstIndex();
       const op = rng.int(10);
       if (op < 5) {
-        const start = Math.max(first, last + 1 - rng.int(4));
+        // Never at or below the latest snapshot: a snapshot holds committed entries only, which
+        // raft never replaces (WalLogStorage takes a log that disagrees with the recorded snapshot
+        // for an install whose reset a crash lost, and resets it on open).
+        const start = Math.max(first, snapshotIndex + 1, last + 1 - rng.int(4));
         if (rng.int(3) === 0) term++;
         const entries = run(start, start + rng.int(6), term, rng.int(200));
         memory.append(entries);

@@ -1,9 +1,8 @@
 /**
  * recovery: proves BlockStore.open() starts from the files a power loss or a rotted block leaves,
- * by crafting those files on disk (real log.db / state.db, changed through their own SQLite
- * connections or byte by byte) and opening them as a node does — RawNode over the store's log
+ * by crafting those files on disk (the real WAL segment cut short, state.db changed byte by byte) and opening them as a node does — RawNode over the store's log
  * with the store's applied index:
- *  - applied above the stored commit index (the commit-only batch to log.db was lost, state.db
+ *  - applied above the stored commit index (the commit-only record in the WAL was lost, state.db
  *    kept its batch): the store raises the commit index, durably, and raft starts.
  *  - a rotted block (one byte flipped in the state.db file) under a partial write: apply throws
  *    StateCorruptError (typed, nothing applied), the marker names volume/block/entry, reads and
@@ -16,12 +15,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import Database from 'better-sqlite3';
-import { BlockStore, CORRUPTION_MARKER_FILE, STATE_DB_FILE } from '../../src/blockstore/index.js';
+import { BlockStore, CORRUPTION_MARKER_FILE, STATE_DB_FILE, WAL_DIR } from '../../src/blockstore/index.js';
+import { SegmentedLog } from '../../src/blockstore/wal.js';
 import { type Command, encodeCommand } from '../../src/blockstore/commands.js';
 import { type MemberAddresses, StateCorruptError } from '../../src/blockstore/replica-store.js';
 import { CorruptError } from '../../src/errors.js';
-import { LOG_DB_FILE } from '../../src/blockstore/log-store.js';
 import { RawNode } from '../../src/raft/rawnode.js';
 import { SeededRandom } from '../../src/raft/random.js';
 import { type Entry, EntryType } from '../../src/raft/types.js';
@@ -34,7 +32,7 @@ function startRaft(store: BlockStore): RawNode {
   return new RawNode({ id: 1, storage: store.logStorage, random: new SeededRandom(1), applied: store.appliedIndex(), electionTimeoutTicks: 10, heartbeatIntervalTicks: 1 });
 }
 
-test('power loss leaves state.db applied beyond log.db commit: the store raises commit to applied, raft starts', (t) => {
+test('power loss leaves state.db applied beyond the WAL commit: the store raises commit to applied, raft starts', async (t) => {
   const tmp = tempDir('recovery-commit');
   try {
     let store = BlockStore.open(tmp.dir);
@@ -51,18 +49,20 @@ test('power loss leaves state.db applied beyond log.db commit: the store raises 
       data: encodeCommand({ kind: 'write', volume: 'v', offset: i * 4 * KiB, data: new Uint8Array(4 * KiB).fill(i + 1) }),
     }));
     const durableCommit = start - 1;
-    store.persist({ ...readyOf(), entries, hardState: { term: 1, vote: 0, commit: durableCommit } });
-    store.persist({ ...readyOf(), mustSync: false, hardState: { term: 1, vote: 0, commit: start + 2 } });
+    await store.persist({ ...readyOf(), entries, hardState: { term: 1, vote: 0, commit: durableCommit } });
+    const segment = store.logStorage.wal.segmentFiles().at(-1)!;
+    const durableBytes = fs.statSync(segment).size;
+    t.is(store.persist({ ...readyOf(), mustSync: false, hardState: { term: 1, vote: 0, commit: start + 2 } }), undefined, 'a commit-only Ready waits for no disk');
     applyCommitted(store, entries);
     const applied = store.appliedIndex();
     t.is(applied, start + 2);
     const hashBefore = store.stateHash();
     store.close();
 
-    // The power loss: log.db loses the unsynced commit-only transaction, state.db keeps its batch.
-    const log = new Database(path.join(tmp.dir, LOG_DB_FILE));
-    log.prepare('UPDATE hard_state SET commit_index = ? WHERE id = 1').run(durableCommit);
-    log.close();
+    // The power loss: the WAL loses the commit-only record nobody waited for (close() had flushed
+    // it: cut it off again), state.db keeps its batch.
+    t.true(fs.statSync(segment).size > durableBytes, 'the commit-only record was written after the awaited append');
+    fs.truncateSync(segment, durableBytes);
 
     store = BlockStore.open(tmp.dir);
     const raft = startRaft(store); // the old code failed here: RaftLog asserts applied <= committed
@@ -73,10 +73,10 @@ test('power loss leaves state.db applied beyond log.db commit: the store raises 
     t.deepEqual(store.stateHash(), hashBefore);
     store.close();
 
-    // Durable: a second start sees the raised commit in log.db itself.
-    const reread = new Database(path.join(tmp.dir, LOG_DB_FILE), { readonly: true });
-    t.is((reread.prepare('SELECT commit_index FROM hard_state WHERE id = 1').get() as { commit_index: number }).commit_index, applied);
-    reread.close();
+    // Durable: the WAL itself holds the raised commit.
+    const reread = SegmentedLog.open(path.join(tmp.dir, WAL_DIR));
+    t.is(reread.hardState().commit, applied);
+    await reread.close();
   } finally {
     tmp.cleanup();
   }

@@ -198,7 +198,7 @@ test('64 MiB state: snapshot create / stream / install throughput (printed)', (t
     t.log(`read 32 MiB (checksums verified): ${readMs} ms (${((32 / Math.max(readMs, 1)) * 1000).toFixed(0)} MiB/s)`);
     const mib = metadata.sizeBytes / MiB;
     const rate = (ms: number) => `${(mib / (Math.max(ms, 1) / 1000)).toFixed(0)} MiB/s`;
-    t.log(`64 MiB volume written (encode + persist to log.db + apply, 8 x 1 MiB per batch) in ${fillMs} ms (${((64 / fillMs) * 1000).toFixed(0)} MiB/s)`);
+    t.log(`64 MiB volume written (encode + persist to the WAL + apply, 8 x 1 MiB per batch) in ${fillMs} ms (${((64 / fillMs) * 1000).toFixed(0)} MiB/s)`);
     t.log(`snapshot file ${mib.toFixed(1)} MiB: create ${createMs} ms (${rate(createMs)}), stream+stage ${streamMs} ms (${rate(streamMs)}), install ${installMs} ms (${rate(installMs)}), stateHash ${hashMs} ms`);
   } finally {
     leader.close();

@@ -207,3 +207,15 @@ test('SIGKILL while appends are in flight loses no append that resolved', async 
     await wal.close();
   }
 });
+
+test('an append made by the code the previous batch woke is written too (the writer loop never leaves it queued)', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir);
+  // Each append is made in the continuation of the previous one: the moment the writer loop resolves its last batch and leaves.
+  const step = (i: number): Promise<void> => wal.append([{ type: WalRecordType.Entries, entries: entries(i, 1, 1) }]).then(() => (i < 20 ? step(i + 1) : undefined));
+  const chain = step(1);
+  const stalled = await Promise.race([chain.then(() => false), new Promise<boolean>((resolve) => setTimeout(() => resolve(true), 20_000).unref())]);
+  t.false(stalled, 'every append resolved');
+  t.is(wal.durableIndex(), 20);
+  await wal.close();
+});
