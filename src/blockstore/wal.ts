@@ -35,7 +35,7 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, InternalError } from '../errors.js';
-import { type Entry, type EntryType, type HardState, emptyHardState, entryBytes } from '../raft/types.js';
+import { type Entry, type EntryType, type HardState, emptyHardState, entryBytes, indexMax, nodeIdMax, termMax } from '../raft/types.js';
 
 export interface WalLimits {
   /** segmentBytesMax: a new segment file is started before a record would pass this size. */
@@ -122,6 +122,7 @@ export function encodeRecord(record: WalRecord): Buffer {
     for (let i = 0; i < record.entries.length; i++) {
       const e = record.entries[i]!;
       if (i > 0) assert(e.index === record.entries[i - 1]!.index + 1, 'wal: entries of a record must be contiguous');
+      assert(e.index <= indexMax && e.term <= termMax, `entry ${e.index}/${e.term} fits the record (validated at the wire)`);
       payload.writeUIntLE(e.index, at, 6);
       payload.writeUIntLE(e.term, at + 6, 6);
       payload.writeUInt8(e.type, at + 12);
@@ -132,11 +133,14 @@ export function encodeRecord(record: WalRecord): Buffer {
     }
   } else if (record.type === WalRecordType.HardState) {
     payload = Buffer.allocUnsafe(16);
+    const hs = record.hardState;
+    assert(hs.term <= termMax && hs.commit <= indexMax && hs.vote <= nodeIdMax, `hard state ${hs.term}/${hs.vote}/${hs.commit} fits the record (validated at the wire)`);
     payload.writeUIntLE(record.hardState.term, 0, 6);
     payload.writeUInt32LE(record.hardState.vote, 6);
     payload.writeUIntLE(record.hardState.commit, 10, 6);
   } else {
     payload = Buffer.allocUnsafe(12);
+    assert(record.firstIndex <= indexMax && record.termBefore <= termMax, `compaction point ${record.firstIndex}/${record.termBefore} fits the record`);
     payload.writeUIntLE(record.firstIndex, 0, 6);
     payload.writeUIntLE(record.termBefore, 6, 6);
   }

@@ -88,8 +88,10 @@ export interface NodeTesting {
   unsafeLocalReads?: boolean;
 }
 
-/** nodeIdMax: node ids are small positive integers (they travel as uint64; kept in safe range). */
-export const nodeIdMax = 2 ** 31 - 1;
+/** nodeIdMax: node ids are 1..nodeIdMax (the raft layer's one rule, re-exported for the config). */
+import { nodeIdMax } from '../raft/types.js';
+
+export { nodeIdMax };
 export const clusterIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
 const hostPortPattern = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
 

@@ -8,6 +8,18 @@
 
 export type NodeId = number;
 export const None: NodeId = 0;
+/**
+ * nodeIdMax: node ids are 1..nodeIdMax — the one rule for the config file, the peer wire and the
+ * log file (which stores a vote in 32 bits).
+ */
+export const nodeIdMax = 2 ** 31 - 1;
+/**
+ * termMax / indexMax: the highest term and log index the log file (src/blockstore/wal.ts, 48-bit
+ * fields) holds, and so the highest the peer wire accepts. 2^48 - 1 is more elections than a
+ * cluster holds in millennia, and ~89 years of entries at 100,000 a second.
+ */
+export const termMax = 2 ** 48 - 1;
+export const indexMax = 2 ** 48 - 1;
 
 export const EntryType = {
   Normal: 0,

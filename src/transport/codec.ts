@@ -23,6 +23,9 @@ import {
   type MessageType,
   type NodeId,
   type SnapshotChunk,
+  indexMax,
+  nodeIdMax,
+  termMax as raftTermMax,
 } from '../raft/types.js';
 
 /** CodecLimits: bounds on what one decoded frame may hold. */
@@ -44,7 +47,7 @@ export interface CodecLimits {
   /**
    * termMax: the highest term a message may carry. A term near 2^53 - 1 accepted once would leave
    * the cluster no next term to elect a leader in (term + 1 is not a safe integer and is refused
-   * here); 2^48 is more elections than a cluster holds in millennia.
+   * here). At most the raft layer's termMax (2^48 - 1), the widest term the log file holds.
    */
   termMax: number;
 }
@@ -57,7 +60,7 @@ export const defaultCodecLimits: CodecLimits = {
   snapshotChunkBytesMax: 8 * 1024 * 1024,
   confStateMembersMax: 1024,
   clusterIdBytesMax: 64,
-  termMax: 2 ** 48,
+  termMax: raftTermMax,
 };
 
 /** FrameError: a received frame violates the wire contract; the frame is dropped as a whole. */
@@ -243,6 +246,7 @@ function count(value: unknown, field: string): number {
 function nodeId(value: unknown, field: string): NodeId {
   const id = count(value, field);
   if (id === 0) throw new FrameError('bad-node-id', `${field} is 0`);
+  if (id > nodeIdMax) throw new FrameError('bad-node-id', `${field} = ${id} is above ${nodeIdMax}`);
   return id;
 }
 
@@ -289,6 +293,9 @@ function decodeSnapshot(value: WireSnapshotChunk, limits: CodecLimits): Snapshot
     confState: decodeConfState(meta.conf_state, limits),
     sizeBytes: count(meta.size_bytes, 'snapshot.size_bytes'),
   };
+  // The snapshot's index and term become the log's new start (wal.ts stores both in 48 bits).
+  if (metadata.index > indexMax) throw new FrameError('bad-snapshot', `snapshot.index ${metadata.index} above ${indexMax}`);
+  if (metadata.term > limits.termMax) throw new FrameError('bad-snapshot', `snapshot.term ${metadata.term} above ${limits.termMax}`);
   const offset = count(value.offset, 'snapshot.offset');
   const data = bytes(value.data, 'snapshot.data', limits.snapshotChunkBytesMax);
   if (offset + data.length > metadata.sizeBytes) {
@@ -392,7 +399,7 @@ export function checkMessage(m: Message, limits: CodecLimits = defaultCodecLimit
  */
 function checkAppend(m: Message): void {
   if (m.entries.length === 0) return;
-  if (m.index + m.entries.length > Number.MAX_SAFE_INTEGER) throw new FrameError('bad-entries', 'entry indexes beyond 2^53 - 1');
+  if (m.index + m.entries.length > indexMax) throw new FrameError('bad-entries', `entry indexes beyond ${indexMax}`);
   let term = m.logTerm;
   for (let i = 0; i < m.entries.length; i++) {
     const entry = m.entries[i]!;

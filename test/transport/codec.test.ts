@@ -9,7 +9,7 @@ import test from 'ava';
 import fc from 'fast-check';
 import { AssertionFailure } from '../../src/assert.js';
 import type { Message, SnapshotChunk } from '../../src/raft/types.js';
-import { message } from '../../src/raft/types.js';
+import { indexMax, message, nodeIdMax } from '../../src/raft/types.js';
 import {
   type CodecLimits,
   decodeEnvelope,
@@ -36,7 +36,7 @@ const overTheWire = (value: WireEnvelope) => deserialize(serialize(value));
 const safe = fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER });
 const small = fc.integer({ min: 0, max: 1000 });
 const count = fc.oneof(small, safe);
-const id = fc.oneof(fc.integer({ min: 1, max: 9 }), fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }));
+const id = fc.oneof(fc.integer({ min: 1, max: 9 }), fc.integer({ min: 1, max: nodeIdMax }));
 const bytes = (maxLength: number) => fc.uint8Array({ maxLength });
 const ids = fc.array(id, { maxLength: 5 });
 
@@ -100,7 +100,11 @@ function obeyRules(m: Message): Message {
   m.term = m.type === 'ReadIndex' ? 0 : Math.min(Math.max(1, m.term), defaultCodecLimits.termMax);
   m.logTerm = Math.min(m.logTerm, Math.max(m.term, 0));
   if (m.type !== 'App') m.entries = [];
-  m.index = Math.min(m.index, Number.MAX_SAFE_INTEGER - m.entries.length);
+  m.index = Math.min(m.index, indexMax - m.entries.length);
+  if (m.snapshot !== undefined) {
+    m.snapshot.metadata.index = Math.min(m.snapshot.metadata.index, indexMax);
+    m.snapshot.metadata.term = Math.min(m.snapshot.metadata.term, defaultCodecLimits.termMax);
+  }
   const terms = m.entries.map((e) => Math.min(Math.max(e.term, m.logTerm), m.term)).sort((a, b) => a - b);
   m.entries = m.entries.map((e, i) => ({
     ...e,
@@ -211,6 +215,12 @@ test('bad frames are rejected with a reason', (t) => {
   f.from = 0;
   rejects(t, f, 'bad-node-id');
 
+  // Above nodeIdMax (a forged vote for 2^53 - 1 once reached the log file, which holds 32 bits).
+  f = valid();
+  f.messages[0]!.from = 2 ** 53 - 1;
+  f.from = 2 ** 53 - 1;
+  rejects(t, f, 'bad-node-id');
+
   f = valid();
   f.messages[0]!.to = 8;
   rejects(t, f, 'link-mismatch');
@@ -306,9 +316,10 @@ test('the wire rules of the raft core: each violation is refused with its reason
   rejects(t, wire(app({ entries: entriesAt(12, 11) })), 'entries-not-contiguous');
   rejects(t, wire(app({ entries: entriesAt(12) })), 'entries-not-contiguous');
   rejects(t, wire(app({ entries: entriesAt(10) })), 'entries-not-contiguous');
-  const overflow = app({ index: Number.MAX_SAFE_INTEGER - 1, entries: [] });
-  overflow.entries = [Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER + 1].map((index) => ({ term: 5, index, type: 0 as const, data: new Uint8Array(0) }));
-  t.throws(() => checkMessage(overflow), { instanceOf: FrameError, message: /beyond 2\^53/ });
+  // Indexes the log file cannot hold (48 bits) are refused at the wire, never met by its encoder.
+  const overflow = app({ index: indexMax - 1, entries: [] });
+  overflow.entries = [indexMax, indexMax + 1].map((index) => ({ term: 5, index, type: 0 as const, data: new Uint8Array(0) }));
+  t.throws(() => checkMessage(overflow), { instanceOf: FrameError, message: new RegExp(`beyond ${indexMax}`) });
 
   // Entry terms: never below the previous entry's (logTerm), never decreasing, never above the leader's term.
   const termsOf = (...terms: number[]) => terms.map((term, i) => ({ term, index: 11 + i, type: 0 as const, data: new Uint8Array(0) }));
