@@ -907,9 +907,15 @@ export class Replica {
         }
       }
       if (best !== None) {
+        // The core gives one attempt an election timeout; a target behind a deep queue of 1 MiB
+        // writes needs several (as NodeAdmin.leaderTransfer does): re-issue until the deadline.
+        const deadline = this.scheduler.now() + (options.transferTimeoutMs ?? 3000);
+        const attemptMs = this.limits.tickIntervalMs * this.limits.electionTimeoutTicks;
         try {
-          this.transferLeadership(best);
-          await this.waitUntil(() => !this.isLeader(), this.scheduler.now() + (options.transferTimeoutMs ?? 3000));
+          while (this.isLeader() && this.scheduler.now() < deadline) {
+            if (this.raw.status().leadTransferee === None) this.transferLeadership(best);
+            await this.waitUntil(() => !this.isLeader(), Math.min(deadline, this.scheduler.now() + attemptMs));
+          }
         } catch (error) {
           this.logger?.warn({ err: String(error) }, 'leadership transfer on shutdown failed');
         }
