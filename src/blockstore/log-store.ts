@@ -31,6 +31,7 @@ import {
   emptyConfState,
   emptyHardState,
   entryBytes,
+  sameSnapshot,
 } from '../raft/types.js';
 
 export interface LogStoreLimits {
@@ -112,9 +113,6 @@ function emptySnapshotMetadata(): SnapshotMetadata {
   return { index: 0, term: 0, confState: emptyConfState(), sizeBytes: 0 };
 }
 
-function sameSnapshot(a: SnapshotMetadata, b: SnapshotMetadata): boolean {
-  return a.index === b.index && a.term === b.term && a.sizeBytes === b.sizeBytes;
-}
 
 export interface SqliteLogStorageOptions {
   limits?: Partial<LogStoreLimits>;
