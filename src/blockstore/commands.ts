@@ -3,5 +3,5 @@
  * module only re-exports them for the block store's callers.
  */
 
-export { CommandKind, type Command, type DataCommand, type BlockCommand, type Session, commandLimits, decodeCommand, encodeCommand } from '../volume/command.js';
+export { CommandKind, type Command, type DataCommand, type BlockCommand, type Session, applyRows, commandLimits, decodeCommand, encodeCommand } from '../volume/command.js';
 export { isValidVolumeName } from '../volume/rules.js';

@@ -27,7 +27,7 @@ import { Worker } from 'node:worker_threads';
 import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, InternalError } from '../errors.js';
 import type { Extent, ReadChunk } from '../volume/ranges.js';
-import { decodeCommand } from './commands.js';
+import { applyRows, decodeCommand } from './commands.js';
 import { type ApplyOutcome, type CorruptionRecord, type MemberAddresses, type ReplicaStore, StateCorruptError } from './replica-store.js';
 import { bootstrapConfState, bootstrapEntry } from '../raft/confchange.js';
 import { type ConfChange, type ConfState, type Entry, EntryType, type NodeId, type Ready, type SnapshotMetadata } from '../raft/types.js';
@@ -398,6 +398,16 @@ export class BlockStore implements ReplicaStore {
 
   appliedIndex(): number {
     return this.state.appliedIndex();
+  }
+
+  /** applyCost: the block rows applying `entry` may touch (ReplicaStore.applyCost); 1 for anything else. */
+  applyCost(entry: Entry): number {
+    if (entry.type !== EntryType.Normal || entry.data.length === 0) return 1;
+    try {
+      return applyRows(decodeCommand(entry.data));
+    } catch {
+      return 1; // a malformed command is answered with an error: no rows
+    }
   }
 
   /**

@@ -69,6 +69,12 @@ export interface ReplicaStore {
    * The replica must stop applying and serving, and step down.
    */
   apply(entries: Entry[], onConfChange: (cc: ConfChange, index: number) => ConfState): Map<number, ApplyOutcome>;
+  /**
+   * applyCost: the apply work of one committed entry in block rows (a 16 MiB zero piece is 61
+   * bytes of entry and up to 4,096 rows to delete); the replica bounds the rows of one event-loop
+   * turn by it (ReplicaLimits.applyRowsPerTurnMax). Absent: every entry costs 1.
+   */
+  applyCost?(entry: Entry): number;
   appliedIndex(): number;
   /** createSnapshot: snapshot the state at the applied index and compact the log behind it. */
   createSnapshot(): SnapshotMetadata | undefined;

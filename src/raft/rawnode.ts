@@ -20,6 +20,7 @@ import { Raft } from './raft.js';
 import {
   type ConfChange,
   type ConfState,
+  type Entry,
   EntryType,
   type HardState,
   type Message,
@@ -190,8 +191,13 @@ export class RawNode {
    * committed entries handed out (at least one entry if any is due and `committedEntriesMax` > 0;
    * the bytes cap defaults to committedBytesPerReadyMax): the application bounds its apply work per
    * event-loop turn with them, and the rest comes in the next Ready (etcd's MaxCommittedSizePerReady).
+   * `committedCost` bounds the same slice by the application's own measure of apply work (e.g. the
+   * block rows a command deletes, which its byte size does not show): entries are handed out while
+   * the sum of their costs stays within `max` (at least one entry).
    */
-  ready(limits: { committedEntriesMax?: number; committedBytesMax?: number } = {}): Ready {
+  ready(
+    limits: { committedEntriesMax?: number; committedBytesMax?: number; committedCost?: { max: number; cost: (entry: Entry) => number } } = {},
+  ): Ready {
     assert(this.inFlight === undefined, 'ready() called twice without advance()');
     const raft = this.raft;
     const soft = this.softState();
@@ -202,6 +208,13 @@ export class RawNode {
     const committedEntriesMax = limits.committedEntriesMax ?? Infinity;
     let committedEntries = committedEntriesMax > 0 ? raft.log.nextCommittedEntries(committedBytesMax) : [];
     if (committedEntries.length > committedEntriesMax) committedEntries = committedEntries.slice(0, committedEntriesMax);
+    if (limits.committedCost !== undefined && committedEntries.length > 1) {
+      const { max, cost } = limits.committedCost;
+      let total = cost(committedEntries[0]!);
+      let n = 1;
+      while (n < committedEntries.length && total + cost(committedEntries[n]!) <= max) total += cost(committedEntries[n++]!);
+      if (n < committedEntries.length) committedEntries = committedEntries.slice(0, n);
+    }
     const all = raft.messages;
     raft.messages = [];
     // Early only once the leader's term is durable (handed out in an earlier, advanced Ready): a

@@ -27,7 +27,7 @@
  */
 
 import { type ChardError, ErrorCode, UsageError } from '../errors.js';
-import { isValidVolumeName, volumeNameBytesMax } from './rules.js';
+import { blockBytes, isValidVolumeName, volumeNameBytesMax } from './rules.js';
 
 export const CommandKind = {
   Write: 1,
@@ -73,6 +73,23 @@ export type SessionCommand = BlockCommand | { kind: 'closeSession'; session: Ses
 export class SessionRenewable extends UsageError {
   constructor(cause: ChardError) {
     super(ErrorCode.SessionExpired, cause.message, { cause });
+  }
+}
+
+/**
+ * applyRows: the block rows applying `command` may store or delete — its apply work, which the
+ * entry's byte size does not show for a trim or a write of zeroes (61 bytes, up to 4,096 rows).
+ * A range that starts and ends inside blocks touches one more block than its length covers.
+ */
+export function applyRows(command: Command): number {
+  switch (command.kind) {
+    case 'write':
+      return Math.ceil(command.data.length / blockBytes) + 1;
+    case 'trim':
+    case 'writeZeroes':
+      return Math.ceil(command.length / blockBytes) + 1;
+    default:
+      return 1;
   }
 }
 

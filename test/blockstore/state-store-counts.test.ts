@@ -9,7 +9,7 @@ import path from 'node:path';
 import test from 'ava';
 import { BlockStateMachine, blockBytes } from '../../src/blockstore/state-store.js';
 import { EntryType, emptyConfState } from '../../src/raft/types.js';
-import { type Command, encodeCommand } from '../../src/volume/command.js';
+import { type Command, applyRows, encodeCommand } from '../../src/volume/command.js';
 import { tempDir } from './helpers.js';
 
 test('lastApplyCounts: rows stored and deleted by each apply', (t) => {
@@ -39,6 +39,35 @@ test('lastApplyCounts: rows stored and deleted by each apply', (t) => {
     // Left: 30..63 (34), 100, 101, 500 = 37 rows, all deleted with the volume.
     t.deepEqual(apply({ kind: 'deleteVolume', name: 'v' }), { blocksStored: 0, blocksDeleted: 37 });
     t.is(sm.checkIntegrity().blocks, 0);
+  } finally {
+    sm.close();
+    tmp.cleanup();
+  }
+});
+
+test('applyRows bounds the rows each data command really stores or deletes (the replica budgets apply turns by it)', (t) => {
+  const tmp = tempDir('rows');
+  const sm = BlockStateMachine.open(path.join(tmp.dir, 'state.db'));
+  let index = 0;
+  const check = (command: Command) => {
+    const entry = { index: ++index, term: 1, type: EntryType.Normal, data: encodeCommand(command) };
+    for (const outcome of sm.apply([entry], () => emptyConfState()).values()) t.true(outcome.ok);
+    const counts = sm.lastApplyCounts();
+    const rows = applyRows(command);
+    t.true(counts.blocksStored + counts.blocksDeleted <= rows, `${command.kind}: ${counts.blocksStored} stored + ${counts.blocksDeleted} deleted <= ${rows}`);
+    return rows;
+  };
+  try {
+    check({ kind: 'createVolume', name: 'v', sizeBytes: 8192 * blockBytes });
+    const fill = () => {
+      for (let block = 0; block < 4096; block += 256) check({ kind: 'write', volume: 'v', offset: block * blockBytes, data: new Uint8Array(256 * blockBytes).fill(5) });
+    };
+    fill();
+    check({ kind: 'write', volume: 'v', offset: 7 * blockBytes + 1, data: new Uint8Array(3 * blockBytes).fill(6) });
+    // A 16 MiB zero piece over written blocks: 61 bytes of entry, 4,096 rows deleted.
+    t.is(check({ kind: 'trim', volume: 'v', offset: 0, length: 4096 * blockBytes }), 4097);
+    fill();
+    check({ kind: 'writeZeroes', volume: 'v', offset: 100, length: 4000 * blockBytes });
   } finally {
     sm.close();
     tmp.cleanup();

@@ -7,6 +7,7 @@
 
 import test from 'ava';
 import { UsageError } from '../../src/errors.js';
+import type { Entry } from '../../src/raft/types.js';
 import { cluster, leaderOf, track } from './replica-fixture.js';
 
 const encoder = new TextEncoder();
@@ -23,8 +24,13 @@ function perTurn(calls: { turn: number; entries: number; bytes: number }[]): { e
   return [...byTurn.values()];
 }
 
-async function backlog(limits: { applyEntriesPerTurnMax: number; applyBytesPerTurnMax: number }, writes: number, valueBytes: number) {
-  const c = cluster(3, { seed: 21, limits });
+async function backlog(
+  limits: { applyEntriesPerTurnMax: number; applyBytesPerTurnMax: number; applyRowsPerTurnMax?: number },
+  writes: number,
+  valueBytes: number,
+  applyCost?: (entry: Entry) => number,
+) {
+  const c = cluster(3, { seed: 21, limits, ...(applyCost !== undefined ? { applyCost } : {}) });
   if (!(await c.world.runUntil(() => leaderOf(c) !== undefined && leaderOf(c)!.status().commit >= 2, 5000))) throw new Error('no leader');
   const leader = leaderOf(c)!;
   // A follower cut off while the others commit a backlog, then healed: it gets the whole backlog
@@ -61,6 +67,23 @@ test('a backlog of large entries is applied at most applyBytesPerTurnMax per tur
     t.true(most <= 100 * 1024, `node ${id} applied ${most} bytes in one turn`);
   }
   t.is(c.stores.get(lagging)!.kv.size, 40);
+});
+
+test('a backlog of cheap-looking but costly entries (zero pieces) is applied at most applyRowsPerTurnMax rows per turn', async (t) => {
+  // Each entry is 12 bytes but "deletes" 4,096 rows, like a 16 MiB zero piece: bytes and entry
+  // counts alone would hand a lagging follower the whole backlog (80 x 4,096 rows) in one turn.
+  const rows = 4096;
+  const { c, leader, lagging } = await backlog({ applyEntriesPerTurnMax: 1024, applyBytesPerTurnMax: 8 * 1024 * 1024, applyRowsPerTurnMax: 3 * rows }, 80, 8, (e) =>
+    e.data.length > 0 && e.type === 0 ? rows : 1,
+  );
+  for (const id of [leader, lagging]) {
+    const turns = perTurn(c.stores.get(id)!.applyCalls);
+    const most = Math.max(...turns.map((x) => x.entries));
+    t.log(`node ${id}: ${turns.length} apply turns, at most ${most} costly entries`);
+    t.true(most <= 3, `node ${id} applied ${most} entries of ${rows} rows in one turn (budget ${3 * rows} rows)`);
+    t.true(turns.length >= 80 / 3, `node ${id}: the backlog took several turns`);
+  }
+  t.is(c.stores.get(lagging)!.kv.size, 80);
 });
 
 test('a zero or fractional limit is refused at construction', (t) => {

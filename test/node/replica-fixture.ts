@@ -221,6 +221,8 @@ export class MemReplicaStore implements ReplicaStore {
   turn: () => number = () => 0;
   /** failApply: when set, apply() throws it (tests of a corrupt state). */
   failApply: Error | undefined;
+  /** applyCost: the store's measure of apply work per entry (ReplicaStore.applyCost), when a test sets one. */
+  applyCost?: (entry: Entry) => number;
 
   constructor(voters: NodeId[]) {
     this.logStorage = MemoryStorage.bootstrap(voters);
@@ -288,7 +290,7 @@ export interface Cluster {
 /** cluster: `size` started Replicas on one World. */
 export function cluster(
   size: number,
-  options: { seed?: number; limits?: Partial<ReplicaLimits>; testing?: ReplicaTestingKnobs } = {},
+  options: { seed?: number; limits?: Partial<ReplicaLimits>; testing?: ReplicaTestingKnobs; applyCost?: (entry: Entry) => number } = {},
 ): Cluster {
   const world = new World();
   const ids = Array.from({ length: size }, (_, i) => i + 1);
@@ -298,6 +300,7 @@ export function cluster(
     const store = new MemReplicaStore(ids);
     const scheduler = world.scheduler(id);
     store.turn = () => scheduler.callbacks;
+    if (options.applyCost !== undefined) store.applyCost = options.applyCost;
     stores.set(id, store);
     const replica = new Replica({
       id,
