@@ -402,7 +402,7 @@ export class BlockStore implements ReplicaStore {
 
   /** applyCost: the block rows applying `entry` may touch (ReplicaStore.applyCost); 1 for anything else. */
   applyCost(entry: Entry): number {
-    if (entry.type !== EntryType.Normal || entry.data.length === 0) return 1;
+    if (entry.type !== EntryType.Normal) return 1;
     try {
       return applyRows(decodeCommand(entry.data));
     } catch {

@@ -31,7 +31,7 @@ import { type SessionRecord, SessionTable, type SessionTableLimits, SessionVerdi
 import { type ConfChange, type ConfState, type Entry, EntryType, type NodeId, emptyConfState } from '../raft/types.js';
 import { type Command, decodeCommand } from '../volume/command.js';
 import { ChunkRuns, type Extent, ExtentRuns, type ReadChunk, blockPieces } from '../volume/ranges.js';
-import { blockBytes, rangeProblem, requestLimits, volumeNameProblem, volumeSizeProblem } from '../volume/rules.js';
+import { blockBytes, rangeProblem, reapBlocksPerEntry, requestLimits, volumeNameProblem, volumeSizeProblem } from '../volume/rules.js';
 
 export { blockBytes };
 
@@ -98,6 +98,10 @@ CREATE TABLE IF NOT EXISTS evicted_sessions (
 CREATE TABLE IF NOT EXISTS retired_sessions (
   seq INTEGER PRIMARY KEY,
   session_id TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS reap_ranges (
+  volume_id INTEGER PRIMARY KEY,
+  from_block INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS members (
   node_id INTEGER PRIMARY KEY,
@@ -205,11 +209,21 @@ function prepare(db: Database.Database) {
     deleteBlock: db.prepare('DELETE FROM blocks WHERE volume_id = ? AND block = ?'),
     deleteBlocks: db.prepare('DELETE FROM blocks WHERE volume_id = ? AND block >= ? AND block <= ?'),
     deleteBlocksFrom: db.prepare('DELETE FROM blocks WHERE volume_id = ? AND block >= ?'),
-    deleteVolumeBlocks: db.prepare('DELETE FROM blocks WHERE volume_id = ?'),
+    // reap_ranges: block rows no volume can read any more (a deleted volume's, a shrunk one's tail),
+    // deleted at most reapBlocksPerEntry per applied entry (see reap()).
+    reapRange: db.prepare<[number], { from_block: number }>('SELECT from_block FROM reap_ranges WHERE volume_id = ?'),
+    firstReapRange: db.prepare<[], { volume_id: number; from_block: number }>('SELECT volume_id, from_block FROM reap_ranges ORDER BY volume_id LIMIT 1'),
+    putReapRange: db.prepare('INSERT OR REPLACE INTO reap_ranges (volume_id, from_block) VALUES (?, ?)'),
+    deleteReapRange: db.prepare('DELETE FROM reap_ranges WHERE volume_id = ?'),
+    reapBlocks: db.prepare(
+      'DELETE FROM blocks WHERE rowid IN (SELECT rowid FROM blocks WHERE volume_id = ? AND block >= ? ORDER BY block LIMIT ?)',
+    ),
     hashBlocks: db.prepare<[], { name: string; block: number; data: Buffer; crc: number }>(
       'SELECT v.name AS name, b.block AS block, b.data AS data, b.crc AS crc FROM blocks b JOIN volumes v ON v.created_index = b.volume_id ORDER BY v.name, b.block',
     ),
-    orphanBlocks: db.prepare<[], { c: number }>('SELECT COUNT(*) AS c FROM blocks WHERE volume_id NOT IN (SELECT created_index FROM volumes)'),
+    orphanBlocks: db.prepare<[], { c: number }>(
+      'SELECT COUNT(*) AS c FROM blocks WHERE volume_id NOT IN (SELECT created_index FROM volumes) AND volume_id NOT IN (SELECT volume_id FROM reap_ranges)',
+    ),
     sessions: db.prepare<[], { session_id: string; record: string }>('SELECT session_id, record FROM sessions ORDER BY last_index'),
     putSession: db.prepare('INSERT OR REPLACE INTO sessions (session_id, last_index, record) VALUES (?, ?, ?)'),
     deleteSession: db.prepare('DELETE FROM sessions WHERE session_id = ?'),
@@ -242,6 +256,8 @@ export class BlockStateMachine {
   private inApply = false;
   /** counts: the block rows the current (or last) apply() stored and deleted. */
   private counts: ApplyCounts = { blocksStored: 0, blocksDeleted: 0 };
+  /** reapPending: reap_ranges has a row (kept in memory: every apply checks it). */
+  private reapPending = false;
 
   private constructor(file: string, limits: StateStoreLimits) {
     this.file = file;
@@ -275,6 +291,7 @@ export class BlockStateMachine {
       this.s.evicted.all().map((row) => row.session_id),
     );
     this.memberMap = new Map(this.s.members.all().map((row) => [row.node_id, JSON.parse(row.addresses) as MemberAddresses]));
+    this.reapPending = this.s.firstReapRange.get() !== undefined;
   }
 
   /**
@@ -354,14 +371,19 @@ export class BlockStateMachine {
         if (entry.type === EntryType.ConfChange) {
           conf = onConfChange(decodeConfChange(entry.data), entry.index);
           outcomes.set(entry.index, ok);
-          continue;
+        } else {
+          try {
+            outcomes.set(entry.index, this.applyNormal(entry, touchedSessions));
+          } catch (error) {
+            if (error instanceof CorruptError) Object.assign(error, { index: entry.index }); // BlockStore's corruption marker names the entry
+            throw error;
+          }
         }
-        try {
-          outcomes.set(entry.index, this.applyNormal(entry, touchedSessions));
-        } catch (error) {
-          if (error instanceof CorruptError) Object.assign(error, { index: entry.index }); // BlockStore's corruption marker names the entry
-          throw error;
-        }
+        // An empty entry (a leader's no-op; the node proposes them while rows wait: reapDriver in
+        // node.ts) reaps at most reapBlocksPerEntry rows: the same rows on every replica, so the
+        // state stays equal at each index, and a cost the replica's apply budget can see
+        // (volume/command.ts applyRows) — never hidden inside a write's apply.
+        if (this.reapPending && entry.type === EntryType.Normal && entry.data.length === 0) this.reap(reapBlocksPerEntry);
       }
       const last = entries[entries.length - 1]!.index;
       this.s.setMeta.run(STATE_FORMAT, last, JSON.stringify(conf));
@@ -486,8 +508,16 @@ export class BlockStateMachine {
         const bad = this.checkVolumeSize(command.sizeBytes);
         if (bad !== undefined) return bad;
         if (command.sizeBytes < volume.sizeBytes) {
-          // Shrink: the cut-off bytes must read as zeros if the volume grows again.
-          this.zeroRange(volume.createdIndex, command.sizeBytes, volume.sizeBytes - command.sizeBytes);
+          // Shrink: the cut-off bytes must read as zeros if the volume grows again. The partial
+          // block at the new end is zeroed now; the whole blocks beyond it are reaped, bounded per
+          // entry (a shrink from 4 GiB is a million rows: seconds of stall on every replica at once).
+          const firstCut = Math.ceil(command.sizeBytes / blockBytes);
+          this.zeroRange(volume.createdIndex, command.sizeBytes, Math.min(volume.sizeBytes, firstCut * blockBytes) - command.sizeBytes);
+          this.addReapRange(volume.createdIndex, firstCut);
+        } else if (command.sizeBytes > volume.sizeBytes) {
+          // Grow: rows still waiting to be reaped would reappear; finish that volume's reaping now
+          // (only a grow soon after a shrink of a large volume finds any).
+          this.finishReap(volume.createdIndex, Math.ceil(command.sizeBytes / blockBytes));
         }
         this.s.resizeVolume.run(command.sizeBytes, command.name);
         return ok;
@@ -495,7 +525,9 @@ export class BlockStateMachine {
       case 'deleteVolume': {
         const volume = this.volume(command.name);
         if (volume === undefined) return fail(ErrorCode.NotFound, `no volume named "${command.name}"`);
-        this.counts.blocksDeleted += this.s.deleteVolumeBlocks.run(volume.createdIndex).changes;
+        // The rows are reaped, bounded per entry (a full 4 GiB volume is a million rows); no volume
+        // can read them meanwhile (a re-created one has another created index).
+        this.addReapRange(volume.createdIndex, 0);
         this.s.deleteVolume.run(command.name);
         return ok;
       }
@@ -531,6 +563,47 @@ export class BlockStateMachine {
       }
       this.storeBlock(volumeId, p.block, next);
     }
+  }
+
+  /** addReapRange: rows of `volumeId` at `fromBlock` and beyond are to be reaped (merged with a pending range). */
+  private addReapRange(volumeId: number, fromBlock: number): void {
+    const pending = this.s.reapRange.get(volumeId);
+    this.s.putReapRange.run(volumeId, pending === undefined ? fromBlock : Math.min(pending.from_block, fromBlock));
+    this.reapPending = true;
+  }
+
+  /**
+   * finishReap: a volume grows to `blocks` blocks: rows of its pending reap range below that must
+   * go now (beyond it they stay invisible and are reaped as usual).
+   */
+  private finishReap(volumeId: number, blocks: number): void {
+    const pending = this.s.reapRange.get(volumeId);
+    if (pending === undefined || pending.from_block >= blocks) return;
+    this.counts.blocksDeleted += this.s.deleteBlocks.run(volumeId, pending.from_block, blocks - 1).changes;
+    this.s.putReapRange.run(volumeId, blocks);
+  }
+
+  /**
+   * reap: delete at most `budget` rows of the pending reap ranges, oldest volume first; a range
+   * with nothing left is dropped. Deterministic: the same rows on every replica for the same entry.
+   */
+  private reap(budget: number): void {
+    while (budget > 0) {
+      const range = this.s.firstReapRange.get();
+      if (range === undefined) {
+        this.reapPending = false;
+        return;
+      }
+      const deleted = this.s.reapBlocks.run(range.volume_id, range.from_block, budget).changes;
+      this.counts.blocksDeleted += deleted;
+      budget -= deleted;
+      if (budget > 0) this.s.deleteReapRange.run(range.volume_id);
+    }
+  }
+
+  /** reaping: whether rows of deleted volumes or shrunk tails still wait to be reaped (entries reap them). */
+  reaping(): boolean {
+    return this.reapPending;
   }
 
   /** zeroRange: whole blocks are deleted with one range delete; partial end blocks are read-modify-written. */

@@ -21,6 +21,7 @@ import type { NbdTlsOptions } from '../nbd/server.js';
 import { FaultsFileWatcher } from './faults-file.js';
 import { NodeAdmin } from './admin.js';
 import { type Scheduler, systemScheduler } from './clock.js';
+import { ReapDriver } from './reaper.js';
 import { type NodeConfig, parseHostPort } from './config.js';
 import { Counters, meteredBackend, PromExporter, watchEventLoopDelay } from './metrics.js';
 import { type MetricsServerHandle, startMetricsServer } from './metrics-http.js';
@@ -63,6 +64,8 @@ export class ChardNode {
   readonly counters = new Counters();
   /** eventLoopDelay: samples node.event_loop_delay_ms (chard_event_loop_delay_seconds) until stop. */
   private eventLoopDelay: { close(): void } | undefined;
+  /** reaper: proposes the empty entries that reap deleted volumes' rows (src/node/reaper.ts). */
+  private reaper: ReapDriver | undefined;
   private constructor(
     readonly config: NodeConfig,
     readonly store: BlockStore,
@@ -125,6 +128,7 @@ export class ChardNode {
     }
 
     let volumes: LocalVolumeService | undefined;
+    let reaper: ReapDriver | undefined;
     const replica = new Replica({
       id: config.id,
       store,
@@ -134,7 +138,10 @@ export class ChardNode {
       limits: config.limits ?? {},
       counters,
       logger,
+      onApplied: () => reaper?.kick(),
     });
+    // Rows of deleted volumes and shrunk tails are reaped by empty entries this node proposes while it leads.
+    reaper = new ReapDriver(replica, () => store.state.reaping(), clock, () => counters.inc('store.reap_entries'));
     if (options.logContext !== undefined) options.logContext.term = () => replica.raw.raft.term;
     const admin = new NodeAdmin(replica, store, clock);
     const forwarder = new BlockForwarder((id) => replica.addressOf(id)?.admin, config.clusterId, credentials);
@@ -180,6 +187,8 @@ export class ChardNode {
     const node = new ChardNode(config, store, transport, replica, admin, volumes, rpc, nbd, forwarder, addresses, logger, faultsWatcher, metrics);
     (node as { counters: Counters }).counters = counters;
     node.eventLoopDelay = watchEventLoopDelay(counters);
+    node.reaper = reaper;
+    reaper.kick();
     return node;
   }
 
@@ -188,6 +197,7 @@ export class ChardNode {
     this.logger.info({ transfer: options.transfer === true }, 'node stopping');
     this.faultsWatcher?.close();
     this.eventLoopDelay?.close();
+    this.reaper?.close();
     await this.metrics?.close();
     await this.replica.close({ transfer: options.transfer === true });
     await this.nbd.close();

@@ -173,6 +173,12 @@ export interface ReplicaTestingKnobs {
    * acknowledged entries or a vote it no longer holds (the rule of issue 12's pipelined Ready loop).
    */
   ackBeforeDurable?: boolean;
+  /**
+   * muteWhileInFlight: nothing leaves while a persist is pending (the loop before
+   * RawNode.takeMessagesInFlight): a follower with a slow fsync answers no heartbeat for its
+   * duration, and its leader's CheckQuorum steps down. For the test that shows the difference.
+   */
+  muteWhileInFlight?: boolean;
 }
 
 const encoder = new TextEncoder();
@@ -401,6 +407,13 @@ export class Replica {
    * advanced only after all of its committed entries are applied.
    */
   private handleReadys(): void {
+    if (this.readyInFlight && !this.halted) {
+      // A persist is pending: heartbeat responses, ReadIndex traffic and a leader's replication go
+      // out now (RawNode.takeMessagesInFlight); votes and append responses wait for the next Ready.
+      const early = this.testing.muteWhileInFlight === true ? [] : this.raw.takeMessagesInFlight();
+      if (early.length > 0) this.transport.send(early);
+      return;
+    }
     let rounds = 0;
     let appliedThisTurn = false;
     while (!this.halted && !this.readyInFlight && this.raw.hasReady() && rounds++ < 64) {

@@ -71,6 +71,8 @@ export interface BasicStatus {
 }
 
 interface InFlightReady {
+  /** term: the hard state's term this Ready hands out (durable once it is advanced). */
+  term: number;
   lastEntry: { index: number; term: number } | undefined;
   snapshotIndex: number | undefined;
   committedTo: number | undefined;
@@ -82,11 +84,14 @@ export class RawNode {
   private previousHardState: HardState;
   private inFlight: InFlightReady | undefined;
   private sentEarly = 0;
+  /** durableTerm: the term of the last advanced Ready's hard state (the storage's at start). */
+  private durableTerm: number;
 
   constructor(input: RaftConfigInput) {
     this.raft = new Raft(resolveConfig(input));
     this.previousSoftState = { leader: this.raft.lead, role: this.raft.role };
     this.previousHardState = this.raft.hardState();
+    this.durableTerm = this.previousHardState.term;
   }
 
   get id(): NodeId {
@@ -255,6 +260,7 @@ export class RawNode {
     };
     const lastEntry = entries.length > 0 ? entries[entries.length - 1]! : undefined;
     this.inFlight = {
+      term: hard.term,
       lastEntry: lastEntry === undefined ? undefined : { index: lastEntry.index, term: lastEntry.term },
       snapshotIndex: snapshot?.index,
       committedTo: committedEntries.length > 0 ? committedEntries[committedEntries.length - 1]!.index : undefined,
@@ -270,6 +276,7 @@ export class RawNode {
     const inFlight = this.inFlight;
     assert(inFlight !== undefined, 'advance() without ready()');
     this.inFlight = undefined;
+    this.durableTerm = inFlight.term;
     const raft = this.raft;
     if (inFlight.snapshotIndex !== undefined) {
       raft.log.stableSnapshotTo(inFlight.snapshotIndex);
@@ -316,6 +323,33 @@ export class RawNode {
       leaseValid: raft.leaseValid(),
       progress,
     };
+  }
+
+  /**
+   * takeMessagesInFlight: while a Ready is in flight (its persist pending), the queued messages
+   * that may leave at once because they promise nothing about durable state: heartbeat responses
+   * and ReadIndex traffic from any node, and a leader's replication traffic once its term is
+   * durable (the rule of ready()'s messagesEarly). Votes and append responses stay queued for the
+   * next Ready, which is taken after the persist. Without this a node whose fsync is slow is mute
+   * for its duration: its leader's CheckQuorum (or its followers' election timeout) takes it for
+   * dead. etcd-io/raft's AsyncStorageWrites sends the same set before the write completes (only
+   * MsgAppResp, MsgVoteResp and MsgPreVoteResp wait for it). Empty when no Ready is in flight.
+   */
+  takeMessagesInFlight(): Message[] {
+    if (this.inFlight === undefined) return [];
+    const raft = this.raft;
+    const leaderEarly = raft.role === 'leader' && raft.term === this.durableTerm;
+    const out: Message[] = [];
+    const keep: Message[] = [];
+    for (const m of raft.messages) {
+      const unbound = m.type === MessageType.HeartbeatResp || m.type === MessageType.ReadIndex || m.type === MessageType.ReadIndexResp;
+      const replication =
+        leaderEarly && m.term === raft.term && (m.type === MessageType.App || m.type === MessageType.Heartbeat || m.type === MessageType.Snap || m.type === MessageType.TimeoutNow);
+      (unbound || replication ? out : keep).push(m);
+    }
+    raft.messages = keep;
+    this.sentEarly += out.length;
+    return out;
   }
 
   /** earlyMessageCount: messages sent before their persist (for metrics). */

@@ -27,7 +27,7 @@
  */
 
 import { type ChardError, ErrorCode, UsageError } from '../errors.js';
-import { blockBytes, isValidVolumeName, volumeNameBytesMax } from './rules.js';
+import { blockBytes, isValidVolumeName, reapBlocksPerEntry, volumeNameBytesMax } from './rules.js';
 
 export const CommandKind = {
   Write: 1,
@@ -79,10 +79,13 @@ export class SessionRenewable extends UsageError {
 /**
  * applyRows: the block rows applying `command` may store or delete — its apply work, which the
  * entry's byte size does not show for a trim or a write of zeroes (61 bytes, up to 4,096 rows).
- * A range that starts and ends inside blocks touches one more block than its length covers.
+ * A range that starts and ends inside blocks touches one more block than its length covers. An
+ * empty entry (noop) reaps up to reapBlocksPerEntry rows of deleted volumes and shrunk tails.
  */
 export function applyRows(command: Command): number {
   switch (command.kind) {
+    case 'noop':
+      return reapBlocksPerEntry + 1;
     case 'write':
       return Math.ceil(command.data.length / blockBytes) + 1;
     case 'trim':

@@ -94,6 +94,11 @@ export const requestLimits = {
 
 /** zeroPieceBlocksMax: the block rows one trim / write-zeroes command may delete (its apply's bound). */
 export const zeroPieceBlocksMax = requestLimits.zeroPieceBytes / blockBytes;
+/**
+ * reapBlocksPerEntry: the rows of a deleted volume (or a shrunk volume's tail) one empty entry
+ * reaps — as many as a zero piece deletes, so reaping costs an apply turn what a TRIM piece does.
+ */
+export const reapBlocksPerEntry = zeroPieceBlocksMax;
 
 /** volumeBlockSizes: the block size constraints every volume export advertises (NBD_INFO_BLOCK_SIZE). */
 export const volumeBlockSizes = { blockSizeMin: 1, blockSizePreferred: blockBytes, blockSizeMax: requestLimits.requestBytesMax } as const;

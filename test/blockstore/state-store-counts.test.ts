@@ -21,6 +21,10 @@ test('lastApplyCounts: rows stored and deleted by each apply', (t) => {
     for (const outcome of sm.apply(entries, () => emptyConfState()).values()) t.true(outcome.ok);
     return sm.lastApplyCounts();
   };
+  const applyEmpty = () => {
+    sm.apply([{ index: ++index, term: 1, type: EntryType.Normal, data: new Uint8Array(0) }], () => emptyConfState());
+    return sm.lastApplyCounts();
+  };
   try {
     t.deepEqual(apply({ kind: 'createVolume', name: 'v', sizeBytes: 1024 * blockBytes }), { blocksStored: 0, blocksDeleted: 0 });
     t.deepEqual(apply({ kind: 'write', volume: 'v', offset: 0, data: new Uint8Array(64 * blockBytes).fill(7) }), { blocksStored: 64, blocksDeleted: 0 });
@@ -36,8 +40,12 @@ test('lastApplyCounts: rows stored and deleted by each apply', (t) => {
       apply({ kind: 'writeZeroes', volume: 'v', offset: 20 * blockBytes, length: 10 * blockBytes }, { kind: 'write', volume: 'v', offset: 500 * blockBytes, data: new Uint8Array(blockBytes).fill(3) }),
       { blocksStored: 1, blocksDeleted: 10 },
     );
-    // Left: 30..63 (34), 100, 101, 500 = 37 rows, all deleted with the volume.
-    t.deepEqual(apply({ kind: 'deleteVolume', name: 'v' }), { blocksStored: 0, blocksDeleted: 37 });
+    // Left: 30..63 (34), 100, 101, 500 = 37 rows: the delete itself deletes none (they are
+    // reaped), the next empty entry reaps all 37.
+    t.deepEqual(apply({ kind: 'deleteVolume', name: 'v' }), { blocksStored: 0, blocksDeleted: 0 });
+    t.true(sm.reaping());
+    t.deepEqual(applyEmpty(), { blocksStored: 0, blocksDeleted: 37 });
+    t.false(sm.reaping());
     t.is(sm.checkIntegrity().blocks, 0);
   } finally {
     sm.close();

@@ -11,7 +11,7 @@
 import test from 'ava';
 import { ChardError, ErrorCode, RemoteError } from '../../src/errors.js';
 import { Counters } from '../../src/node/metrics.js';
-import { Replica } from '../../src/node/replica.js';
+import { Replica, type ReplicaTestingKnobs } from '../../src/node/replica.js';
 import { SeededRandom } from '../../src/raft/random.js';
 import { type Message, MessageType, type NodeId, type Ready } from '../../src/raft/types.js';
 import { type Cluster, MemReplicaStore, World, leaderOf, track, write } from './replica-fixture.js';
@@ -48,7 +48,7 @@ interface HandCluster extends Cluster {
   counters: Map<NodeId, Counters>;
 }
 
-function handCluster(size: number, seed: number): HandCluster {
+function handCluster(size: number, seed: number, testing: ReplicaTestingKnobs = {}): HandCluster {
   const world = new World();
   const ids = Array.from({ length: size }, (_, i) => i + 1);
   const replicas = new Map<NodeId, Replica>();
@@ -68,14 +68,14 @@ function handCluster(size: number, seed: number): HandCluster {
     };
     const c = new Counters();
     counters.set(id, c);
-    replicas.set(id, new Replica({ id, store, transport, scheduler: world.scheduler(id), random: new SeededRandom(seed * 1000 + id), counters: c }));
+    replicas.set(id, new Replica({ id, store, transport, scheduler: world.scheduler(id), random: new SeededRandom(seed * 1000 + id), counters: c, testing }));
   }
   for (const r of replicas.values()) r.start();
   return { world, replicas, stores, sent, counters };
 }
 
-async function elected(seed: number) {
-  const c = handCluster(3, seed);
+async function elected(seed: number, testing: ReplicaTestingKnobs = {}) {
+  const c = handCluster(3, seed, testing);
   if (!(await c.world.runUntil(() => leaderOf(c) !== undefined && leaderOf(c)!.status().commit >= 2, 5000))) throw new Error('no leader');
   const leader = leaderOf(c)!;
   const first = track(leader.propose(write('x', '1')));
@@ -104,6 +104,36 @@ test('a follower sends its append response only once the entries are durable', a
   store.pending.shift()!.resolve();
   t.true(await c.world.runUntil(() => acks().length > 0, 1000), 'acknowledged once durable');
   for (const r of c.replicas.values()) await r.close();
+});
+
+test('a follower with a persist pending still answers heartbeats, so a slow fsync does not depose its leader', async (t) => {
+  for (const mute of [false, true]) {
+    const { c, leader } = await elected(43, mute ? { muteWhileInFlight: true } : {});
+    const followers = [...c.replicas.values()].filter((r) => r.id !== leader.id);
+    const term = leader.status().term;
+    // Both followers' fsyncs hang (a disk stalled for seconds): with no quorum of heartbeat
+    // responses the leader's CheckQuorum would step it down after an election timeout.
+    for (const f of followers) c.stores.get(f.id)!.manual = true;
+    const w = track(leader.propose(write('slow', '1')));
+    t.true(await c.world.runUntil(() => followers.every((f) => c.stores.get(f.id)!.pending.length > 0), 1000), 'both followers persist');
+    const sent = followers.map((f) => c.sent.get(f.id)!.length);
+    await c.world.run(2000); // 2 s: several election timeouts
+    const heartbeatResps = followers.map((f, i) => c.sent.get(f.id)!.slice(sent[i]).filter((m) => m.type === MessageType.HeartbeatResp).length);
+    const acks = followers.map((f, i) => c.sent.get(f.id)!.slice(sent[i]).filter((m) => m.type === MessageType.AppResp).length);
+    if (mute) {
+      t.true(leader.status().term > term || !leader.isLeader(), 'muted followers: the leader stepped down');
+    } else {
+      t.true(heartbeatResps.every((n) => n > 0), `heartbeat responses while the persist is pending: ${heartbeatResps}`);
+      t.deepEqual(acks, [0, 0], 'no append response before the entries are durable');
+      t.true(leader.isLeader() && leader.status().term === term, 'the leader keeps its term');
+      t.false(w.done, 'the write waits for a durable quorum');
+      for (const f of followers) for (const p of c.stores.get(f.id)!.pending.splice(0)) p.resolve();
+      for (const f of followers) c.stores.get(f.id)!.manual = false;
+      t.true(await c.world.runUntil(() => w.done, 2000), 'committed once durable');
+    }
+    for (const f of followers) for (const p of c.stores.get(f.id)!.pending.splice(0)) p.resolve();
+    for (const r of c.replicas.values()) await r.close();
+  }
 });
 
 test('the leader counts itself only once durable; proposals during the fsync go into one next persist', async (t) => {

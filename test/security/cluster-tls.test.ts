@@ -33,7 +33,14 @@ test.serial('cluster up --tls: status, nbds:// write + read, strangers refused o
     const nodeConfig = JSON.parse(readFileSync(path.join(dir, 'n1', 'node.json'), 'utf8')) as { tls?: unknown };
     t.deepEqual(nodeConfig.tls, { certs, nbd: 'required' });
 
-    const status = await chard(['status', '--dir', dir, '--json']);
+    // status over mutual TLS names a leader (exit 1 while none is known: wait for one, as an
+    // election may be under way on a loaded machine; the deadline is only for a real hang).
+    const statusDeadline = Date.now() + 60_000;
+    let status = await chard(['status', '--dir', dir, '--json']);
+    while (status.code !== 0 && Date.now() < statusDeadline) {
+      await sleep(200);
+      status = await chard(['status', '--dir', dir, '--json']);
+    }
     t.is(status.code, 0, status.stderr);
     t.true((JSON.parse(status.stdout) as { leader: number }).leader > 0);
 
