@@ -199,11 +199,12 @@ export class WalLogStorage implements LogStorage {
     if (entries.length > 0) records.push({ type: WalRecordType.Entries, entries });
     if (hardState !== undefined) records.push({ type: WalRecordType.HardState, hardState: { ...hardState } });
     if (records.length === 0) return undefined;
-    const done = this.wal.append(records);
+    const awaited = entries.length > 0 || snapshot !== undefined || (hardState !== undefined && batch.mustSync !== false);
+    // Not awaited: written in order but without an fdatasync of its own (SegmentedLog.append).
+    const done = this.wal.append(records, { sync: awaited });
     this.persistStats.appends += 1;
     this.persistStats.entries += entries.length;
     this.persistStats.bytes += entries.reduce((n, e) => n + e.data.length, 0);
-    const awaited = entries.length > 0 || snapshot !== undefined || (hardState !== undefined && batch.mustSync !== false);
     if (!awaited) {
       done.catch(() => undefined); // a failed WAL rejects every later append too: the next awaited one reports it
       return undefined;

@@ -92,6 +92,8 @@ interface Segment {
   readFd: number | undefined;
   /** onDisk: the file exists (recovered, or created and its directory synced). */
   onDisk: boolean;
+  /** unsynced: bytes were written to it without an fdatasync (appends with `sync: false`). */
+  unsynced: boolean;
 }
 
 interface Pending {
@@ -99,8 +101,20 @@ interface Pending {
   position: number;
   buffer: Buffer;
   appendSequence: number;
+  /** sync: the append resolves only once fdatasynced (false: once written; see append()). */
+  sync: boolean;
   resolve(): void;
   reject(error: Error): void;
+}
+
+/** syncFile: fdatasync of an existing file, on this thread. */
+function syncFile(file: string): void {
+  const fd = openSync(file, 'r+');
+  try {
+    fdatasyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 function segmentName(sequence: number): string {
@@ -221,8 +235,12 @@ export class SegmentedLog {
   private looping = false;
   private failure: Error | undefined;
   private handle: { segment: Segment; fh: FileHandle } | undefined;
-  /** stats: appends and bytes made durable, and the fdatasyncs that did it (appends per sync = group commit). */
-  readonly stats = { appends: 0, batches: 0, bytes: 0 };
+  /**
+   * stats: appends and bytes written, the fdatasyncs that made them durable (`batches`; appends
+   * per sync = group commit), the batches written without one (`unsyncedBatches`) and the
+   * fdatasyncs of such bytes when the log moved on to a new segment (`rotationSyncs`).
+   */
+  readonly stats = { appends: 0, batches: 0, bytes: 0, unsyncedBatches: 0, rotationSyncs: 0 };
 
   private constructor(dir: string, limits: WalLimits) {
     this.dir = dir;
@@ -239,6 +257,10 @@ export class SegmentedLog {
       .map(Number)
       .sort((a, b) => a - b);
     for (let i = 0; i < sequences.length; i++) wal.recoverSegment(sequences[i]!, i === sequences.length - 1);
+    // The last process may have left records written without an fdatasync (append's `sync:
+    // false`) at the end of the last segment: make them durable before anything lands after them.
+    const last = wal.segments[wal.segments.length - 1];
+    if (last !== undefined) syncFile(last.file);
     if (wal.compactPending !== undefined) throw new CorruptError(`wal ${dir}: the log starts at ${wal.compactPending} but no compaction record covers the entries before it`);
     return wal;
   }
@@ -246,7 +268,7 @@ export class SegmentedLog {
   private recoverSegment(sequence: number, last: boolean): void {
     const file = path.join(this.dir, segmentName(sequence));
     const bytes = readFileSync(file);
-    const segment: Segment = { sequence, file, bytes: 0, lastIndex: 0, readFd: undefined, onDisk: true };
+    const segment: Segment = { sequence, file, bytes: 0, lastIndex: 0, readFd: undefined, onDisk: true, unsynced: false };
     this.segments.push(segment);
     let at = 0;
     while (at < bytes.length) {
@@ -442,8 +464,17 @@ export class SegmentedLog {
   /**
    * append: add `records` to the log; resolves once they are durable. The in-memory view changes
    * at once. Records of one call are written together and in call order with every other append.
+   *
+   * `sync: false` (only for records whose loss is harmless: a hard state that only advances the
+   * commit index, etcd's mustSync rule) resolves once the bytes are written, without an fdatasync
+   * of their own: the next synced batch to the same file makes them durable, and a segment is
+   * fdatasynced before the log moves on to the next one, so a record lost in a power cut can only
+   * be the torn tail of the LAST segment, which recovery cuts off. Such an append must carry no
+   * entries (durableIndex() would count them).
    */
-  append(records: WalRecord[]): Promise<void> {
+  append(records: WalRecord[], options: { sync?: boolean } = {}): Promise<void> {
+    const sync = options.sync !== false;
+    assert(sync || records.every((r) => r.type === WalRecordType.HardState), 'wal: only a hard state may be appended without an fdatasync');
     if (this.failure !== undefined) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new InternalError(ErrorCode.Internal, `wal ${this.dir}: append after close`));
     const buffers = records.map(encodeRecord);
@@ -452,7 +483,7 @@ export class SegmentedLog {
     let segment = this.segments[this.segments.length - 1];
     if (segment === undefined || (segment.bytes > 0 && segment.bytes + size > this.limits.segmentBytesMax)) {
       const sequence = (segment?.sequence ?? 0) + 1;
-      segment = { sequence, file: path.join(this.dir, segmentName(sequence)), bytes: 0, lastIndex: 0, readFd: undefined, onDisk: false };
+      segment = { sequence, file: path.join(this.dir, segmentName(sequence)), bytes: 0, lastIndex: 0, readFd: undefined, onDisk: false, unsynced: false };
       this.segments.push(segment);
     }
     const position = segment.bytes;
@@ -480,7 +511,7 @@ export class SegmentedLog {
     }
     this.trimCache();
     const buffer = buffers.length === 1 ? buffers[0]! : Buffer.concat(buffers, size);
-    const done = new Promise<void>((resolve, reject) => this.queue.push({ segment: segment!, position, buffer, appendSequence, resolve, reject }));
+    const done = new Promise<void>((resolve, reject) => this.queue.push({ segment: segment!, position, buffer, appendSequence, sync, resolve, reject }));
     // `looping` is cleared synchronously as the loop returns: an append made by code that its last
     // resolved batch woke (a microtask before `writing` settles) must start a new loop, not wait
     // for one that has already left.
@@ -538,8 +569,16 @@ export class SegmentedLog {
         const { bytesWritten } = await fh.writev(batch.map((p) => p.buffer), batch[0]!.position);
         if (bytesWritten !== bytes) throw new Error(`short write: ${bytesWritten} of ${bytes} bytes`);
         if (this.closed) continue;
-        await fh.datasync();
-        this.stats.batches++;
+        if (batch.some((p) => p.sync)) {
+          await fh.datasync();
+          segment.unsynced = false;
+          this.stats.batches++;
+        } else {
+          // Only records whose loss is harmless (append's `sync: false`): made durable by the
+          // next fdatasync of this file, or before the log moves to the next segment (fileFor).
+          segment.unsynced = true;
+          this.stats.unsyncedBatches++;
+        }
         this.stats.appends += batch.length;
         this.stats.bytes += bytes;
       } catch (error) {
@@ -564,7 +603,16 @@ export class SegmentedLog {
 
   private async fileFor(segment: Segment): Promise<FileHandle> {
     if (this.handle?.segment === segment) return this.handle.fh;
-    if (this.handle !== undefined) await this.handle.fh.close();
+    if (this.handle !== undefined) {
+      // A torn record anywhere but in the last segment is corruption (recovery refuses it): bytes
+      // written without an fdatasync must be durable before anything is written after them.
+      if (this.handle.segment.unsynced) {
+        await this.handle.fh.datasync();
+        this.handle.segment.unsynced = false;
+        this.stats.rotationSyncs++;
+      }
+      await this.handle.fh.close();
+    }
     this.handle = undefined;
     const fh = await openAsync(segment.file, segment.onDisk ? 'r+' : 'wx');
     if (!segment.onDisk) {
@@ -613,10 +661,14 @@ export class SegmentedLog {
     return this.segments.map((s) => s.file);
   }
 
-  /** close: wait for queued appends, then release every file. */
+  /** close: wait for queued appends, then release every file (fdatasynced). */
   async close(): Promise<void> {
     await this.writing;
-    if (this.handle !== undefined) await this.handle.fh.close();
+    if (this.handle !== undefined) {
+      if (this.handle.segment.unsynced && this.failure === undefined) await this.handle.fh.datasync();
+      this.handle.segment.unsynced = false;
+      await this.handle.fh.close();
+    }
     this.handle = undefined;
     this.closed = true;
     this.closeReadFds();
@@ -651,6 +703,7 @@ export class SegmentedLog {
           while (at < p.buffer.length) at += writeSync(fd, p.buffer, at, p.buffer.length - at, p.position + at);
         }
         for (const fd of fds.values()) fdatasyncSync(fd);
+        for (const segment of fds.keys()) segment.unsynced = false;
         if (newFile) {
           const dirFd = openSync(this.dir, 'r');
           try {
@@ -674,6 +727,16 @@ export class SegmentedLog {
       }
     } else if (this.failure !== undefined) {
       for (const p of pending) p.reject(this.failure);
+    }
+    // Bytes an earlier batch wrote without an fdatasync (append's `sync: false`).
+    for (const segment of this.segments) {
+      if (!segment.unsynced || this.failure !== undefined) continue;
+      try {
+        syncFile(segment.file);
+        segment.unsynced = false;
+      } catch {
+        // Harmless records only; a lost one is a torn tail that the next open cuts off.
+      }
     }
     if (!this.looping) void this.releaseHandle();
     this.closeReadFds();

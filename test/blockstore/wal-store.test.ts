@@ -72,7 +72,10 @@ test('persist: entries visible at once, durable when the promise resolves; a reo
     await durable;
     t.is(store.logStorage.durableIndex(), start + 7);
     t.is(store.persist({ ...readyOf() }), undefined, 'an empty Ready waits for nothing');
+    const syncs = store.logStorage.wal.stats.batches;
     t.is(store.persist({ ...readyOf(), mustSync: false, hardState: { ...hardState, commit: start + 7 } }), undefined, 'a commit-only Ready waits for nothing');
+    await store.logStorage.wal.append([], { sync: false }); // resolves after the commit-only record is written
+    t.is(store.logStorage.wal.stats.batches, syncs, 'a commit-only Ready costs no fdatasync');
     t.true(store.persist({ ...readyOf(), hardState: { term: 2, vote: 1, commit: start + 7 } }) instanceof Promise, 'a term change is awaited');
     const before = logOf(store);
     store.close();

@@ -219,3 +219,35 @@ test('an append made by the code the previous batch woke is written too (the wri
   t.is(wal.durableIndex(), 20);
   await wal.close();
 });
+
+test('a hard state appended with sync false is written without an fdatasync, and the segment is synced before the log moves on', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir, { segmentBytesMax: 8 * 1024 });
+  await appendEntries(wal, 1, 2, 1, 1000);
+  t.is(wal.stats.batches, 1);
+  await wal.append([{ type: WalRecordType.HardState, hardState: { term: 1, vote: 1, commit: 2 } }], { sync: false });
+  t.is(wal.stats.batches, 1, 'no fdatasync for a commit-only hard state');
+  t.is(wal.stats.unsyncedBatches, 1);
+  t.is(wal.stats.rotationSyncs, 0);
+  // The next synced append lands in the same segment: its fdatasync covers the earlier bytes.
+  await appendEntries(wal, 3, 1, 1, 1000);
+  t.is(wal.stats.batches, 2);
+  await wal.append([{ type: WalRecordType.HardState, hardState: { term: 1, vote: 1, commit: 3 } }], { sync: false });
+  // This one does not fit: a new segment, and the unsynced tail of the old one is fdatasynced first
+  // (a torn record in a segment before the last is corruption, which recovery refuses).
+  await appendEntries(wal, 4, 6, 1, 1000);
+  t.is(wal.segmentFiles().length, 2);
+  t.is(wal.stats.rotationSyncs, 1);
+  await wal.close();
+  const again = SegmentedLog.open(dir, { segmentBytesMax: 8 * 1024 });
+  t.is(again.lastIndex(), 9);
+  t.is(again.hardState().commit, 3);
+  await again.close();
+});
+
+test('only a hard state may skip the fdatasync', (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir);
+  t.throws(() => wal.append([{ type: WalRecordType.Entries, entries: entries(1, 1, 1) }], { sync: false }), { message: /only a hard state/ });
+  wal.closeSync();
+});
