@@ -36,7 +36,7 @@ import { WalLogStorage } from './wal-storage.js';
 import { type WalLimits, defaultWalLimits } from './wal.js';
 import { type SnapshotCopy, copyStateSnapshot } from './snapshot-copy.js';
 import type { SnapshotWorkerData, SnapshotWorkerMessage, SnapshotWorkerResult } from './snapshot-worker.js';
-import { BlockStateMachine, type StateStoreLimits, type VolumeRecord, blockBytes, defaultStateStoreLimits } from './state-store.js';
+import { BlockStateMachine, type StateStoreLimits, type StateTimer, type VolumeRecord, blockBytes, defaultStateStoreLimits } from './state-store.js';
 
 export { SqliteLogStorage } from './log-store.js';
 export { WAL_DIR, WalLogStorage } from './wal-storage.js';
@@ -99,7 +99,7 @@ export class BlockStore implements ReplicaStore {
   /** repaired: what open() rebuilt the state from after a corruption marker (undefined: no repair). */
   repaired: { from: 'snapshot' | 'empty'; snapshotIndex: number; record: CorruptionRecord } | undefined;
 
-  private constructor(dir: string, limits: BlockStoreLimits) {
+  private constructor(dir: string, limits: BlockStoreLimits, timer: StateTimer | undefined) {
     this.dir = dir;
     this.limits = limits;
     assert(Number.isInteger(limits.compactionTrailingEntries) && limits.compactionTrailingEntries >= 0, 'compactionTrailingEntries >= 0');
@@ -109,7 +109,7 @@ export class BlockStore implements ReplicaStore {
     // and an empty state a crash interrupted while repair() built it.
     fs.rmSync(path.join(dir, `${STATE_DB_FILE}.old`), { force: true });
     removeDatabaseFiles(path.join(dir, REBUILD_FILE));
-    this.state = BlockStateMachine.open(path.join(dir, STATE_DB_FILE), limits);
+    this.state = BlockStateMachine.open(path.join(dir, STATE_DB_FILE), limits, timer === undefined ? {} : { timer });
     try {
       this.logStorage = WalLogStorage.open(dir, { limits, confStateSource: () => this.state.confState() });
     } catch (error) {
@@ -127,10 +127,14 @@ export class BlockStore implements ReplicaStore {
     }
   }
 
-  /** open: opens (creating if needed) the store in `dir` and recovers from a crash. */
-  static open(dir: string, options: { limits?: Partial<BlockStoreLimits> } = {}): BlockStore {
+  /**
+   * open: opens (creating if needed) the store in `dir` and recovers from a crash. `timer` lets
+   * the applies of several Readys share one state.db transaction (StateStoreLimits.commitDelayMs;
+   * a node passes its scheduler); without it every apply commits.
+   */
+  static open(dir: string, options: { limits?: Partial<BlockStoreLimits>; timer?: StateTimer } = {}): BlockStore {
     fs.mkdirSync(dir, { recursive: true });
-    return new BlockStore(dir, { ...defaultBlockStoreLimits, ...options.limits });
+    return new BlockStore(dir, { ...defaultBlockStoreLimits, ...options.limits }, options.timer);
   }
 
   private recover(): void {
@@ -422,6 +426,7 @@ export class BlockStore implements ReplicaStore {
     if (this.corruption !== undefined) return undefined; // never snapshot a state known to be rotten
     const applied = this.state.appliedIndex();
     if (applied <= this.logStorage.snapshot().index) return undefined;
+    this.state.commit(); // the copy reads state.db through its own connection: committed state only
     const temp = this.logStorage.snapshotTempPath(applied);
     const copy = copyStateSnapshot(this.state.file, temp);
     assert(copy.index === applied, 'a synchronous copy is at the applied index');
@@ -452,6 +457,7 @@ export class BlockStore implements ReplicaStore {
   createSnapshotAsync(options: { onCopyStarted?: () => void } = {}): Promise<SnapshotMetadata | undefined> {
     if (this.snapshotInFlight !== undefined) return this.snapshotInFlight;
     if (this.closed || this.corruption !== undefined || this.state.appliedIndex() <= this.logStorage.snapshot().index) return Promise.resolve(undefined);
+    this.state.commit(); // the worker reads state.db through its own connection: committed state only
     this.snapshotSequence += 1;
     const temp = path.join(this.dir, SNAPSHOT_DIR, `snap-async-${this.snapshotSequence}.tmp`);
     const workerData: SnapshotWorkerData = { source: this.state.file, target: temp };

@@ -24,7 +24,7 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import Database from 'better-sqlite3';
 import { assert } from '../assert.js';
-import { CorruptError, ErrorCode, UsageError } from '../errors.js';
+import { CorruptError, ErrorCode, InternalError, UsageError } from '../errors.js';
 import type { ApplyOutcome, MemberAddresses } from './replica-store.js';
 import { decodeConfChange } from '../raft/confchange.js';
 import { type SessionRecord, SessionTable, type SessionTableLimits, SessionVerdict, defaultSessionLimits } from './sessions.js';
@@ -44,6 +44,20 @@ export interface StateStoreLimits {
   blockStatusBlocksMax: number;
   /** sessions: the session table's limits. MUST be equal on every replica (eviction is replicated). */
   sessions: SessionTableLimits;
+  /**
+   * commitDelayMs / commitEntriesMax / commitRowsMax: with a timer (StateTimer), the applies of
+   * several Readys share one SQLite transaction, committed `commitDelayMs` after it began or once
+   * it holds `commitEntriesMax` entries or `commitRowsMax` stored block rows, whichever comes
+   * first (see apply()). Without a timer every apply() commits.
+   */
+  commitDelayMs: number;
+  commitEntriesMax: number;
+  commitRowsMax: number;
+}
+
+/** StateTimer: how the state machine delays a commit (node: its Scheduler; tests: none, so every apply commits). */
+export interface StateTimer {
+  after(ms: number, fn: () => void): { cancel(): void };
 }
 
 export const defaultStateStoreLimits: StateStoreLimits = {
@@ -51,6 +65,9 @@ export const defaultStateStoreLimits: StateStoreLimits = {
   readBytesMax: requestLimits.requestBytesMax,
   blockStatusBlocksMax: 65_536,
   sessions: defaultSessionLimits,
+  commitDelayMs: 50,
+  commitEntriesMax: 4096,
+  commitRowsMax: 4096,
 };
 
 export interface VolumeRecord {
@@ -258,10 +275,17 @@ export class BlockStateMachine {
   private counts: ApplyCounts = { blocksStored: 0, blocksDeleted: 0 };
   /** reapPending: reap_ranges has a row (kept in memory: every apply checks it). */
   private reapPending = false;
+  /** timer: delays commits (StateTimer); undefined: every apply() commits. */
+  private readonly timer: StateTimer | undefined;
+  /** shared: the transaction that applies share until commit() (undefined: none open). */
+  private shared: { entries: number; rows: number; timer: { cancel(): void } } | undefined;
+  /** commitFailure: a delayed COMMIT failed; memory is ahead of the file, so nothing is applied or served again. */
+  private commitFailure: Error | undefined;
 
-  private constructor(file: string, limits: StateStoreLimits) {
+  private constructor(file: string, limits: StateStoreLimits, timer: StateTimer | undefined) {
     this.file = file;
     this.limits = limits;
+    this.timer = timer;
     this.db = openDatabase(file);
     this.s = prepare(this.db);
     this.sessionTable = new SessionTable(limits.sessions);
@@ -269,8 +293,36 @@ export class BlockStateMachine {
   }
 
   /** open: opens (creating if needed) the state database at `file`. */
-  static open(file: string, limits: Partial<StateStoreLimits> = {}): BlockStateMachine {
-    return new BlockStateMachine(file, { ...defaultStateStoreLimits, ...limits });
+  static open(file: string, limits: Partial<StateStoreLimits> = {}, options: { timer?: StateTimer } = {}): BlockStateMachine {
+    return new BlockStateMachine(file, { ...defaultStateStoreLimits, ...limits }, options.timer);
+  }
+
+  /**
+   * commit: ends the transaction the latest applies share (a no-op when none is open). Called by
+   * its timer, when it is full, and before anything reads state.db through another connection
+   * (a snapshot copy) or replaces or closes it.
+   */
+  commit(): void {
+    const shared = this.shared;
+    if (shared === undefined) return;
+    this.shared = undefined;
+    shared.timer.cancel();
+    if (!this.db.open || !this.db.inTransaction) return;
+    try {
+      this.db.exec('COMMIT');
+    } catch (error) {
+      this.commitFailure = new InternalError(ErrorCode.Internal, `state.db: commit of ${shared.entries} applied entries failed: ${String(error)}`, { cause: error });
+      throw this.commitFailure;
+    }
+  }
+
+  /** uncommitted: entries applied into the open transaction (0 when every apply is committed). */
+  uncommitted(): number {
+    return this.shared?.entries ?? 0;
+  }
+
+  private checkCommitted(): void {
+    if (this.commitFailure !== undefined) throw this.commitFailure;
   }
 
   private load(): void {
@@ -359,8 +411,17 @@ export class BlockStateMachine {
    */
   apply(entries: Entry[], onConfChange: (cc: ConfChange, index: number) => ConfState): Map<number, ApplyOutcome> {
     const outcomes = new Map<number, ApplyOutcome>();
+    this.checkCommitted();
     if (entries.length === 0) return outcomes;
     assert(entries[0]!.index === this.applied + 1, `apply continues at ${this.applied + 1}, got ${entries[0]!.index}`);
+    if (this.timer !== undefined && this.shared === undefined) {
+      // One transaction for the applies of the next commitDelayMs (each apply a savepoint in it,
+      // rolled back alone if it throws): the meta, session and interior pages are written once per
+      // commit instead of once per Ready. A crash loses at most the open transaction, which raft
+      // re-applies from the log (the applied index is committed with the effects it covers).
+      this.db.exec('BEGIN');
+      this.shared = { entries: 0, rows: 0, timer: this.timer.after(this.limits.commitDelayMs, () => this.commitFromTimer()) };
+    }
     const touchedSessions = new Set<string>();
     this.counts = { blocksStored: 0, blocksDeleted: 0 };
     let conf = this.conf;
@@ -401,7 +462,21 @@ export class BlockStateMachine {
     }
     this.applied = entries[entries.length - 1]!.index;
     this.conf = structuredClone(conf);
+    if (this.shared !== undefined) {
+      this.shared.entries += entries.length;
+      this.shared.rows += this.counts.blocksStored + this.counts.blocksDeleted;
+      if (this.shared.entries >= this.limits.commitEntriesMax || this.shared.rows >= this.limits.commitRowsMax) this.commit();
+    }
     return outcomes;
+  }
+
+  /** commitFromTimer: a failure is kept (commitFailure) and surfaces at the next apply or read, never as an uncaught exception. */
+  private commitFromTimer(): void {
+    try {
+      this.commit();
+    } catch {
+      // kept in commitFailure
+    }
   }
 
   /**
@@ -661,6 +736,7 @@ export class BlockStateMachine {
    * CorruptError (with the volume `offset` of the bad block) and nothing is returned.
    */
   read(name: string, offset: number, length: number): ReadChunk[] {
+    this.checkCommitted();
     const volume = this.readTarget(name, offset, length, this.limits.readBytesMax);
     if (length === 0) return [];
     const end = offset + length;
@@ -682,6 +758,7 @@ export class BlockStateMachine {
    * `blockStatusBlocksMax` stored blocks are examined; beyond them the answer stops (a prefix).
    */
   blockStatus(name: string, offset: number, length: number): Extent[] {
+    this.checkCommitted();
     const volume = this.readTarget(name, offset, length, Number.MAX_SAFE_INTEGER);
     if (length === 0) return [];
     const end = offset + length;
@@ -764,6 +841,7 @@ export class BlockStateMachine {
    */
   restoreFrom(source: string, fsyncDirectory: (dir: string) => void, options: { prepared?: boolean } = {}): void {
     assert(!this.inApply, 'no restore during apply');
+    this.commit(); // what is replaced is committed first: a failed restore leaves the state as applied
     const incoming = this.incomingPath();
     if (options.prepared === true) {
       if (fs.statSync(incoming).size !== fs.statSync(source).size) throw new CorruptError(`prepared ${incoming} differs in size from ${source}`);
@@ -801,7 +879,13 @@ export class BlockStateMachine {
   }
 
   close(): void {
-    if (this.db.open) this.db.close();
+    if (this.db.open) {
+      try {
+        this.commit();
+      } finally {
+        this.db.close();
+      }
+    }
   }
 
   /** database: the underlying connection (tests use it to damage rows on purpose). */

@@ -97,7 +97,7 @@ export class ChardNode {
     const credentials = options.credentials ?? tls?.credentials;
     mkdirSync(config.dataDir, { recursive: true });
 
-    const store = BlockStore.open(config.dataDir, { limits: config.store ?? {} });
+    const store = BlockStore.open(config.dataDir, { limits: config.store ?? {}, timer: clock });
     if (store.logStorage.lastIndex() === 0 && !config.join) {
       const members = new Map(Object.entries(config.initialMembers ?? {}).map(([id, a]) => [Number(id), a]));
       store.bootstrap([...members.keys()].sort((a, b) => a - b), [], members);

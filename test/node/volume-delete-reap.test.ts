@@ -39,6 +39,9 @@ test('a deleted volume of 16,384 blocks is reaped on every node by bounded empty
     for (let j = i; j < i + 8; j++) t.is((await writer.read(16, 120_000)).readUInt32BE(4), 0, `write ${j}`);
   }
   writer.close();
+  // Another connection sees an apply once its shared transaction commits (commitDelayMs): wait for it.
+  const filled = Date.now() + 60_000;
+  while (!ids.some((id) => rowsLeft(cluster.dir, id).blocks === 16_384) && Date.now() < filled) await sleep(20);
   t.true(ids.some((id) => rowsLeft(cluster.dir, id).blocks === 16_384), 'a node holds the 16,384 rows');
 
   const deleted = await chard(['volume', 'delete', 'default', '--dir', cluster.dir]);
