@@ -228,13 +228,7 @@ export class RawNode {
     const isLeader = raft.role === 'leader' && hard.term === this.previousHardState.term;
     const messagesEarly: Message[] = [];
     const messages: Message[] = [];
-    for (const m of all) {
-      // A leader's replication traffic may leave before its own fsync (thesis §10.2.1); anything
-      // that promises durable state (votes, acks) waits for the persist.
-      if (isLeader && m.term === raft.term && (m.type === MessageType.App || m.type === MessageType.Heartbeat || m.type === MessageType.Snap || m.type === MessageType.TimeoutNow)) {
-        messagesEarly.push(m);
-      } else messages.push(m);
-    }
+    for (const m of all) (isLeader && isReplication(m, raft.term) ? messagesEarly : messages).push(m);
     this.sentEarly += messagesEarly.length;
     const readStates = raft.readStates;
     raft.readStates = [];
@@ -343,9 +337,7 @@ export class RawNode {
     const keep: Message[] = [];
     for (const m of raft.messages) {
       const unbound = m.type === MessageType.HeartbeatResp || m.type === MessageType.ReadIndex || m.type === MessageType.ReadIndexResp;
-      const replication =
-        leaderEarly && m.term === raft.term && (m.type === MessageType.App || m.type === MessageType.Heartbeat || m.type === MessageType.Snap || m.type === MessageType.TimeoutNow);
-      (unbound || replication ? out : keep).push(m);
+      (unbound || (leaderEarly && isReplication(m, raft.term)) ? out : keep).push(m);
     }
     raft.messages = keep;
     this.sentEarly += out.length;
@@ -356,6 +348,15 @@ export class RawNode {
   earlyMessageCount(): number {
     return this.sentEarly;
   }
+}
+
+/**
+ * isReplication: a leader's replication traffic of its current term — what may leave before its
+ * own fsync (thesis §10.2.1) once that term is durable, in ready()'s messagesEarly and in
+ * takeMessagesInFlight. Anything that promises durable state (votes, acks) waits for the persist.
+ */
+function isReplication(m: Message, term: number): boolean {
+  return m.term === term && (m.type === MessageType.App || m.type === MessageType.Heartbeat || m.type === MessageType.Snap || m.type === MessageType.TimeoutNow);
 }
 
 function sameHardState(a: HardState, b: HardState): boolean {
