@@ -273,6 +273,12 @@ export class BlockStateMachine {
   private inApply = false;
   /** counts: the block rows the current (or last) apply() stored and deleted. */
   private counts: ApplyCounts = { blocksStored: 0, blocksDeleted: 0 };
+  /**
+   * volumes: the volume rows read so far, by name (every read and write looks its volume up; at most
+   * volumesMax entries, only names that exist). Cleared whenever a volume row changes or the state
+   * is reloaded (a rolled-back batch, a restore).
+   */
+  private readonly volumeCache = new Map<string, VolumeRecord>();
   /** reapPending: reap_ranges has a row (kept in memory: every apply checks it). */
   private reapPending = false;
   /** timer: delays commits (StateTimer); undefined: every apply() commits. */
@@ -326,6 +332,7 @@ export class BlockStateMachine {
   }
 
   private load(): void {
+    this.volumeCache.clear();
     const meta = this.s.meta.get();
     if (meta === undefined) {
       this.s.setMeta.run(STATE_FORMAT, 0, JSON.stringify(emptyConfState()));
@@ -575,6 +582,7 @@ export class BlockStateMachine {
         if (this.volume(command.name) !== undefined) return fail(ErrorCode.AlreadyExists, `volume "${command.name}" already exists`);
         if (this.s.volumeCount.get()!.c >= this.limits.volumesMax) return fail(ErrorCode.FailedPrecondition, `volumesMax (${this.limits.volumesMax}) reached`);
         this.s.insertVolume.run(command.name, command.sizeBytes, index);
+        this.volumeCache.clear();
         return ok;
       }
       case 'resizeVolume': {
@@ -595,6 +603,7 @@ export class BlockStateMachine {
           this.finishReap(volume.createdIndex, Math.ceil(command.sizeBytes / blockBytes));
         }
         this.s.resizeVolume.run(command.sizeBytes, command.name);
+        this.volumeCache.clear();
         return ok;
       }
       case 'deleteVolume': {
@@ -604,6 +613,7 @@ export class BlockStateMachine {
         // can read them meanwhile (a re-created one has another created index).
         this.addReapRange(volume.createdIndex, 0);
         this.s.deleteVolume.run(command.name);
+        this.volumeCache.clear();
         return ok;
       }
     }
@@ -713,8 +723,13 @@ export class BlockStateMachine {
   // ------------------------------------------------------------------ reads
 
   volume(name: string): VolumeRecord | undefined {
+    const cached = this.volumeCache.get(name);
+    if (cached !== undefined) return { ...cached };
     const row = this.s.volume.get(name);
-    return row === undefined ? undefined : { name: row.name, sizeBytes: row.size_bytes, createdIndex: row.created_index };
+    if (row === undefined) return undefined;
+    const volume = { name: row.name, sizeBytes: row.size_bytes, createdIndex: row.created_index };
+    this.volumeCache.set(name, volume);
+    return { ...volume };
   }
 
   listVolumes(): VolumeRecord[] {
