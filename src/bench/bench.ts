@@ -56,7 +56,12 @@ export interface BenchResult {
   localFdatasyncP50Micros: number;
   fio: Record<string, FioFigure[]>;
   nodes: Record<string, NodeFigures>;
-  group: { proposalsPerSecond: number; entriesPerFsync: number; fsyncs: number; entries: number };
+  /**
+   * group: the leader's counters over its fio jobs: proposals per second, entries per fsync, and
+   * the raft messages it sent and received per proposal with the transport frames that carried them
+   * (every frame is one gRPC stream message: the per-write CPU follows these counts).
+   */
+  group: { proposalsPerSecond: number; entriesPerFsync: number; fsyncs: number; entries: number; messagesPerProposal: number; framesPerProposal: number };
   targets: TargetRow[];
 }
 
@@ -131,7 +136,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     localFdatasyncP50Micros: 0,
     fio,
     nodes: {},
-    group: { proposalsPerSecond: 0, entriesPerFsync: 0, fsyncs: 0, entries: 0 },
+    group: { proposalsPerSecond: 0, entriesPerFsync: 0, fsyncs: 0, entries: 0, messagesPerProposal: 0, framesPerProposal: 0 },
     targets: [],
   };
   let cluster: ClusterFile | undefined;
@@ -177,11 +182,14 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
       const after = await client.api(leader.admin).metrics();
       const seconds = (performance.now() - started) / 1000;
       const delta = (name: string) => (after.counts[name] ?? 0) - (before.counts[name] ?? 0);
+      const perProposal = (n: number) => (delta('raft.proposed') === 0 ? 0 : round(n / delta('raft.proposed'), 1));
       result.group = {
         proposalsPerSecond: Math.round(delta('raft.proposed') / seconds),
         entriesPerFsync: delta('store.fsync') === 0 ? 0 : round(delta('store.entries') / delta('store.fsync'), 1),
         fsyncs: delta('store.fsync'),
         entries: delta('store.entries'),
+        messagesPerProposal: perProposal(delta('transport.messages.sent') + delta('transport.messages.received')),
+        framesPerProposal: perProposal(delta('transport.frames.sent') + delta('transport.frames.received')),
       };
       for (const p of pending) {
         const figure = fio['chard-leader'].find((f) => f.job === p.job)!;
@@ -265,7 +273,7 @@ export function formatBench(result: BenchResult): string {
       ([name, n]) =>
         `  ${name.padEnd(8)} amp ${Object.entries(n.writeAmplification).map(([j, v]) => `${j} ${v}x`).join(', ')}; cpu ${Object.entries(n.cpuSecondsPer1000Writes).map(([j, v]) => `${j} ${v}`).join(', ')}; rss ${n.rssMiB} MiB`,
     ),
-    `group commit on the leader: ${result.group.proposalsPerSecond} proposals/s, ${result.group.entriesPerFsync} entries per fsync (${result.group.entries} entries, ${result.group.fsyncs} fsyncs)`,
+    `group commit on the leader: ${result.group.proposalsPerSecond} proposals/s, ${result.group.entriesPerFsync} entries per fsync (${result.group.entries} entries, ${result.group.fsyncs} fsyncs); raft messages sent + received per proposal ${result.group.messagesPerProposal}, in ${result.group.framesPerProposal} frames`,
     '',
     'targets (ratios measured in this run)',
     ...result.targets.map((t) => `  ${t.figure.padEnd(52)}${String(t.value ?? '-').padStart(10)}  target ${t.target.padEnd(8)} ${t.met === undefined ? 'not measured' : t.met ? 'met' : 'MISSED'}`),

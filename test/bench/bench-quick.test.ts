@@ -33,6 +33,7 @@ test('chard bench --quick measures every baseline, both chard paths, per-node co
       t.true((n.writeAmplification['randwrite-4k-qd32'] ?? 0) >= 1, `${name} wrote its copy`);
       t.true(n.rssMiB > 0);
     }
+    t.true(printed.group.entriesPerFsync > 0 && printed.group.messagesPerProposal > 0 && printed.group.framesPerProposal > 0, "the leader counted its fsyncs, messages and frames");
     t.is(printed.targets.length, 8);
     for (const row of printed.targets) t.not(row.value, undefined, row.figure);
   } finally {
