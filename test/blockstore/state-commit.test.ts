@@ -60,13 +60,19 @@ function committedApplied(file: string): number {
   }
 }
 
-test('applies share a transaction: own reads see them at once, other connections once the timer commits', (t) => {
-  const tmp = tempDir('commit-shared');
+/** sharedStore: a state machine with a ManualTimer and volume v (64 blocks) created at index 1. */
+function sharedStore(name: string, limits: Parameters<typeof BlockStateMachine.open>[1] = {}) {
+  const tmp = tempDir(name);
   const file = path.join(tmp.dir, 'state.db');
   const timer = new ManualTimer();
-  const sm = BlockStateMachine.open(file, {}, { timer });
+  const sm = BlockStateMachine.open(file, limits, { timer });
+  sm.apply(entriesOf(1, [{ kind: 'createVolume', name: 'v', sizeBytes: 64 * blockBytes }]), () => emptyConfState());
+  return { tmp, file, timer, sm };
+}
+
+test('applies share a transaction: own reads see them at once, other connections once the timer commits', (t) => {
+  const { tmp, file, timer, sm } = sharedStore('commit-shared');
   try {
-    sm.apply(entriesOf(1, [{ kind: 'createVolume', name: 'v', sizeBytes: 64 * blockBytes }]), () => emptyConfState());
     sm.apply(entriesOf(2, [{ kind: 'write', volume: 'v', offset: 0, data: block(1) }]), () => emptyConfState());
     sm.apply(entriesOf(3, [{ kind: 'write', volume: 'v', offset: blockBytes, data: block(2) }]), () => emptyConfState());
     t.is(sm.appliedIndex(), 3);
@@ -88,12 +94,8 @@ test('applies share a transaction: own reads see them at once, other connections
 });
 
 test('a full batch commits without waiting for the timer (commitEntriesMax, commitRowsMax)', (t) => {
-  const tmp = tempDir('commit-full');
-  const file = path.join(tmp.dir, 'state.db');
-  const timer = new ManualTimer();
-  const sm = BlockStateMachine.open(file, { commitEntriesMax: 3, commitRowsMax: 8 }, { timer });
+  const { tmp, file, timer, sm } = sharedStore('commit-full', { commitEntriesMax: 3, commitRowsMax: 8 });
   try {
-    sm.apply(entriesOf(1, [{ kind: 'createVolume', name: 'v', sizeBytes: 64 * blockBytes }]), () => emptyConfState());
     sm.apply(entriesOf(2, [{ kind: 'write', volume: 'v', offset: 0, data: block(1) }]), () => emptyConfState());
     t.is(committedApplied(file), 0);
     sm.apply(entriesOf(3, [{ kind: 'write', volume: 'v', offset: blockBytes, data: block(1) }]), () => emptyConfState());
@@ -108,12 +110,8 @@ test('a full batch commits without waiting for the timer (commitEntriesMax, comm
 });
 
 test('an apply that throws rolls back alone; the batch before it stays and commits', (t) => {
-  const tmp = tempDir('commit-throw');
-  const file = path.join(tmp.dir, 'state.db');
-  const timer = new ManualTimer();
-  const sm = BlockStateMachine.open(file, {}, { timer });
+  const { tmp, file, timer, sm } = sharedStore('commit-throw');
   try {
-    sm.apply(entriesOf(1, [{ kind: 'createVolume', name: 'v', sizeBytes: 64 * blockBytes }]), () => emptyConfState());
     sm.apply(entriesOf(2, [{ kind: 'write', volume: 'v', offset: 0, data: block(1) }]), () => emptyConfState());
     // Rot block 0 inside the open transaction; a partial write over it must read it and throws.
     sm.database().prepare('UPDATE blocks SET crc = crc + 1 WHERE block = 0').run();
