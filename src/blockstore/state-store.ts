@@ -756,7 +756,16 @@ export class BlockStateMachine {
     if (length === 0) return [];
     const end = offset + length;
     const runs = new ChunkRuns(offset);
-    for (const row of this.s.blockRange.iterate(volume.createdIndex, Math.floor(offset / blockBytes), Math.floor((end - 1) / blockBytes))) {
+    const first = Math.floor(offset / blockBytes);
+    const last = Math.floor((end - 1) / blockBytes);
+    // get() / all(), not iterate(): better-sqlite3's iterator costs ~3 us more per read (a 4 KiB
+    // read spent ~13 us in it); all() holds at most readBytesMax of rows, which the reply holds anyway.
+    let rows: BlockRow[];
+    if (first === last) {
+      const row = this.s.block.get(volume.createdIndex, first);
+      rows = row === undefined ? [] : [{ block: first, data: row.data, crc: row.crc }];
+    } else rows = this.s.blockRange.all(volume.createdIndex, first, last);
+    for (const row of rows) {
       const blockStart = row.block * blockBytes;
       runs.hole(blockStart);
       const data = verified(row.data, row.crc, row.block, Math.max(offset, blockStart));
