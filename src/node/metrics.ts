@@ -243,6 +243,8 @@ type Labels = Record<string, string>;
 export class PromExporter implements CounterSink {
   readonly registry = new prom.Registry();
   private readonly counters = new Map<string, prom.Counter<string>>();
+  /** incPlans: per Counters name, what an inc of it adds to (planInc). */
+  private readonly incPlans = new Map<string, Increment[]>();
   private readonly gauges = new Map<string, prom.Gauge<string>>();
   private readonly histograms = new Map<string, prom.Histogram<string>>();
   private lastLeader = 0;
@@ -260,24 +262,24 @@ export class PromExporter implements CounterSink {
    * than once first used; NBD families with every command label.
    */
   private declare(node: boolean): void {
-    for (const command of Object.keys(nbdCommandOfEvent)) this.mapCount(`nbd.${command}`, 0);
-    this.mapCount('nbd.bytesRead', 0);
-    this.mapCount('nbd.bytesWritten', 0);
+    for (const command of Object.keys(nbdCommandOfEvent)) this.inc(`nbd.${command}`, 0);
+    this.inc('nbd.bytesRead', 0);
+    this.inc('nbd.bytesWritten', 0);
     this.set('nbd.inflight', 0);
     for (const command of nbdCommands) this.histogram('chard_nbd_request_duration_seconds', nbdLatencyHelp, latencyBuckets, ['command']).zero({ command });
     this.counter('chard_refused_connections_total', refusedHelp, ['listener', 'reason']);
     if (!node) {
-      for (const name of ['agent.retries', 'agent.leader_moved']) this.mapCount(name, 0);
+      for (const name of ['agent.retries', 'agent.leader_moved']) this.inc(name, 0);
       this.histogram('chard_agent_stall_duration_seconds', agentStallHelp, latencyBuckets);
       return;
     }
-    for (const name of ['raft.proposed', 'raft.applied', 'raft.became_leader', 'store.fsync', 'volume.forwarded', 'volume.forward.abandoned']) this.mapCount(name, 0);
+    for (const name of ['raft.proposed', 'raft.applied', 'raft.became_leader', 'store.fsync', 'volume.forwarded', 'volume.forward.abandoned']) this.inc(name, 0);
         this.counter('chard_raft_leader_changes_total', leaderChangesHelp);
-    for (const event of ['created', 'installed', 'failed']) this.mapCount(`snapshot.${event}`, 0);
+    for (const event of ['created', 'installed', 'failed']) this.inc(`snapshot.${event}`, 0);
     for (const op of ['read', 'write']) {
-      this.mapCount(`volume.${op}.retry`, 0);
-      this.mapCount(`volume.${op}.retried_ok`, 0);
-      this.mapCount(`volume.${op}.gave_up`, 0);
+      this.inc(`volume.${op}.retry`, 0);
+      this.inc(`volume.${op}.retried_ok`, 0);
+      this.inc(`volume.${op}.gave_up`, 0);
     }
     this.histogram('chard_raft_proposal_duration_seconds', proposalHelp, latencyBuckets);
     this.histogram('chard_raft_fsync_duration_seconds', fsyncHelp, latencyBuckets);
@@ -351,116 +353,107 @@ export class PromExporter implements CounterSink {
   }
 
   inc(name: string, by: number): void {
-    const refused = refusedEvents[name] ?? refusedLabels(name);
-    if (refused !== undefined) {
-      this.counter('chard_refused_connections_total', refusedHelp, ['listener', 'reason']).inc(refused, by);
-      if (name.startsWith('refused.')) return;
+    // Every NBD request and raft message counts several names: the name → metrics mapping is
+    // worked out once per name (names come from code: a bounded set; incPlansMax is a backstop).
+    let plan = this.incPlans.get(name);
+    if (plan === undefined) {
+      plan = this.planInc(name);
+      if (this.incPlans.size < incPlansMax) this.incPlans.set(name, plan);
     }
-    const mapped = this.mapCount(name, by);
-    if (!mapped && refused === undefined) this.counter('chard_events_total', 'every other counted event, by its internal name', ['event']).inc({ event: name }, by);
+    for (const increment of plan) increment(by);
   }
 
-  /** mapCount: the explicit name → metric table; false when `name` is not in it. */
-  private mapCount(name: string, by: number): boolean {
+  /** planInc: the metrics an inc of `name` adds to. */
+  private planInc(name: string): Increment[] {
+    const plan: Increment[] = [];
+    const refused = refusedEvents[name] ?? refusedLabels(name);
+    if (refused !== undefined) {
+      plan.push(countTo(this.counter('chard_refused_connections_total', refusedHelp, ['listener', 'reason']), refused));
+      if (name.startsWith('refused.')) return plan;
+    }
+    const mapped = this.mapCount(name);
+    if (mapped !== undefined) plan.push(...mapped);
+    else if (refused === undefined) plan.push(countTo(this.counter('chard_events_total', 'every other counted event, by its internal name', ['event']), { event: name }));
+    return plan;
+  }
+
+  /** mapCount: the explicit name → metric table: what an inc of `name` adds to; undefined when `name` is not in it. */
+  private mapCount(name: string): Increment[] | undefined {
     const parts = name.split('.');
     if (parts[0] === 'nbd') {
       const event = parts[1] ?? '';
       const command = nbdCommandOfEvent[event];
       if (command !== undefined) {
-        this.counter('chard_nbd_requests_total', 'valid NBD requests, by command', ['command']).inc({ command }, by);
-        return true;
+        return [countTo(this.counter('chard_nbd_requests_total', 'valid NBD requests, by command', ['command']), { command })];
       }
       switch (event) {
         case 'bytesWritten':
-          this.counter('chard_nbd_bytes_total', 'NBD payload bytes, in (written) and out (read)', ['direction']).inc({ direction: 'in' }, by);
-          return true;
+          return [countTo(this.counter('chard_nbd_bytes_total', 'NBD payload bytes, in (written) and out (read)', ['direction']), { direction: 'in' })];
         case 'bytesRead':
-          this.counter('chard_nbd_bytes_total', 'NBD payload bytes, in (written) and out (read)', ['direction']).inc({ direction: 'out' }, by);
-          return true;
+          return [countTo(this.counter('chard_nbd_bytes_total', 'NBD payload bytes, in (written) and out (read)', ['direction']), { direction: 'out' })];
         case 'connectionsAccepted':
-          this.counter('chard_nbd_connections_total', 'NBD connections accepted and closed', ['event']).inc({ event: 'accepted' }, by);
-          return true;
+          return [countTo(this.counter('chard_nbd_connections_total', 'NBD connections accepted and closed', ['event']), { event: 'accepted' })];
         case 'connectionsClosed':
-          this.counter('chard_nbd_connections_total', 'NBD connections accepted and closed', ['event']).inc({ event: 'closed' }, by);
-          return true;
+          return [countTo(this.counter('chard_nbd_connections_total', 'NBD connections accepted and closed', ['event']), { event: 'closed' })];
         case 'fuaRequests':
-          this.counter('chard_nbd_fua_requests_total', 'NBD write-like requests with the FUA flag').inc(by);
-          return true;
+          return [countTo(this.counter('chard_nbd_fua_requests_total', 'NBD write-like requests with the FUA flag'))];
         case 'replyErrors':
         case 'internalErrors':
         case 'backendBugs':
         case 'remoteErrorDisconnects':
-          this.counter('chard_nbd_errors_total', 'NBD error replies and disconnects, by kind', ['kind']).inc({ kind: event }, by);
-          return true;
+          return [countTo(this.counter('chard_nbd_errors_total', 'NBD error replies and disconnects, by kind', ['kind']), { kind: event })];
         default:
-          return false;
+          return undefined;
       }
     }
     switch (name) {
       case 'raft.proposed':
-        this.counter('chard_raft_proposals_total', 'entries proposed by this node as leader').inc(by);
-        return true;
+        return [countTo(this.counter('chard_raft_proposals_total', 'entries proposed by this node as leader'))];
       case 'raft.applied':
-        this.counter('chard_raft_applied_entries_total', 'log entries applied to the block state').inc(by);
-        return true;
+        return [countTo(this.counter('chard_raft_applied_entries_total', 'log entries applied to the block state'))];
       case 'raft.became_leader':
-        this.counter('chard_raft_became_leader_total', 'times this node became the leader').inc(by);
-        return true;
+        return [countTo(this.counter('chard_raft_became_leader_total', 'times this node became the leader'))];
       case 'raft.conf_change':
-        this.counter('chard_raft_conf_changes_total', 'membership changes applied').inc(by);
-        return true;
+        return [countTo(this.counter('chard_raft_conf_changes_total', 'membership changes applied'))];
       case 'store.fsync':
-        this.counter('chard_raft_fsyncs_total', 'durable log writes (one fsync each)').inc(by);
-        return true;
+        return [countTo(this.counter('chard_raft_fsyncs_total', 'durable log writes (one fsync each)'))];
       case 'store.entries':
         // Counted once per fsync with that fsync's entry count: both the total and the distribution.
-        this.counter('chard_raft_persisted_entries_total', 'log entries made durable').inc(by);
-        this.histogram('chard_raft_entries_per_fsync', entriesHelp, entriesBuckets).observe(by);
-        return true;
+        return [countTo(this.counter('chard_raft_persisted_entries_total', 'log entries made durable')), observeTo(this.histogram('chard_raft_entries_per_fsync', entriesHelp, entriesBuckets))];
       case 'snapshot.created':
       case 'snapshot.installed':
       case 'snapshot.failed':
-        this.counter('chard_snapshots_total', 'snapshots created, installed (received from the leader) and failed', ['event']).inc({ event: parts[1]! }, by);
-        return true;
+        return [countTo(this.counter('chard_snapshots_total', 'snapshots created, installed (received from the leader) and failed', ['event']), { event: parts[1]! })];
       case 'volume.forwarded':
-        this.counter('chard_forwarded_requests_total', 'writes this follower forwarded to the leader').inc(by);
-        return true;
+        return [countTo(this.counter('chard_forwarded_requests_total', 'writes this follower forwarded to the leader'))];
       case 'volume.forward.abandoned':
-        this.counter('chard_forwarded_abandoned_total', 'forwarded writes abandoned because the leader changed (then retried)').inc(by);
-        return true;
+        return [countTo(this.counter('chard_forwarded_abandoned_total', 'forwarded writes abandoned because the leader changed (then retried)'))];
       case 'agent.retries':
-        this.counter('chard_agent_retried_requests_total', 'extra attempts the attach agent made (other node, new leader)').inc(by);
-        return true;
+        return [countTo(this.counter('chard_agent_retried_requests_total', 'extra attempts the attach agent made (other node, new leader)'))];
       case 'agent.leader_moved':
-        this.counter('chard_agent_leader_changes_total', 'waiting requests redirected to a new leader').inc(by);
-        return true;
+        return [countTo(this.counter('chard_agent_leader_changes_total', 'waiting requests redirected to a new leader'))];
       default:
         break;
     }
     if (parts[0] === 'volume' && parts.length === 3) {
       const op = parts[1]!;
       if (parts[2] === 'retry') {
-        this.counter('chard_retried_requests_total', 'retries of a read barrier or write on this node, by operation', ['op']).inc({ op }, by);
-        return true;
+        return [countTo(this.counter('chard_retried_requests_total', 'retries of a read barrier or write on this node, by operation', ['op']), { op })];
       }
       if (parts[2] === 'retried_ok' || parts[2] === 'gave_up') {
-        this.counter('chard_retry_outcomes_total', 'operations that needed retries, by outcome', ['op', 'outcome']).inc({ op, outcome: parts[2] }, by);
-        return true;
+        return [countTo(this.counter('chard_retry_outcomes_total', 'operations that needed retries, by outcome', ['op', 'outcome']), { op, outcome: parts[2] })];
       }
     }
     if (parts[0] === 'agent' && parts[2] === 'failed' && parts.length === 3) {
-      this.counter('chard_agent_failed_requests_total', 'attach agent requests failed after unavailableTimeoutMs', ['op']).inc({ op: parts[1]! }, by);
-      return true;
+      return [countTo(this.counter('chard_agent_failed_requests_total', 'attach agent requests failed after unavailableTimeoutMs', ['op']), { op: parts[1]! })];
     }
     if (parts[0] === 'grpc' && parts.length === 4) {
-      this.counter('chard_grpc_requests_total', 'admin and block RPCs served, by method and outcome', ['method', 'outcome']).inc({ method: `${parts[1]}.${parts[2]}`, outcome: parts[3]! }, by);
-      return true;
+      return [countTo(this.counter('chard_grpc_requests_total', 'admin and block RPCs served, by method and outcome', ['method', 'outcome']), { method: `${parts[1]}.${parts[2]}`, outcome: parts[3]! })];
     }
     if (name === 'transport.messages.sent' || name === 'transport.messages.received') {
-      this.counter('chard_raft_messages_total', 'raft messages exchanged with peers', ['direction']).inc({ direction: parts[2]! }, by);
-      return true;
+      return [countTo(this.counter('chard_raft_messages_total', 'raft messages exchanged with peers', ['direction']), { direction: parts[2]! })];
     }
-    return false;
+    return undefined;
   }
 
   set(name: string, value: number): void {
@@ -517,6 +510,20 @@ export class PromExporter implements CounterSink {
   get contentType(): string {
     return this.registry.contentType;
   }
+}
+
+/** Increment: adds `by` to one metric (a counter with fixed labels, or a histogram's observation). */
+type Increment = (by: number) => void;
+
+/** incPlansMax: names whose inc plan PromExporter keeps (far above the names the code counts). */
+const incPlansMax = 4096;
+
+function countTo(counter: prom.Counter<string>, labels?: prom.LabelValues<string>): Increment {
+  return labels === undefined ? (by) => counter.inc(by) : (by) => counter.inc(labels, by);
+}
+
+function observeTo(histogram: prom.Histogram<string>): Increment {
+  return (by) => histogram.observe(by);
 }
 
 function refusedLabels(name: string): { listener: string; reason: string } | undefined {
