@@ -338,10 +338,28 @@ class StreamReader {
   }
 }
 
-/** StreamWriter: serialises replies (each reply's buffers contiguous) and honours 'drain'. */
+/**
+ * StreamWriter: serialises replies (each reply's buffers contiguous) and honours 'drain'. Once
+ * `batchTurns()` was called (transmission), the replies of one event-loop turn leave in one writev:
+ * the socket is corked at the turn's first reply and uncorked in setImmediate (at QD32 4K reads,
+ * one writev per reply was a fifth of the node's CPU). `flush()` uncorks at once: before a close,
+ * so that a reply written in the same turn is not dropped.
+ */
 class StreamWriter {
   private chain: Promise<void> = Promise.resolve();
+  private batching = false;
+  private corked = false;
   constructor(private readonly stream: Duplex) {}
+
+  batchTurns(): void {
+    this.batching = true;
+  }
+
+  flush(): void {
+    if (!this.corked) return;
+    this.corked = false;
+    this.stream.uncork();
+  }
 
   send(buffers: Uint8Array[]): Promise<void> {
     const p = this.chain.then(() => this.writeNow(buffers));
@@ -353,9 +371,18 @@ class StreamWriter {
     const s = this.stream;
     if (s.destroyed || s.writableEnded) throw new ConnectionClosed();
     let ok = true;
-    s.cork();
-    for (const b of buffers) ok = s.write(b);
-    s.uncork();
+    if (!this.batching) {
+      s.cork();
+      for (const b of buffers) ok = s.write(b);
+      s.uncork();
+    } else {
+      if (!this.corked) {
+        this.corked = true;
+        s.cork();
+        setImmediate(() => this.flush());
+      }
+      for (const b of buffers) ok = s.write(b);
+    }
     if (ok && !s.writableNeedDrain) return undefined;
     return new Promise((resolve, reject) => {
       const onDrain = (): void => {
@@ -438,6 +465,7 @@ class Connection {
       clearTimeout(timer);
       if (outcome === 'transmission') {
         this.server.event(NbdEvent.handshakesCompleted);
+        this.writer.batchTurns();
         graceful = await this.transmit();
       } else {
         graceful = true; // the client sent NBD_OPT_ABORT
@@ -465,6 +493,7 @@ class Connection {
   /** hardClose: drop the connection now (protocol violation, RemoteError, server shutdown). */
   hardClose(): void {
     this.closed = true;
+    this.writer.flush();
     this.stream.destroy();
   }
 
@@ -486,6 +515,7 @@ class Connection {
     clearTimeout(timer);
     this.closed = true;
     if (this.stream.destroyed) return;
+    this.writer.flush();
     this.stream.end(() => this.stream.destroy());
     setTimeout(() => this.stream.destroy(), this.limits.lingerMs).unref();
   }
@@ -494,6 +524,7 @@ class Connection {
   private softClose(): void {
     this.closed = true;
     if (this.stream.destroyed) return;
+    this.writer.flush();
     this.stream.end();
     setTimeout(() => this.stream.destroy(), this.limits.lingerMs).unref();
   }
