@@ -52,7 +52,7 @@ export const defaultWalLimits: WalLimits = {
   segmentBytesMax: 64 * 1024 * 1024,
   recordBytesMax: 80 * 1024 * 1024,
   batchBytesMax: 16 * 1024 * 1024,
-  cacheBytesMax: 64 * 1024 * 1024,
+  cacheBytesMax: 8 * 1024 * 1024,
 };
 
 export const WalRecordType = { Entries: 1, HardState: 2, Compact: 3 } as const;

@@ -167,9 +167,15 @@ function refusal(code: grpc.status, chardCode: string, details: string): grpc.Se
 
 type LaneName = 'regular' | 'snap';
 
-/** Lane: one bounded queue and the stream that drains it. */
-class Lane {
-  queue: Message[] = [];
+/**
+ * Lane: one bounded queue and the stream that drains it. `queue[head..]` is what waits; a slot is
+ * cleared as its message is taken, so a sent message (and the entry data it carries, up to
+ * frameBytesMax per frame) is not kept alive by the queue until the array is next compacted —
+ * which an idle lane never reached: after a 1 MiB write job a node kept up to 1,024 sent App
+ * messages per peer.
+ */
+export class Lane {
+  queue: (Message | undefined)[] = [];
   head = 0;
   queuedBytes = 0;
   stream: grpc.ClientDuplexStream<WireEnvelope, { frames: number }> | undefined;
@@ -201,9 +207,13 @@ class Lane {
   }
 
   shift(): Message {
-    const m = this.queue[this.head++];
+    const m = this.queue[this.head];
     assert(m !== undefined, 'shift of an empty lane');
-    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+    this.queue[this.head++] = undefined;
+    if (this.head === this.queue.length) {
+      this.queue.length = 0;
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.queue.length) {
       this.queue = this.queue.slice(this.head);
       this.head = 0;
     }
