@@ -47,7 +47,7 @@ export interface StateStoreLimits {
   /**
    * commitDelayMs / commitEntriesMax / commitRowsMax: with a timer (StateTimer), the applies of
    * several Readys share one SQLite transaction, committed `commitDelayMs` after it began or once
-   * it holds `commitEntriesMax` entries or `commitRowsMax` stored block rows, whichever comes
+   * it holds `commitEntriesMax` entries or `commitRowsMax` stored block rows (1,024 rows: 4 MiB, within the 8 MiB page cache, so the open transaction does not spill pages it writes again), whichever comes
    * first (see apply()). Without a timer every apply() commits.
    */
   commitDelayMs: number;
@@ -67,7 +67,7 @@ export const defaultStateStoreLimits: StateStoreLimits = {
   sessions: defaultSessionLimits,
   commitDelayMs: 50,
   commitEntriesMax: 4096,
-  commitRowsMax: 4096,
+  commitRowsMax: 1024,
 };
 
 export interface VolumeRecord {
