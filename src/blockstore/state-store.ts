@@ -27,6 +27,7 @@ import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, InternalError, UsageError } from '../errors.js';
 import type { ApplyOutcome, MemberAddresses } from './replica-store.js';
 import { decodeConfChange } from '../raft/confchange.js';
+import { Checkpointer } from './checkpointer.js';
 import { type SessionRecord, SessionTable, type SessionTableLimits, SessionVerdict, defaultSessionLimits } from './sessions.js';
 import { type ConfChange, type ConfState, type Entry, EntryType, type NodeId, emptyConfState } from '../raft/types.js';
 import { type Command, decodeCommand } from '../volume/command.js';
@@ -53,6 +54,11 @@ export interface StateStoreLimits {
   commitDelayMs: number;
   commitEntriesMax: number;
   commitRowsMax: number;
+  /**
+   * checkpointIntervalMs: with a timer, SQLite's automatic checkpoint (inside a COMMIT, on the
+   * event loop) is off and a worker thread checkpoints the WAL this often (checkpointer.ts).
+   */
+  checkpointIntervalMs: number;
 }
 
 /** StateTimer: how the state machine delays a commit (node: its Scheduler; tests: none, so every apply commits). */
@@ -68,6 +74,7 @@ export const defaultStateStoreLimits: StateStoreLimits = {
   commitDelayMs: 50,
   commitEntriesMax: 4096,
   commitRowsMax: 1024,
+  checkpointIntervalMs: 200,
 };
 
 export interface VolumeRecord {
@@ -288,6 +295,8 @@ export class BlockStateMachine {
   private shared: { entries: number; rows: number; timer: { cancel(): void } } | undefined;
   /** commitFailure: a delayed COMMIT failed; memory is ahead of the file, so nothing is applied or served again. */
   private commitFailure: Error | undefined;
+  /** checkpointer: checkpoints the WAL off the event loop (with a timer only; see checkpointer.ts). */
+  readonly checkpointer: Checkpointer | undefined;
 
   private constructor(file: string, limits: StateStoreLimits, timer: StateTimer | undefined) {
     this.file = file;
@@ -295,6 +304,12 @@ export class BlockStateMachine {
     this.timer = timer;
     this.db = openDatabase(file);
     this.s = prepare(this.db);
+    if (timer !== undefined) {
+      this.checkpointer = new Checkpointer(file, limits.checkpointIntervalMs, () => {
+        if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000'); // the worker died: checkpoint in commits again
+      });
+      this.startCheckpointer();
+    }
     this.sessionTable = new SessionTable(limits.sessions);
     this.load();
   }
@@ -321,6 +336,14 @@ export class BlockStateMachine {
       this.commitFailure = new InternalError(ErrorCode.Internal, `state.db: commit of ${shared.entries} applied entries failed: ${String(error)}`, { cause: error });
       throw this.commitFailure;
     }
+  }
+
+  /** startCheckpointer: the connection stops checkpointing in its commits; the worker does it. */
+  private startCheckpointer(): void {
+    if (this.checkpointer === undefined) return;
+    this.db.pragma('wal_autocheckpoint = 0');
+    this.db.pragma(`journal_size_limit = ${64 * 1024 * 1024}`); // a reset WAL is cut back to 64 MiB
+    this.checkpointer.start();
   }
 
   /** uncommitted: entries applied into the open transaction (0 when every apply is committed). */
@@ -880,6 +903,7 @@ export class BlockStateMachine {
         fs.closeSync(fd);
       }
     }
+    this.checkpointer?.stop(); // its connection must be gone before the WAL is deleted
     this.db.close();
     fs.rmSync(`${this.file}-wal`, { force: true });
     fs.rmSync(`${this.file}-shm`, { force: true });
@@ -896,6 +920,7 @@ export class BlockStateMachine {
     this.db = openDatabase(this.file);
     this.s = prepare(this.db);
     this.load();
+    this.startCheckpointer();
   }
 
   /** incomingPath: where restoreFrom stages the new state.db (deleted by BlockStore on open). */
@@ -908,6 +933,7 @@ export class BlockStateMachine {
       try {
         this.commit();
       } finally {
+        this.checkpointer?.stop();
         this.db.close();
       }
     }

@@ -197,3 +197,32 @@ test('4 KiB writes applied one per Ready: a shared transaction writes fewer byte
   t.true(shared.walBytes < perApply.walBytes, 'fewer bytes');
   tmp.cleanup();
 });
+
+test('with a timer, the WAL is checkpointed by the worker thread, never inside a commit on the event loop', async (t) => {
+  const { tmp, file, timer, sm } = sharedStore('commit-checkpoint', { checkpointIntervalMs: 20 });
+  try {
+    t.is(sm.database().pragma('wal_autocheckpoint', { simple: true }), 0, 'no checkpoint in COMMIT');
+    const before = fs.statSync(file).size;
+    for (let i = 0; i < 64; i++) sm.apply(entriesOf(i + 2, [{ kind: 'write', volume: 'v', offset: i * blockBytes, data: block(i + 1) }]), () => emptyConfState());
+    timer.fire(); // commit
+    // In WAL mode only a checkpoint writes the database file; this connection runs none.
+    const deadline = Date.now() + 30_000;
+    while (fs.statSync(file).size < before + 64 * blockBytes && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    t.true(fs.statSync(file).size >= before + 64 * blockBytes, 'the blocks reached state.db through the worker');
+    t.true(sm.checkpointer!.checkpoints() > 0);
+    t.deepEqual(Buffer.from(sm.read('v', 63 * blockBytes, blockBytes)[0]!.data!), Buffer.from(block(64)));
+  } finally {
+    sm.close();
+    tmp.cleanup();
+  }
+  t.false(sm.checkpointer!.running(), 'close stops the worker');
+});
+
+test('without a timer there is no checkpoint worker (tools and tests: SQLite checkpoints in its commits)', (t) => {
+  const tmp = tempDir('commit-no-checkpointer');
+  const sm = BlockStateMachine.open(path.join(tmp.dir, 'state.db'));
+  t.is(sm.checkpointer, undefined);
+  t.is(sm.database().pragma('wal_autocheckpoint', { simple: true }), 1000);
+  sm.close();
+  tmp.cleanup();
+});
