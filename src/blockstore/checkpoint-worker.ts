@@ -39,6 +39,7 @@ try {
   db = new Database(data.file, { fileMustExist: true });
   db.pragma('synchronous = NORMAL'); // the checkpoint syncs the WAL, then the database file
   db.pragma('wal_autocheckpoint = 0');
+  db.pragma('cache_size = -2048'); // 2 MiB: a checkpoint copies pages from the WAL, it needs no cache
   timer = setInterval(() => {
     if (Atomics.load(state, stateStop) === 1) {
       stop();
