@@ -206,8 +206,10 @@ test('with a timer, the WAL is checkpointed by the worker thread, never inside a
     for (let i = 0; i < 64; i++) sm.apply(entriesOf(i + 2, [{ kind: 'write', volume: 'v', offset: i * blockBytes, data: block(i + 1) }]), () => emptyConfState());
     timer.fire(); // commit
     // In WAL mode only a checkpoint writes the database file; this connection runs none.
+    // Wait for both: the file grows while the worker's checkpoint runs, and it counts it after.
+    const done = () => fs.statSync(file).size >= before + 64 * blockBytes && sm.checkpointer!.checkpoints() > 0;
     const deadline = Date.now() + 30_000;
-    while (fs.statSync(file).size < before + 64 * blockBytes && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    while (!done() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
     t.true(fs.statSync(file).size >= before + 64 * blockBytes, 'the blocks reached state.db through the worker');
     t.true(sm.checkpointer!.checkpoints() > 0);
     t.deepEqual(Buffer.from(sm.read('v', 63 * blockBytes, blockBytes)[0]!.data!), Buffer.from(block(64)));
