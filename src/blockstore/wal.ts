@@ -99,7 +99,9 @@ interface Segment {
 interface Pending {
   segment: Segment;
   position: number;
-  buffer: Buffer;
+  /** parts / bytes: the records of one append, as writev buffers (see EncodedRecord). */
+  parts: Uint8Array[];
+  bytes: number;
   appendSequence: number;
   /** sync: the append resolves only once fdatasynced (false: once written; see append()). */
   sync: boolean;
@@ -121,49 +123,78 @@ function segmentName(sequence: number): string {
   return `wal-${String(sequence).padStart(16, '0')}.log`;
 }
 
-function checksum(type: number, payload: Buffer): number {
+function checksum(type: number, payload: Uint8Array): number {
   return crc32(payload, crc32(Buffer.of(type))) >>> 0;
 }
 
-export function encodeRecord(record: WalRecord): Buffer {
-  let payload: Buffer;
+/**
+ * EncodedRecord: one record as the buffers a writev takes, in file order: the record header, then
+ * the payload's pieces. Entry data is referenced, never copied (a 1 MiB write was copied twice
+ * more here, and each copy was a fresh 1 MiB ArrayBuffer: V8 ran a mark-compact every few MiB
+ * written, for "external memory pressure").
+ */
+export interface EncodedRecord {
+  parts: Uint8Array[];
+  bytes: number;
+}
+
+/** encodeRecordParts: see EncodedRecord; the checksum runs over the pieces in order. */
+export function encodeRecordParts(record: WalRecord): EncodedRecord {
   if (record.type === WalRecordType.Entries) {
-    let size = 4;
-    for (const e of record.entries) size += entryHeaderBytes + e.data.length;
-    payload = Buffer.allocUnsafe(size);
-    payload.writeUInt32LE(record.entries.length, 0);
-    let at = 4;
-    for (let i = 0; i < record.entries.length; i++) {
-      const e = record.entries[i]!;
-      if (i > 0) assert(e.index === record.entries[i - 1]!.index + 1, 'wal: entries of a record must be contiguous');
+    const entries = record.entries;
+    // One small buffer holds every header: the record's, the entry count, each entry's.
+    const head = Buffer.allocUnsafe(headerBytes + 4 + entryHeaderBytes * entries.length);
+    head.writeUInt32LE(entries.length, headerBytes);
+    const parts: Uint8Array[] = [head.subarray(0, headerBytes + 4)];
+    let payloadBytes = 4;
+    let crc = crc32(head.subarray(headerBytes, headerBytes + 4), crc32(Buffer.of(record.type)));
+    let at = headerBytes + 4;
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i]!;
+      if (i > 0) assert(e.index === entries[i - 1]!.index + 1, 'wal: entries of a record must be contiguous');
       assert(e.index <= indexMax && e.term <= termMax, `entry ${e.index}/${e.term} fits the record (validated at the wire)`);
-      payload.writeUIntLE(e.index, at, 6);
-      payload.writeUIntLE(e.term, at + 6, 6);
-      payload.writeUInt8(e.type, at + 12);
-      payload.writeUInt32LE(e.data.length, at + 13);
+      head.writeUIntLE(e.index, at, 6);
+      head.writeUIntLE(e.term, at + 6, 6);
+      head.writeUInt8(e.type, at + 12);
+      head.writeUInt32LE(e.data.length, at + 13);
+      const entryHead = head.subarray(at, at + entryHeaderBytes);
       at += entryHeaderBytes;
-      payload.set(e.data, at);
-      at += e.data.length;
+      parts.push(entryHead);
+      crc = crc32(entryHead, crc);
+      if (e.data.length > 0) {
+        parts.push(e.data);
+        crc = crc32(e.data, crc);
+      }
+      payloadBytes += entryHeaderBytes + e.data.length;
     }
-  } else if (record.type === WalRecordType.HardState) {
-    payload = Buffer.allocUnsafe(16);
+    head.writeUInt32LE(payloadBytes, 0);
+    head.writeUInt32LE(crc >>> 0, 4);
+    head.writeUInt8(record.type, 8);
+    return { parts, bytes: headerBytes + payloadBytes };
+  }
+  const out = Buffer.allocUnsafe(headerBytes + (record.type === WalRecordType.HardState ? 16 : 12));
+  const payload = out.subarray(headerBytes);
+  if (record.type === WalRecordType.HardState) {
     const hs = record.hardState;
     assert(hs.term <= termMax && hs.commit <= indexMax && hs.vote <= nodeIdMax, `hard state ${hs.term}/${hs.vote}/${hs.commit} fits the record (validated at the wire)`);
-    payload.writeUIntLE(record.hardState.term, 0, 6);
-    payload.writeUInt32LE(record.hardState.vote, 6);
-    payload.writeUIntLE(record.hardState.commit, 10, 6);
+    payload.writeUIntLE(hs.term, 0, 6);
+    payload.writeUInt32LE(hs.vote, 6);
+    payload.writeUIntLE(hs.commit, 10, 6);
   } else {
-    payload = Buffer.allocUnsafe(12);
     assert(record.firstIndex <= indexMax && record.termBefore <= termMax, `compaction point ${record.firstIndex}/${record.termBefore} fits the record`);
     payload.writeUIntLE(record.firstIndex, 0, 6);
     payload.writeUIntLE(record.termBefore, 6, 6);
   }
-  const out = Buffer.allocUnsafe(headerBytes + payload.length);
   out.writeUInt32LE(payload.length, 0);
   out.writeUInt32LE(checksum(record.type, payload), 4);
   out.writeUInt8(record.type, 8);
-  payload.copy(out, headerBytes);
-  return out;
+  return { parts: [out], bytes: out.length };
+}
+
+/** encodeRecord: one record as one buffer (tests and tools that craft a log file). */
+export function encodeRecord(record: WalRecord): Buffer {
+  const { parts, bytes } = encodeRecordParts(record);
+  return Buffer.concat(parts, bytes);
 }
 
 /**
@@ -477,8 +508,8 @@ export class SegmentedLog {
     assert(sync || records.every((r) => r.type === WalRecordType.HardState), 'wal: only a hard state may be appended without an fdatasync');
     if (this.failure !== undefined) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new InternalError(ErrorCode.Internal, `wal ${this.dir}: append after close`));
-    const buffers = records.map(encodeRecord);
-    const size = buffers.reduce((n, b) => n + b.length, 0);
+    const encoded = records.map(encodeRecordParts);
+    const size = encoded.reduce((n, r) => n + r.bytes, 0);
     if (size > this.limits.recordBytesMax) return Promise.reject(new InternalError(ErrorCode.Internal, `wal: append of ${size} bytes exceeds recordBytesMax ${this.limits.recordBytesMax}`));
     let segment = this.segments[this.segments.length - 1];
     if (segment === undefined || (segment.bytes > 0 && segment.bytes + size > this.limits.segmentBytesMax)) {
@@ -489,7 +520,7 @@ export class SegmentedLog {
     const position = segment.bytes;
     segment.bytes += size;
     const appendSequence = ++this.appendSequence;
-    // Update the in-memory view in record order; entry data stays cached (it is in `buffers`).
+    // Update the in-memory view in record order; entry data stays cached (the very arrays the parts reference).
     let offset = position;
     for (let r = 0; r < records.length; r++) {
       const record = records[r]!;
@@ -507,11 +538,11 @@ export class SegmentedLog {
         for (const e of indexed) this.cacheBytes += e.length;
         segment.lastIndex = Math.max(segment.lastIndex, indexed[indexed.length - 1]!.index);
       }
-      offset += buffers[r]!.length;
+      offset += encoded[r]!.bytes;
     }
     this.trimCache();
-    const buffer = buffers.length === 1 ? buffers[0]! : Buffer.concat(buffers, size);
-    const done = new Promise<void>((resolve, reject) => this.queue.push({ segment: segment!, position, buffer, appendSequence, sync, resolve, reject }));
+    const parts = encoded.length === 1 ? encoded[0]!.parts : encoded.flatMap((r) => r.parts);
+    const done = new Promise<void>((resolve, reject) => this.queue.push({ segment: segment!, position, parts, bytes: size, appendSequence, sync, resolve, reject }));
     // `looping` is cleared synchronously as the loop returns: an append made by code that its last
     // resolved batch woke (a microtask before `writing` settles) must start a new loop, not wait
     // for one that has already left.
@@ -557,16 +588,17 @@ export class SegmentedLog {
       const segment = this.queue[0]!.segment;
       const batch: Pending[] = [];
       let bytes = 0;
-      while (this.queue.length > 0 && this.queue[0]!.segment === segment && (batch.length === 0 || bytes + this.queue[0]!.buffer.length <= this.limits.batchBytesMax)) {
+      while (this.queue.length > 0 && this.queue[0]!.segment === segment && (batch.length === 0 || bytes + this.queue[0]!.bytes <= this.limits.batchBytesMax)) {
         const p = this.queue.shift()!;
         batch.push(p);
-        bytes += p.buffer.length;
+        bytes += p.bytes;
       }
       this.inFlight = batch;
       try {
         const fh = await this.fileFor(segment);
         if (this.closed) continue; // closeSync wrote and synced this batch itself
-        const { bytesWritten } = await fh.writev(batch.map((p) => p.buffer), batch[0]!.position);
+        // libuv writes every buffer (in IOV_MAX slices, resuming after a short write).
+        const { bytesWritten } = await fh.writev(batch.length === 1 ? batch[0]!.parts : batch.flatMap((p) => p.parts), batch[0]!.position);
         if (bytesWritten !== bytes) throw new Error(`short write: ${bytesWritten} of ${bytes} bytes`);
         if (this.closed) continue;
         if (batch.some((p) => p.sync)) {
@@ -699,8 +731,12 @@ export class SegmentedLog {
             fds.set(p.segment, fd);
             if (!p.segment.onDisk) newFile = true;
           }
-          let at = 0;
-          while (at < p.buffer.length) at += writeSync(fd, p.buffer, at, p.buffer.length - at, p.position + at);
+          let position = p.position;
+          for (const part of p.parts) {
+            let at = 0;
+            while (at < part.length) at += writeSync(fd, part, at, part.length - at, position + at);
+            position += part.length;
+          }
         }
         for (const fd of fds.values()) fdatasyncSync(fd);
         for (const segment of fds.keys()) segment.unsynced = false;
@@ -717,7 +753,7 @@ export class SegmentedLog {
         this.trimCache();
         this.stats.batches++;
         this.stats.appends += pending.length;
-        this.stats.bytes += pending.reduce((n, p) => n + p.buffer.length, 0);
+        this.stats.bytes += pending.reduce((n, p) => n + p.bytes, 0);
         for (const p of pending) p.resolve();
       } catch (error) {
         this.failure = new InternalError(ErrorCode.Internal, `wal: synchronous flush on close of ${this.dir} failed: ${String(error)}`, { cause: error });
