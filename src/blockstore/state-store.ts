@@ -273,6 +273,11 @@ export class BlockStateMachine {
   readonly limits: StateStoreLimits;
   private db: Database.Database;
   private s: ReturnType<typeof prepare>;
+  /**
+   * applyTransaction: applyBatch wrapped once per connection (better-sqlite3 builds four wrapper
+   * functions per transaction() call: made per apply, that was a seventh of a one-block apply).
+   */
+  private applyTransaction: (entries: Entry[], outcomes: Map<number, ApplyOutcome>, touched: Set<string>, onConfChange: (cc: ConfChange, index: number) => ConfState) => ConfState;
   private applied = 0;
   private conf: ConfState = emptyConfState();
   private sessionTable: SessionTable;
@@ -304,6 +309,7 @@ export class BlockStateMachine {
     this.timer = timer;
     this.db = openDatabase(file);
     this.s = prepare(this.db);
+    this.applyTransaction = this.db.transaction(this.applyBatch);
     if (timer !== undefined) {
       this.checkpointer = new Checkpointer(file, limits.checkpointIntervalMs, () => {
         if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000'); // the worker died: checkpoint in commits again
@@ -455,35 +461,10 @@ export class BlockStateMachine {
     }
     const touchedSessions = new Set<string>();
     this.counts = { blocksStored: 0, blocksDeleted: 0 };
-    let conf = this.conf;
-    const run = this.db.transaction(() => {
-      for (let i = 0; i < entries.length; i++) {
-        const entry = entries[i]!;
-        assert(entry.index === this.applied + 1 + i, 'committed entries are contiguous');
-        if (entry.type === EntryType.ConfChange) {
-          conf = onConfChange(decodeConfChange(entry.data), entry.index);
-          outcomes.set(entry.index, ok);
-        } else {
-          try {
-            outcomes.set(entry.index, this.applyNormal(entry, touchedSessions));
-          } catch (error) {
-            if (error instanceof CorruptError) Object.assign(error, { index: entry.index }); // BlockStore's corruption marker names the entry
-            throw error;
-          }
-        }
-        // An empty entry (a leader's no-op; the node proposes them while rows wait: reapDriver in
-        // node.ts) reaps at most reapBlocksPerEntry rows: the same rows on every replica, so the
-        // state stays equal at each index, and a cost the replica's apply budget can see
-        // (volume/command.ts applyRows) — never hidden inside a write's apply.
-        if (this.reapPending && entry.type === EntryType.Normal && entry.data.length === 0) this.reap(reapBlocksPerEntry);
-      }
-      const last = entries[entries.length - 1]!.index;
-      this.s.setMeta.run(STATE_FORMAT, last, JSON.stringify(conf));
-      this.persistSessions(touchedSessions);
-    });
+    let conf: ConfState;
     this.inApply = true;
     try {
-      run();
+      conf = this.applyTransaction(entries, outcomes, touchedSessions, onConfChange);
     } catch (error) {
       // Memory follows the rolled-back transaction: reload what the batch may have changed.
       this.load();
@@ -492,7 +473,7 @@ export class BlockStateMachine {
       this.inApply = false;
     }
     this.applied = entries[entries.length - 1]!.index;
-    this.conf = structuredClone(conf);
+    if (conf !== this.conf) this.conf = structuredClone(conf); // changed only by a ConfChange entry
     if (this.shared !== undefined) {
       this.shared.entries += entries.length;
       this.shared.rows += this.counts.blocksStored + this.counts.blocksDeleted;
@@ -500,6 +481,35 @@ export class BlockStateMachine {
     }
     return outcomes;
   }
+
+  /** applyBatch: the body of apply()'s transaction (see applyTransaction); returns the configuration after it. */
+  private readonly applyBatch = (entries: Entry[], outcomes: Map<number, ApplyOutcome>, touchedSessions: Set<string>, onConfChange: (cc: ConfChange, index: number) => ConfState): ConfState => {
+    let conf = this.conf;
+    for (let i = 0; i < entries.length; i++) {
+      const entry = entries[i]!;
+      assert(entry.index === this.applied + 1 + i, 'committed entries are contiguous');
+      if (entry.type === EntryType.ConfChange) {
+        conf = onConfChange(decodeConfChange(entry.data), entry.index);
+        outcomes.set(entry.index, ok);
+      } else {
+        try {
+          outcomes.set(entry.index, this.applyNormal(entry, touchedSessions));
+        } catch (error) {
+          if (error instanceof CorruptError) Object.assign(error, { index: entry.index }); // BlockStore's corruption marker names the entry
+          throw error;
+        }
+      }
+      // An empty entry (a leader's no-op; the node proposes them while rows wait: reapDriver in
+      // node.ts) reaps at most reapBlocksPerEntry rows: the same rows on every replica, so the
+      // state stays equal at each index, and a cost the replica's apply budget can see
+      // (volume/command.ts applyRows) — never hidden inside a write's apply.
+      if (this.reapPending && entry.type === EntryType.Normal && entry.data.length === 0) this.reap(reapBlocksPerEntry);
+    }
+    const last = entries[entries.length - 1]!.index;
+    this.s.setMeta.run(STATE_FORMAT, last, JSON.stringify(conf));
+    this.persistSessions(touchedSessions);
+    return conf;
+  };
 
   /** commitFromTimer: a failure is kept (commitFailure) and surfaces at the next apply or read, never as an uncaught exception. */
   private commitFromTimer(): void {
@@ -919,6 +929,7 @@ export class BlockStateMachine {
     void fs.promises.unlink(old).catch(() => undefined);
     this.db = openDatabase(this.file);
     this.s = prepare(this.db);
+    this.applyTransaction = this.db.transaction(this.applyBatch);
     this.load();
     this.startCheckpointer();
   }
