@@ -84,3 +84,30 @@ export class CorruptError extends InternalError {
 export function isChardError(error: unknown): error is ChardError {
   return error instanceof ChardError;
 }
+
+/**
+ * fromSystemError: an operating-system error (a Node fs or net error: `code` ENOENT, EEXIST,
+ * EACCES, ...) as the UsageError an operator can act on, naming the call and the path; undefined
+ * for anything else. The CLI reports these instead of an "internal error" with a stack: a --dir
+ * that is a file, a directory without write permission or a full disk is the operator's to fix.
+ */
+export function fromSystemError(error: unknown): UsageError | undefined {
+  if (!(error instanceof Error)) return undefined;
+  const e = error as NodeJS.ErrnoException;
+  if (typeof e.code !== 'string' || !/^E[A-Z]+$/.test(e.code) || typeof e.syscall !== 'string') return undefined;
+  const what = e.path !== undefined ? `${e.syscall} ${e.path}` : e.syscall;
+  const reasons: Record<string, [ErrorCode, string]> = {
+    ENOENT: [ErrorCode.NotFound, 'no such file or directory'],
+    EEXIST: [ErrorCode.AlreadyExists, 'a file of that name exists (a directory is needed)'],
+    ENOTDIR: [ErrorCode.InvalidArgument, 'a part of the path is a file, not a directory'],
+    EISDIR: [ErrorCode.InvalidArgument, 'it is a directory (a file is needed)'],
+    EACCES: [ErrorCode.FailedPrecondition, 'permission denied'],
+    EPERM: [ErrorCode.FailedPrecondition, 'operation not permitted'],
+    EROFS: [ErrorCode.ReadOnly, 'the file system is read-only'],
+    ENOSPC: [ErrorCode.FailedPrecondition, 'no space left on the device'],
+    EADDRINUSE: [ErrorCode.FailedPrecondition, 'the address is in use (another process listens there)'],
+    EADDRNOTAVAIL: [ErrorCode.InvalidArgument, 'the address is not one of this machine'],
+  };
+  const [code, reason] = reasons[e.code] ?? [ErrorCode.FailedPrecondition, e.message];
+  return new UsageError(code, `cannot ${what}: ${reason} (${e.code})`, { cause: error });
+}

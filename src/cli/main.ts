@@ -7,7 +7,7 @@
 
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { ChardError, ErrorCode, UsageError } from '../errors.js';
+import { ChardError, ErrorCode, UsageError, fromSystemError } from '../errors.js';
 import { ClusterClient, clusterCredentials, clusterTargets } from './client.js';
 import { formatSize, parseSize, table } from './cluster-file.js';
 import { clusterDown, clusterUp, nodeInit, nodeStartFromDir } from './cluster.js';
@@ -496,6 +496,11 @@ program.parseAsync(process.argv).catch((error: unknown) => {
   if (error instanceof ChardError) {
     console.error(`chard: ${error.code}: ${error.message}`);
     process.exit(error instanceof UsageError ? 2 : 1);
+  }
+  const system = fromSystemError(error);
+  if (system !== undefined) {
+    console.error(`chard: ${system.code}: ${system.message}`);
+    process.exit(2);
   }
   console.error('chard: internal error:', error);
   process.exit(1);
