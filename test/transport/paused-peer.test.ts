@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { type Message, message } from '../../src/raft/types.js';
-import { GrpcTransport } from '../../src/transport/transport.js';
+import { StreamTransport } from '../../src/transport/stream-transport.js';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const childScript = fileURLToPath(new URL('./paused-peer-child.js', import.meta.url));
@@ -26,7 +26,7 @@ function rssMiB(pid: number): number {
 for (const pauseMs of [3000, 6000]) {
   test.serial(`a peer paused ${pauseMs} ms (keepalive 1 s) reconnects with bounded memory`, async (t) => {
     const keepaliveMs = 1000;
-    const transport = new GrpcTransport({
+    const transport = new StreamTransport({
       clusterId: 'paused',
       nodeId: 1,
       listen: '127.0.0.1:0',
