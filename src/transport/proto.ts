@@ -3,6 +3,9 @@
  * by @grpc/proto-loader with one set of options, so every layer sees the same object shapes:
  * field names as written in the .proto (snake_case), 64-bit integers as JavaScript numbers
  * (callers check Number.isSafeInteger), enums as their names, defaults and empty arrays filled in.
+ * The peer transport, which is not gRPC, turns chard.raft.Envelope into bytes and back with
+ * protobufjs (the library under proto-loader) and the same options: serializeEnvelope /
+ * deserializeEnvelope.
  */
 
 import path from 'node:path';
@@ -37,7 +40,7 @@ export function loadProto(file: 'raft.proto' | 'chard.proto'): protoLoader.Packa
   return definition;
 }
 
-/** serviceDefinition: the grpc-js service definition of `name` ("chard.raft.RaftPeer"). */
+/** serviceDefinition: the grpc-js service definition of `name` ("chard.v1.Admin"). */
 export function serviceDefinition(file: 'raft.proto' | 'chard.proto', name: string): grpc.ServiceDefinition {
   const definition = loadProto(file)[name];
   if (definition === undefined || 'format' in definition) throw new Error(`proto ${file} has no service ${name}`);
