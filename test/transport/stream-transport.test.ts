@@ -6,7 +6,8 @@
 // an unknown kind, an oversize length or bytes that are no Envelope end it; a restarted receiver
 // is reconnected to and delivery resumes in order; queue overflow (a black-hole peer, and a
 // receiver that stops reading so TCP pushes back) drops, reports unreachable and keeps the queue
-// within its bounds; a silent peer (answers Hello, then nothing) fails the link by keepalive; and
+// within its bounds; a Hello from a peer we back off from ends the backoff; a silent peer (answers
+// Hello, then nothing) fails the link by keepalive; and
 // a flood of 1 MiB snapshot chunks does not delay heartbeats beyond a bound (latency measured and
 // printed). Serial, because some of them measure time.
 import net from 'node:net';
@@ -262,6 +263,34 @@ test.serial('a restarted receiver is reconnected to and delivery resumes in orde
     t.true(indexes.every((x, i) => i === 0 || x > indexes[i - 1]!), 'in order after the restart');
     t.true(firstIndexAfterRestart > 50);
     t.log(`delivery resumed ${seconds.toFixed(2)} s after the receiver went down (${a.transport.counts()['transport.peer.failed.stream-regular-error'] ?? 0} stream errors)`);
+  } finally {
+    await a.transport.close();
+    await b.transport.close();
+  }
+});
+
+test.serial('a Hello from a peer we back off from ends the backoff at once', async (t) => {
+  // A long backoff (2.5-5 s after the first failure): only the peer's own Hello can end it early.
+  const slow = { reconnectBackoffMsMin: 5000, reconnectBackoffMsMax: 5000 };
+  const a = await node(1, { limits: slow });
+  let b = await node(2);
+  try {
+    const address = b.transport.address();
+    a.transport.addPeer(2, address);
+    a.transport.send([app(1, 2, 1)]);
+    await until(t, 'first delivery', () => b.received.length === 1);
+    await b.transport.close();
+    a.transport.send([app(1, 2, 2)]);
+    await until(t, 'backoff', () => a.transport.peerStats(2)!.state === 'backoff');
+    a.transport.send([app(1, 2, 3)]); // kept for the reconnect
+    b = await node(2, { listen: address });
+    const started = performance.now();
+    b.transport.addPeer(1, a.transport.address());
+    b.transport.send([app(2, 1, 1)]); // b's Hello reaches a
+    await until(t, 'delivery after the backoff ended', () => b.received.some((m) => m.index === 3), 10_000);
+    const ms = performance.now() - started;
+    t.is(a.transport.counts()['transport.peer.backoff-ended-by-probe'], 1);
+    t.true(ms < 2000, `delivered ${ms.toFixed(0)} ms after the peer said Hello (the backoff was at least 2.5 s)`);
   } finally {
     await a.transport.close();
     await b.transport.close();
