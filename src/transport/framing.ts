@@ -117,7 +117,8 @@ export class FrameDecoder {
   private pending: { kind: FrameKind; length: number } | undefined;
   private failed = false;
 
-  constructor(private readonly limits: FramingLimits) {}
+  /** limits: may be raised later (a receiver allows envelopes only after the Hello). */
+  constructor(public limits: FramingLimits) {}
 
   /** bufferedBytes: bytes held, waiting for the rest of their frame. */
   get bufferedBytes(): number {

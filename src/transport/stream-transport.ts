@@ -23,7 +23,7 @@ import { ErrorCode } from '../errors.js';
 import { SeededRandom } from '../raft/random.js';
 import type { Message, NodeId, Random } from '../raft/types.js';
 import { decodeEnvelope, encodeEnvelope, FrameError, messageBytes, type WireEnvelope } from './codec.js';
-import { encodeAck, encodeControl, encodeFrame, type Frame, FrameDecoder, frameHeader, FrameKind, FramingError } from './framing.js';
+import { controlFrameBytesMax, encodeAck, encodeControl, encodeFrame, type Frame, FrameDecoder, frameHeader, FrameKind, FramingError } from './framing.js';
 import { deserializeEnvelope, serializeEnvelope } from './proto.js';
 import {
   defaultTransportLimits,
@@ -619,11 +619,18 @@ export class StreamTransport implements Transport {
       socket.destroy();
       return;
     }
+    if (this.serverConnections.size >= this.limits.inboundConnectionsMax) {
+      this.event('transport.stream.refused.too-many');
+      socket.destroy();
+      return;
+    }
     socket.setNoDelay(true);
     const now = performance.now();
     const connection: ServerConnection = {
       socket,
-      decoder: new FrameDecoder({ envelopeBytesMax: this.envelopeBytesMax }),
+      // Until the Hello is accepted, no frame may be larger than a control frame: a stranger
+      // cannot make us buffer an envelope's worth of bytes.
+      decoder: new FrameDecoder({ envelopeBytesMax: controlFrameBytesMax }),
       remote: `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}`,
       acceptedMs: now,
       lastReceivedMs: now,
@@ -736,6 +743,7 @@ export class StreamTransport implements Transport {
       return;
     }
     connection.hello = hello;
+    connection.decoder.limits = { envelopeBytesMax: this.envelopeBytesMax };
     const ok: HelloOk = { cluster_id: this.clusterId, node_id: this.nodeId };
     connection.socket.write(encodeControl(FrameKind.HelloOk, ok));
     this.event('transport.stream.accepted');

@@ -88,6 +88,8 @@ export interface TransportLimits {
   keepaliveTimeoutMs: number;
   /** ackEveryFrames: the receiver acknowledges progress every this many frames (liveness). */
   ackEveryFrames: number;
+  /** inboundConnectionsMax: connections the listener holds at once (two per peer: one per lane). */
+  inboundConnectionsMax: number;
   /** codec: validation bounds of received frames. */
   codec: CodecLimits;
 }
@@ -107,6 +109,7 @@ export const defaultTransportLimits: TransportLimits = {
   keepaliveTimeMs: 5000,
   keepaliveTimeoutMs: 5000,
   ackEveryFrames: 256,
+  inboundConnectionsMax: 1024,
   codec: defaultCodecLimits,
 };
 

@@ -206,6 +206,8 @@ test.serial('framing violations end the connection and are counted: unknown kind
     { name: 'oversize hello', reason: 'oversize', hello: false, bytes: Buffer.from([0, 0, 0x10, 0x01, FrameKind.Hello]) },
     { name: 'not an Envelope', reason: 'undecodable', hello: true, bytes: encodeFrame(FrameKind.Envelope, Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff])) },
     { name: 'envelope before hello', reason: 'no-hello', hello: false, bytes: envelopeFrame('c1', 1, 2, [app(1, 2, 1)]) },
+    // Before the Hello only control-sized frames are accepted (a stranger cannot make the node buffer 1 MiB).
+    { name: 'big envelope before hello', reason: 'oversize', hello: false, bytes: Buffer.from([0, 0, 0x20, 0x00, FrameKind.Envelope]) },
     { name: 'bad hello', reason: 'bad-hello', hello: false, bytes: encodeControl(FrameKind.Hello, { cluster_id: 'c1', from: -1, to: 2, lane: 'regular' }) },
     { name: 'hello twice', reason: 'unexpected-kind', hello: true, bytes: encodeControl(FrameKind.Hello, { cluster_id: 'c1', from: 1, to: 2, lane: 'regular' }) },
   ];
@@ -220,6 +222,41 @@ test.serial('framing violations end the connection and are counted: unknown kind
     }
     t.is(b.received.length, 0);
   } finally {
+    await b.transport.close();
+  }
+});
+
+test.serial('the listener holds at most inboundConnectionsMax connections', async (t) => {
+  const b = await node(2, { limits: { inboundConnectionsMax: 3 } });
+  const peers: RawPeer[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      const raw = new RawPeer(b.transport.address());
+      raw.hello('c1', 1, 2);
+      t.truthy(await raw.frame(FrameKind.HelloOk));
+      peers.push(raw);
+    }
+    const extra = new RawPeer(b.transport.address());
+    extra.hello('c1', 1, 2);
+    await extra.closed;
+    t.is(extra.frames.length, 0);
+    t.is(b.transport.counts()['transport.stream.refused.too-many'], 1);
+    peers.pop()!.destroy();
+    await until(t, 'a slot frees', () => (b.transport.counts()['transport.stream.accepted'] ?? 0) === 3);
+    const again = new RawPeer(b.transport.address());
+    again.hello('c1', 1, 2);
+    let ok = await again.frame(FrameKind.HelloOk, 2000);
+    for (let i = 0; ok === undefined && i < 20; i++) {
+      // The close of the destroyed connection may not have reached the listener yet.
+      const retry = new RawPeer(b.transport.address());
+      retry.hello('c1', 1, 2);
+      ok = await retry.frame(FrameKind.HelloOk, 2000);
+      peers.push(retry);
+    }
+    t.truthy(ok, 'a freed slot is usable');
+    peers.push(again);
+  } finally {
+    for (const p of peers) p.destroy();
     await b.transport.close();
   }
 });
