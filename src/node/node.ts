@@ -47,7 +47,7 @@ export interface ChardNodeOptions {
   scheduler?: Scheduler;
   random?: Random;
   logger?: Logger;
-  /** credentials: TLS seam for every listener and client of this node (default: insecure). */
+  /** credentials: TLS seam for the gRPC listeners and clients of this node (admin, block; default: insecure). */
   credentials?: TransportCredentials;
   /** transport: replace the peer transport (tests, the chaos harness's faulty transport). */
   transport?: (defaults: { clusterId: string; nodeId: number; listen: string }) => Transport;

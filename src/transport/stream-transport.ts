@@ -181,6 +181,8 @@ export class StreamTransport implements Transport {
   private readonly eventCounts = new Map<string, number>();
   private readonly peers = new Map<NodeId, Peer>();
   private readonly serverConnections = new Set<ServerConnection>();
+  /** acceptedSockets: every TCP connection the listener holds (also those still in a TLS handshake). */
+  private readonly acceptedSockets = new Set<net.Socket>();
   private server: net.Server | undefined;
   private livenessTimer: NodeJS.Timeout | undefined;
   private boundAddress = '';
@@ -244,14 +246,37 @@ export class StreamTransport implements Transport {
     let server: net.Server;
     if (this.certs !== undefined) {
       server = tls.createServer(
-        { key: this.certs.key, cert: this.certs.cert, ca: this.certs.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' },
+        {
+          key: this.certs.key,
+          cert: this.certs.cert,
+          ca: this.certs.ca,
+          requestCert: true,
+          rejectUnauthorized: true,
+          minVersion: 'TLSv1.2',
+          // A stranger stalling in the handshake holds a slot no longer than a stalled Hello would.
+          handshakeTimeout: this.limits.probeTimeoutMs,
+        },
         (socket) => this.serve(socket),
       );
       // A handshake that fails (no certificate, another CA, plaintext) never reaches serve().
-      server.on('tlsClientError', () => this.event('transport.tls.refused'));
+      // With a listener, Node leaves the socket to it (a timed-out handshake stayed open).
+      server.on('tlsClientError', (_error: Error, socket: tls.TLSSocket) => {
+        this.event('transport.tls.refused');
+        socket.destroy();
+      });
     } else {
       server = net.createServer((socket) => this.serve(socket));
     }
+    // Every accepted TCP connection, TLS handshake or not: bounded, and destroyed by close().
+    server.on('connection', (socket: net.Socket) => {
+      if (this.closed || this.acceptedSockets.size >= this.limits.inboundConnectionsMax) {
+        this.event('transport.stream.refused.too-many');
+        socket.destroy();
+        return;
+      }
+      this.acceptedSockets.add(socket);
+      socket.once('close', () => this.acceptedSockets.delete(socket));
+    });
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -345,6 +370,8 @@ export class StreamTransport implements Transport {
     this.peers.clear();
     for (const connection of this.serverConnections) connection.socket.destroy();
     this.serverConnections.clear();
+    for (const socket of this.acceptedSockets) socket.destroy();
+    this.acceptedSockets.clear();
     const server = this.server;
     this.server = undefined;
     if (server !== undefined) await new Promise<void>((resolve) => server.close(() => resolve()));
@@ -616,11 +643,6 @@ export class StreamTransport implements Transport {
   private serve(socket: net.Socket): void {
     socket.on('error', () => {}); // a reset peer; 'close' follows
     if (this.closed) {
-      socket.destroy();
-      return;
-    }
-    if (this.serverConnections.size >= this.limits.inboundConnectionsMax) {
-      this.event('transport.stream.refused.too-many');
       socket.destroy();
       return;
     }

@@ -77,6 +77,24 @@ test.serial('mutual TLS between transports; a peer without a client certificate 
   }
 });
 
+test.serial('a connection stalled in the TLS handshake is closed by close() at once, and after probeTimeoutMs anyway', async (t) => {
+  const two = new StreamTransport({ clusterId: 'c', nodeId: 2, listen: '127.0.0.1:0', tls: certs('node2'), limits: { probeTimeoutMs: 500 } });
+  await two.start();
+  // Plain TCP that never starts the handshake.
+  const stalled = new RawPeer(two.address());
+  await stalled.connected;
+  const started = performance.now();
+  await stalled.closed;
+  const ms = performance.now() - started;
+  t.true(ms < 5000, `the handshake timed out after ${ms.toFixed(0)} ms`);
+  const another = new RawPeer(two.address());
+  await another.connected;
+  const closing = performance.now();
+  await two.close();
+  t.true(performance.now() - closing < 400, 'close() does not wait for the stalled handshake');
+  await another.closed;
+});
+
 test.serial('admin RPC over TLS', async (t) => {
   const credentials = mutual('node1');
   const server = buildChardServer({ Admin: { Status: () => ({ node_id: 1 }) } });
