@@ -112,6 +112,12 @@ export function splitAddress(address: string): { host: string; port: number } {
   return { host, port };
 }
 
+function validAddress(address: string): boolean {
+  const colon = address.lastIndexOf(':');
+  const port = Number(address.slice(colon + 1));
+  return colon > 0 && address.slice(colon + 1) !== '' && Number.isInteger(port) && port > 0 && port < 65536;
+}
+
 /** ClientLink: the sending side of one (peer, lane) connection. */
 interface ClientLink {
   socket: net.Socket;
@@ -403,6 +409,12 @@ export class StreamTransport implements Transport {
     peer.state = 'probing';
     const attempt = ++peer.attempt;
     this.event('transport.peer.connecting');
+    if (!validAddress(peer.address)) {
+      // A member address that is no host:port (it came from the membership, not from a peer):
+      // the link fails and backs off like an unreachable peer instead of throwing out of send().
+      this.failPeer(peer, 'bad-address');
+      return;
+    }
     for (const lane of Object.values(peer.lanes)) this.openLink(peer, lane, attempt);
     peer.probeTimer = setTimeout(() => {
       peer.probeTimer = undefined;

@@ -350,6 +350,12 @@ test.serial('addPeer with a new address moves the link there; removePeer stops i
     t.is(old.received.length, 1);
     a.transport.removePeer(2);
     t.is(a.transport.peerStats(2), undefined);
+    // An address that is no host:port fails the link (counted, reported), never throws out of send().
+    a.transport.addPeer(3, 'no-port-here');
+    a.transport.send([app(1, 3, 1)]);
+    t.is(a.transport.counts()['transport.peer.failed.bad-address'], 1);
+    t.true(a.unreachable.includes(3));
+    a.transport.removePeer(3);
     a.transport.send([app(1, 2, 3)]);
     t.is(a.transport.counts()['transport.send.dropped.unknown-peer'], 1);
   } finally {
