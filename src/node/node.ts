@@ -13,10 +13,11 @@ import { BlockStore } from '../blockstore/index.js';
 import { NbdServer } from '../nbd/server.js';
 import { SeededRandom } from '../raft/random.js';
 import type { Random } from '../raft/types.js';
-import { GrpcTransport, type TransportCredentials } from '../transport/transport.js';
+import { StreamTransport } from '../transport/stream-transport.js';
+import type { TransportCredentials } from '../transport/transport.js';
 import type { Transport } from '../transport/transport.js';
 import { Faults, FaultyTransport } from '../transport/faulty.js';
-import { loadCerts, nodeCredentials } from '../transport/tls.js';
+import { type CertSet, loadCerts, nodeCredentials, peerCerts } from '../transport/tls.js';
 import type { NbdTlsOptions } from '../nbd/server.js';
 import { FaultsFileWatcher } from './faults-file.js';
 import { NodeAdmin } from './admin.js';
@@ -46,9 +47,9 @@ export interface ChardNodeOptions {
   scheduler?: Scheduler;
   random?: Random;
   logger?: Logger;
-  /** credentials: TLS seam for every listener and client of this node (default: insecure). */
+  /** credentials: TLS seam for the gRPC listeners and clients of this node (admin, block; default: insecure). */
   credentials?: TransportCredentials;
-  /** transport: replace the gRPC peer transport (tests, the chaos harness's faulty transport). */
+  /** transport: replace the peer transport (tests, the chaos harness's faulty transport). */
   transport?: (defaults: { clusterId: string; nodeId: number; listen: string }) => Transport;
   defaultVolume?: string;
   /** logContext: filled once the replica exists, so a logger's mixin can add the current term. */
@@ -106,11 +107,11 @@ export class ChardNode {
 
     let transport: Transport =
       options.transport?.({ clusterId: config.clusterId, nodeId: config.id, listen: config.listen.raft }) ??
-      new GrpcTransport({
+      new StreamTransport({
         clusterId: config.clusterId,
         nodeId: config.id,
         listen: config.listen.raft,
-        ...(credentials ? { credentials } : {}),
+        ...(tls ? { tls: tls.peer } : {}),
         ...(tls ? { peerUnit: 'node' } : {}),
         onEvent: counters.onEvent,
         logger,
@@ -209,9 +210,10 @@ export class ChardNode {
   }
 }
 
-/** nodeTls: the credentials and NBD TLS options of a node's `tls` config block. */
-function nodeTls(config: { certs: string; nbd: 'off' | 'optional' | 'required' }): { credentials: TransportCredentials; nbd?: NbdTlsOptions } {
+/** nodeTls: the gRPC credentials, the peer transport's certificates and the NBD TLS options of a node's `tls` config block. */
+function nodeTls(config: { certs: string; nbd: 'off' | 'optional' | 'required' }): { credentials: TransportCredentials; peer: CertSet; nbd?: NbdTlsOptions } {
   const credentials = nodeCredentials(config.certs);
-  if (config.nbd === 'off') return { credentials };
-  return { credentials, nbd: { mode: config.nbd, ...loadCerts(config.certs, 'server', 'tls.certs') } };
+  const peer = peerCerts(config.certs);
+  if (config.nbd === 'off') return { credentials, peer };
+  return { credentials, peer, nbd: { mode: config.nbd, ...loadCerts(config.certs, 'server', 'tls.certs') } };
 }

@@ -355,7 +355,7 @@ export function decodeMessage(value: WireMessage, limits: CodecLimits = defaultC
 /**
  * notFromPeers: types a chard node never sends to a peer. RawNode.step refuses Propose from a
  * peer (proposals are local), and a TransferLeader received by a follower is forwarded to its
- * leader with `from` still naming the peer, which GrpcTransport.send asserts against (inside the
+ * leader with `from` still naming the peer, which StreamTransport.send asserts against (inside the
  * Ready loop, so the process would exit); transfers are started on the leader itself.
  */
 const notFromPeers: ReadonlySet<MessageType> = new Set<MessageType>(['Propose', 'TransferLeader']);

@@ -2,9 +2,9 @@
  * memory: MemoryHub, an in-process Transport hub for tests. Each node gets a MemoryTransport;
  * messages are delivered asynchronously (setImmediate, never inside send(), so a handler never
  * re-enters the sender), in order per link, to peers the sender knows (addPeer) that are started.
- * A message to a peer never added is dropped (counted, as GrpcTransport does); one to a closed or
+ * A message to a peer never added is dropped (counted, as StreamTransport does); one to a closed or
  * unstarted node is dropped and reported unreachable, like a refused connection. Per-link queues
- * are bounded (`linkQueueMessagesMax`) with GrpcTransport's overflow rule: drop, report unreachable.
+ * are bounded (`linkQueueMessagesMax`) with StreamTransport's overflow rule: drop, report unreachable.
  */
 
 import { assert } from '../assert.js';

@@ -4,6 +4,8 @@
  *  - nodeCredentials: the gRPC server (peer, admin and block RPC) with the node certificate and
  *    client certificates REQUIRED and verified against the cluster CA, and the node's own gRPC
  *    client (to peers, to the leader) presenting its certificate;
+ *  - peerCerts: the raw node certificate set of the raft peer transport (stream-transport.ts),
+ *    which does the TLS handshake itself (node:tls, client certificates required both ways);
  *  - clientCredentials: the CLI's and the attach agent's gRPC client (client certificate);
  *  - nbdSecureContext: the NBD server's STARTTLS context (node certificate + cluster CA).
  * A missing or unreadable file is a UsageError that names the file.
@@ -58,6 +60,14 @@ export function nodeCredentials(dir: string): TransportCredentials {
     // The node certificate carries clientAuth too: a node talks to its peers as itself.
     client: grpc.credentials.createSsl(server.ca, server.key, server.cert),
   };
+}
+
+/**
+ * peerCerts: the node certificate, its key and the cluster CA, for the raft peer transport. The node
+ * certificate carries serverAuth and clientAuth: a node listens and connects to its peers as itself.
+ */
+export function peerCerts(dir: string): CertSet {
+  return loadCerts(dir, 'server', 'tls.certs');
 }
 
 /** clientCredentials: the gRPC client credentials of the CLI and the attach agent. */

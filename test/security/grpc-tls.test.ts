@@ -1,5 +1,5 @@
-// grpc-tls: mutual TLS on the peer transport with the credentials `chard certs init` makes
-// (nodeCredentials): a peer of the same CA is delivered to; a peer whose certificate another CA
+// grpc-tls: mutual TLS on the peer transport with the certificates `chard certs init` makes
+// (peerCerts): a peer of the same CA is delivered to; a peer whose certificate another CA
 // signed, one without a certificate, and a plaintext one are refused in the TLS handshake — the
 // receiver accepts no stream and sees no message — and a peer of the same CA but another cluster
 // id is still refused by the cluster-id check, and a client certificate of the cluster CA (OU=client)
@@ -7,12 +7,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import test, { type ExecutionContext } from 'ava';
 import { certsInit } from '../../src/cli/certs.js';
 import { type Message, message } from '../../src/raft/types.js';
-import { clientCredentials, loadCerts, nodeCredentials } from '../../src/transport/tls.js';
-import { GrpcTransport, type TransportCredentials } from '../../src/transport/transport.js';
+import { FrameKind } from '../../src/transport/framing.js';
+import { StreamTransport } from '../../src/transport/stream-transport.js';
+import { type CertSet, loadCerts, peerCerts } from '../../src/transport/tls.js';
+import { json, RawPeer } from '../transport/raw-peer.js';
 
 const root = mkdtempSync(path.join(os.tmpdir(), 'chard-sec-grpc-'));
 const cluster = path.join(root, 'cluster');
@@ -37,22 +38,25 @@ async function until(t: ExecutionContext, what: string, condition: () => boolean
 const hb = (from: number, to: number, index: number) => message({ type: 'Heartbeat', from, to, term: 1, index });
 
 test.serial('peer transport: only peers with a certificate of the cluster CA (and the right cluster id) get a message through', async (t) => {
-  const receiver = new GrpcTransport({ clusterId: 'c', nodeId: 2, listen: '127.0.0.1:0', credentials: nodeCredentials(cluster), peerUnit: 'node' });
+  const receiver = new StreamTransport({ clusterId: 'c', nodeId: 2, listen: '127.0.0.1:0', tls: peerCerts(cluster), peerUnit: 'node' });
   const got: Message[] = [];
   receiver.onMessage((m) => got.push(m));
   const clusterCa = loadCerts(cluster, 'server').ca;
   const foreignCerts = loadCerts(foreign, 'server');
-  const senders: { name: string; clusterId: string; credentials: TransportCredentials }[] = [
+  const senders: { name: string; clusterId: string; tls?: CertSet }[] = [
     // Trusts the cluster CA (so it would accept the receiver) but presents another CA's certificate.
-    { name: 'foreign CA', clusterId: 'c', credentials: { server: grpc.ServerCredentials.createInsecure(), client: grpc.credentials.createSsl(clusterCa, foreignCerts.key, foreignCerts.cert) } },
-    { name: 'no certificate', clusterId: 'c', credentials: { server: grpc.ServerCredentials.createInsecure(), client: grpc.credentials.createSsl(clusterCa) } },
-    { name: 'plaintext', clusterId: 'c', credentials: { server: grpc.ServerCredentials.createInsecure(), client: grpc.credentials.createInsecure() } },
-    { name: 'other cluster id', clusterId: 'other', credentials: nodeCredentials(cluster) },
+    { name: 'foreign CA', clusterId: 'c', tls: { ca: clusterCa, cert: foreignCerts.cert, key: foreignCerts.key } },
+    { name: 'plaintext', clusterId: 'c' },
+    { name: 'other cluster id', clusterId: 'other', tls: peerCerts(cluster) },
     // A client certificate of the cluster CA (OU=client: the CLI's, an attach host's) is not a node's.
-    { name: 'client certificate', clusterId: 'c', credentials: { server: grpc.ServerCredentials.createInsecure(), client: clientCredentials(cluster) } },
+    { name: 'client certificate', clusterId: 'c', tls: loadCerts(cluster, 'client') },
   ];
-  const good = new GrpcTransport({ clusterId: 'c', nodeId: 1, listen: '127.0.0.1:0', credentials: nodeCredentials(cluster) });
-  const bad = senders.map((s, i) => ({ ...s, transport: new GrpcTransport({ clusterId: s.clusterId, nodeId: 10 + i, listen: '127.0.0.1:0', credentials: s.credentials }), unreachable: 0 }));
+  const good = new StreamTransport({ clusterId: 'c', nodeId: 1, listen: '127.0.0.1:0', tls: peerCerts(cluster) });
+  const bad = senders.map((s, i) => ({
+    ...s,
+    transport: new StreamTransport({ clusterId: s.clusterId, nodeId: 10 + i, listen: '127.0.0.1:0', ...(s.tls ? { tls: s.tls } : {}) }),
+    unreachable: 0,
+  }));
   try {
     await Promise.all([receiver.start(), good.start(), ...bad.map((b) => b.transport.start())]);
     for (const b of bad) {
@@ -73,6 +77,18 @@ test.serial('peer transport: only peers with a certificate of the cluster CA (an
     t.true((counts['transport.probe.refused'] ?? 0) >= 1, JSON.stringify(counts));
     t.is(counts['transport.stream.accepted'] ?? 0, 0, 'no stranger opened a stream');
     t.true((counts['transport.peer.refused.certificate'] ?? 0) >= 1, 'the client certificate was refused as a raft peer');
+    // No certificate at all: the handshake fails; a client certificate gets a Refusal frame.
+    const anonymous = RawPeer.tls(receiver.address(), { ca: clusterCa });
+    anonymous.hello('c', 30, 2);
+    await anonymous.closed;
+    t.is(anonymous.frames.length, 0, 'no answer without a certificate');
+    const client = loadCerts(cluster, 'client');
+    const unit = RawPeer.tls(receiver.address(), { ca: clusterCa, cert: client.cert, key: client.key });
+    unit.hello('c', 31, 2);
+    const refusal = await unit.frame(FrameKind.Refusal);
+    t.is(json(refusal)['code'], 'FAILED_PRECONDITION');
+    t.is(unit.frames.filter((f) => f.kind === FrameKind.HelloOk).length, 0);
+    t.is(receiver.counts()['transport.stream.accepted'] ?? 0, 0, 'no stranger opened a stream');
 
     good.addPeer(2, receiver.address());
     good.send([hb(1, 2, 1)]);

@@ -3,7 +3,7 @@
  * deliveries are I/O callbacks of the receiving node's NodeScheduler, so the seed decides every
  * delay, drop, duplicate and partition, and a paused node's messages wait for it to resume.
  *
- * As MemoryTransport and GrpcTransport: send() never blocks and never re-enters the receiver; a
+ * As MemoryTransport and StreamTransport: send() never blocks and never re-enters the receiver; a
  * message to a peer the sender never added (addPeer) is dropped; a message to a node that is down
  * is dropped and reported unreachable to the sender (a refused connection). Unlike them, messages
  * may be reordered (each draws its own delay), dropped, duplicated, or cut by a partition (a set of

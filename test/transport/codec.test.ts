@@ -1,6 +1,6 @@
 // codec: proves that every raft message type that may cross the wire — entries, contexts and
 // snapshot chunks with their metadata and ConfState included — survives encodeEnvelope → protobuf
-// bytes (the real proto/raft.proto serializer of @grpc/proto-loader) → decodeEnvelope unchanged
+// bytes (the peer transport's serializer of proto/raft.proto, proto.ts) → decodeEnvelope unchanged
 // (fast-check property, 300 random frames), and that decoding rejects bad frames with a FrameError
 // naming the reason: unknown and local-only types, negative / unsafe integers, zero node ids,
 // lengths over the CodecLimits, chunks on the wrong message or outside their snapshot, and
@@ -22,15 +22,11 @@ import {
   type WireEnvelope,
   wireMessageTypes,
 } from '../../src/transport/codec.js';
-import { loadProto } from '../../src/transport/proto.js';
+import { deserializeEnvelope, serializeEnvelope } from '../../src/transport/proto.js';
 import { encodeConfChange } from '../../src/raft/confchange.js';
 
-const streamMethod = loadProto('raft.proto')['chard.raft.RaftPeer'] as unknown as Record<
-  string,
-  { requestSerialize(value: object): Buffer; requestDeserialize(bytes: Buffer): WireEnvelope }
->;
-const serialize = (value: object) => streamMethod.Stream!.requestSerialize(value);
-const deserialize = (bytes: Buffer) => streamMethod.Stream!.requestDeserialize(bytes);
+const serialize = (value: object) => serializeEnvelope(value);
+const deserialize = (bytes: Uint8Array) => deserializeEnvelope(bytes) as WireEnvelope;
 const overTheWire = (value: WireEnvelope) => deserialize(serialize(value));
 
 const safe = fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER });

@@ -1,6 +1,6 @@
 // faulty: proves the fault-injection wrapper and the in-memory hub do what tests and `chard chaos`
 // rely on: a one-way partition (block 1 -> 2) stops exactly that direction while 2 -> 1 still
-// flows, on the in-memory hub and on real gRPC transports; healing restores it; wrapping only one
+// flows, on the in-memory hub and on real stream transports; healing restores it; wrapping only one
 // node still cuts both of its chosen directions (inbound filtering); drop and duplicate
 // probabilities follow the seeded Random (the same seed gives the same decisions); delay defers
 // delivery; and the memory hub delivers in order, asynchronously, and reports unreachable peers.
@@ -9,7 +9,8 @@ import { SeededRandom } from '../../src/raft/random.js';
 import { type Message, message, type NodeId } from '../../src/raft/types.js';
 import { Faults, FaultyTransport } from '../../src/transport/faulty.js';
 import { MemoryHub } from '../../src/transport/memory.js';
-import { GrpcTransport, type Transport } from '../../src/transport/transport.js';
+import { StreamTransport } from '../../src/transport/stream-transport.js';
+import type { Transport } from '../../src/transport/transport.js';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const afterFlush = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -72,9 +73,9 @@ test('one-way partition blocks exactly one direction (memory hub)', async (t) =>
   t.is(faults.counts.blocked, 20);
 });
 
-test('one-way partition blocks exactly one direction (gRPC loopback)', async (t) => {
+test('one-way partition blocks exactly one direction (stream transport on loopback)', async (t) => {
   const faults = new Faults(new SeededRandom(1));
-  const w = await wire((id) => new GrpcTransport({ clusterId: 'c', nodeId: id, listen: '127.0.0.1:0' }), [1, 2], faults);
+  const w = await wire((id) => new StreamTransport({ clusterId: 'c', nodeId: id, listen: '127.0.0.1:0' }), [1, 2], faults);
   try {
     await oneWayPartition(t, w, faults);
   } finally {

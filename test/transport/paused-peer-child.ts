@@ -1,16 +1,16 @@
-// paused-peer-child: the peer process of paused-peer.test.ts. Runs one GrpcTransport (node 2) that
+// paused-peer-child: the peer process of paused-peer.test.ts. Runs one StreamTransport (node 2) that
 // answers every App from node 1 and sends its own heartbeat responses every 20 ms, so both of its
 // links (client and server side) carry traffic when the test SIGSTOPs and later SIGCONTs it.
 // argv: <address of node 1> <keepaliveMs>. Reports its bound address over IPC.
 import { message } from '../../src/raft/types.js';
-import { GrpcTransport } from '../../src/transport/transport.js';
+import { StreamTransport } from '../../src/transport/stream-transport.js';
 
 const [peerAddress, keepaliveArg] = process.argv.slice(2);
 if (peerAddress === undefined || keepaliveArg === undefined || process.send === undefined) {
   throw new Error('usage: paused-peer-child <node-1 address> <keepaliveMs> (forked with IPC)');
 }
 const keepaliveMs = Number(keepaliveArg);
-const transport = new GrpcTransport({
+const transport = new StreamTransport({
   clusterId: 'paused',
   nodeId: 2,
   listen: '127.0.0.1:0',

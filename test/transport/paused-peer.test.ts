@@ -1,17 +1,18 @@
-// paused-peer: a peer process stopped (SIGSTOP) for longer than the HTTP/2 keepalive timeout and
-// then continued must reconnect and carry traffic again with bounded memory. On resume its
-// keepalive timers fire before it reads the pings' answers, grpc-js tears the connection down, and
-// our transport fails the link. Cancelling the link's other stream synchronously inside grpc-js's
-// teardown made Node 20's HTTP/2 session loop in SendPendingData (100 % CPU, resident memory
-// growing by hundreds of MiB per second) — found by `chard chaos --faults pause`. The fix defers
-// stream cancellation to a later event-loop turn (transport.ts, Lane.detach). Against the old code
-// this test fails: the child exceeds the memory bound and no answer arrives after the resume.
+// paused-peer: a peer process stopped (SIGSTOP) for longer than the keepalive timeout and then
+// continued must reconnect and carry traffic again with bounded memory. While it is stopped, the
+// sender's links to it fall silent and fail by keepalive (ping after keepaliveTimeMs, fail after
+// keepaliveTimeMs + keepaliveTimeoutMs), its queue and socket buffers stay bounded, and
+// reconnects time out at the Hello; on resume the child's own timers find its links silent, tear
+// them down and reconnect. Found by `chard chaos --faults pause` against the former gRPC
+// transport, where cancelling a stream inside grpc-js's teardown made Node 20's HTTP/2 session
+// loop in SendPendingData (100 % CPU, resident memory growing by hundreds of MiB per second): the
+// child's memory bound and the answers after the resume are what this test checks.
 import { fork } from 'node:child_process';
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { type Message, message } from '../../src/raft/types.js';
-import { GrpcTransport } from '../../src/transport/transport.js';
+import { StreamTransport } from '../../src/transport/stream-transport.js';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const childScript = fileURLToPath(new URL('./paused-peer-child.js', import.meta.url));
@@ -26,7 +27,7 @@ function rssMiB(pid: number): number {
 for (const pauseMs of [3000, 6000]) {
   test.serial(`a peer paused ${pauseMs} ms (keepalive 1 s) reconnects with bounded memory`, async (t) => {
     const keepaliveMs = 1000;
-    const transport = new GrpcTransport({
+    const transport = new StreamTransport({
       clusterId: 'paused',
       nodeId: 1,
       listen: '127.0.0.1:0',

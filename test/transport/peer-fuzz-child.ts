@@ -1,5 +1,5 @@
 // peer-fuzz-child: the victim process of peer-fuzz.test.ts. Runs a real three-node chard cluster
-// in one process — per node a BlockStore (SQLite, in a temporary directory), a GrpcTransport on
+// in one process — per node a BlockStore (SQLite, in a temporary directory), a StreamTransport on
 // loopback and a Replica with the production timers — so a crash of any node (an assertion that
 // escapes into a timer or a setImmediate) ends this process, which the parent observes.
 // While the fuzzer runs, the leader keeps committing a small write every few milliseconds, so the
@@ -19,7 +19,7 @@ import { Counters } from '../../src/node/metrics.js';
 import { type MemberAddresses, Replica, type ReplicaOptions } from '../../src/node/replica.js';
 import { SeededRandom } from '../../src/raft/random.js';
 import { type NodeId } from '../../src/raft/types.js';
-import { GrpcTransport } from '../../src/transport/transport.js';
+import { StreamTransport } from '../../src/transport/stream-transport.js';
 
 const seed = Number(process.argv[2] ?? 1);
 if (process.send === undefined) throw new Error('peer-fuzz-child runs forked with IPC');
@@ -41,7 +41,7 @@ function makeReplica(options: ReplicaOptions): Replica {
 interface Node {
   id: NodeId;
   store: BlockStore;
-  transport: GrpcTransport;
+  transport: StreamTransport;
   counters: Counters;
   replica?: Replica;
   warnings: number;
@@ -63,7 +63,7 @@ for (const id of ids) {
       },
     },
   };
-  const transport = new GrpcTransport(options);
+  const transport = new StreamTransport(options);
   await transport.start();
   nodes.push({ id, store: BlockStore.open(path.join(dir, `node-${id}`)), transport, counters, warnings: 0 });
 }

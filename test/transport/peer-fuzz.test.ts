@@ -1,8 +1,8 @@
 // peer-fuzz: proves no peer input crashes a node. A child process (peer-fuzz-child.ts) runs a real
-// three-node cluster — BlockStore, GrpcTransport on loopback and Replica with its production
-// timers — committing a small write every 20 ms. This process opens its own RaftPeer streams to
-// every node and sends frames through the real gRPC stack, each built around the target node's
-// live state (term, last index, commit). A seeded PRNG drives everything: a failure replays with
+// three-node cluster — BlockStore, StreamTransport on loopback and Replica with its production
+// timers — committing a small write every 20 ms. This process opens its own raft connections to
+// every node and sends frames through the real peer wire (framing.ts), each built around the target
+// node's live state (term, last index, commit). A seeded PRNG drives everything: a failure replays with
 // PEER_FUZZ_SEED (PEER_FUZZ_RUNS, PEER_FUZZ_FORGED_RUNS; PEER_FUZZ_BREAKS=gap,reversed limits the
 // malformed phase to those breaks).
 //
@@ -21,19 +21,22 @@
 //
 // Against the code before this change (f6235b7) phase 1 kills the child within a second:
 // "message from 3 sent by node 2" (a TransferLeader a follower forwarded, asserted in
-// GrpcTransport.send from the Ready loop) and, with PEER_FUZZ_BREAKS=gap,duplicate,reversed,
+// the transport's send from the Ready loop) and, with PEER_FUZZ_BREAKS=gap,duplicate,reversed,
 // wrongStart, "appended entries are contiguous" in SqliteLogStorage.persist (defect f). Phase 2
 // against the old RawNode.step kills it with "a compacted log implies a snapshot" (a forged AppResp
 // beyond the leader's log, asserted from advance() in a setImmediate).
 import { type ChildProcess, fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import * as grpc from '@grpc/grpc-js';
 import test from 'ava';
 import { encodeCommand } from '../../src/blockstore/commands.js';
 import { encodeConfChange } from '../../src/raft/confchange.js';
-import { loadProto } from '../../src/transport/proto.js';
+import { encodeFrame, FrameKind } from '../../src/transport/framing.js';
+import { serializeEnvelope } from '../../src/transport/proto.js';
+import { RawPeer } from './raw-peer.js';
 
 const seed = Number(process.env['PEER_FUZZ_SEED'] ?? 20261201);
+/** fuzzHelloFrom: the node id the fuzzer's connections say Hello as (no member of the cluster). */
+const fuzzHelloFrom = 999;
 const childScript = fileURLToPath(new URL('./peer-fuzz-child.js', import.meta.url));
 const MAX = Number.MAX_SAFE_INTEGER;
 
@@ -122,61 +125,34 @@ class Child {
 
 // ---------------------------------------------------------------- raw peer streams
 
-const streamMethod = loadProto('raft.proto')['chard.raft.RaftPeer'] as unknown as Record<string, { requestSerialize(value: object): Buffer }>;
-const serialize = (value: object): Buffer => streamMethod['Stream']!.requestSerialize(value);
-const identity = (b: Buffer) => b;
-/** RawPeerClient: RaftPeer.Stream with the frames as raw bytes, so the fuzzer can send any bytes. */
-const RawPeerClient = grpc.makeGenericClientConstructor(
-  {
-    Stream: {
-      path: '/chard.raft.RaftPeer/Stream',
-      requestStream: true,
-      responseStream: true,
-      requestSerialize: identity,
-      requestDeserialize: identity,
-      responseSerialize: identity,
-      responseDeserialize: identity,
-      originalName: 'Stream',
-    },
-  },
-  'RaftPeer',
-);
+const serialize = (value: object): Buffer => Buffer.from(serializeEnvelope(value));
 
 /**
- * RawStream: frames to one node. A batch of frames goes on a fresh stream that is then ended;
- * the node ends its side only after handling every frame of it, so `send` resolves once all were
- * handled — or once the node ended the stream early (a frame of another cluster or node, bytes
- * grpc-js cannot parse), which is why such frames are sent in a batch of their own.
+ * RawStream: frames to one node over its raft port, as raw envelope payloads so the fuzzer can
+ * send any bytes. A batch of frames goes on a fresh connection (Hello first), followed by a ping;
+ * the node handles frames in order, so its pong means every frame of the batch was handled —
+ * unless the node ended the connection early (a frame of another cluster or node, bytes that are
+ * no Envelope), which is why such frames are sent in a batch of their own.
  */
 class RawStream {
-  private readonly client: grpc.Client;
   opened = 0;
   endedByNode = 0;
-  constructor(address: string) {
-    this.client = new RawPeerClient(address, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 64 * 1024 * 1024 });
-  }
-  send(frames: Buffer[]): Promise<void> {
-    const stream = (this.client as unknown as { Stream(): grpc.ClientDuplexStream<Buffer, Buffer> }).Stream();
+  constructor(
+    private readonly address: string,
+    private readonly clusterId: string,
+    private readonly nodeId: number,
+  ) {}
+  async send(frames: Buffer[]): Promise<void> {
+    const peer = new RawPeer(this.address);
     this.opened++;
-    return new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        stream.cancel();
-        resolve();
-      }, 30_000);
-      stream.on('data', () => {});
-      stream.on('error', () => {});
-      stream.on('status', (s: grpc.StatusObject) => {
-        if (s.code !== grpc.status.OK) this.endedByNode++;
-        clearTimeout(timer);
-        resolve();
-      });
-      for (const f of frames) stream.write(f);
-      stream.end();
-    });
+    peer.hello(this.clusterId, fuzzHelloFrom, this.nodeId);
+    for (const f of frames) peer.write(encodeFrame(FrameKind.Envelope, f));
+    peer.write(encodeFrame(FrameKind.Ping));
+    const pong = await peer.frame(FrameKind.Pong, 30_000);
+    if (pong === undefined) this.endedByNode++;
+    peer.destroy();
   }
-  close(): void {
-    this.client.close();
-  }
+  close(): void {}
 }
 
 // ---------------------------------------------------------------- generators
@@ -684,7 +660,7 @@ test.serial('no peer input crashes a node; after malformed frames the cluster se
     child.process.once('message', (m) => resolve(m as { nodes: { id: number; raft: string }[]; clusterId: string }));
     child.process.once('exit', () => reject(new Error(child.exited)));
   });
-  const streams = new Map(ready.nodes.map((n) => [n.id, new RawStream(n.raft)]));
+  const streams = new Map(ready.nodes.map((n) => [n.id, new RawStream(n.raft, ready.clusterId, n.id)]));
   t.teardown(() => {
     for (const s of streams.values()) s.close();
   });

@@ -1,13 +1,16 @@
-// tls: proves the TLS seam works without code changes: two GrpcTransports with mutual-TLS
-// credentials (test-only certificates in fixtures/, signed by a throwaway CA) exchange messages,
-// a transport without a client certificate is refused (its messages never arrive and the peer is
-// reported unreachable), and the admin RPC plumbing serves and calls over TLS too.
+// tls: proves the TLS seam: two StreamTransports with mutual TLS (test-only certificates in
+// fixtures/, signed by a throwaway CA) exchange messages; a plaintext transport and a TLS client
+// without a certificate are refused in the handshake (messages never arrive, the peer is reported
+// unreachable, no Hello is answered), and the admin RPC plumbing serves and calls over TLS too.
 import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import test, { type ExecutionContext } from 'ava';
 import { type Message, message } from '../../src/raft/types.js';
 import { buildChardServer, callUnary, createChardClient, listen } from '../../src/transport/grpc-server.js';
-import { GrpcTransport, type TransportCredentials } from '../../src/transport/transport.js';
+import { StreamTransport } from '../../src/transport/stream-transport.js';
+import type { CertSet } from '../../src/transport/tls.js';
+import type { TransportCredentials } from '../../src/transport/transport.js';
+import { RawPeer } from './raw-peer.js';
 
 const fixtures = new URL('../../../test/transport/fixtures/', import.meta.url);
 const read = (name: string) => readFileSync(new URL(name, fixtures));
@@ -20,6 +23,10 @@ function mutual(node: 'node1' | 'node2'): TransportCredentials {
     server: grpc.ServerCredentials.createSsl(ca, [{ private_key: key, cert_chain: cert }], true),
     client: grpc.credentials.createSsl(ca, key, cert),
   };
+}
+
+function certs(node: 'node1' | 'node2'): CertSet {
+  return { ca, key: read(`${node}.key`), cert: read(`${node}.crt`) };
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -37,34 +44,55 @@ async function until(t: ExecutionContext, what: string, condition: () => boolean
 const hb = (from: number, to: number, index: number) => message({ type: 'Heartbeat', from, to, term: 1, index });
 
 test.serial('mutual TLS between transports; a peer without a client certificate is refused', async (t) => {
-  const one = new GrpcTransport({ clusterId: 'c', nodeId: 1, listen: '127.0.0.1:0', credentials: mutual('node1') });
-  const two = new GrpcTransport({ clusterId: 'c', nodeId: 2, listen: '127.0.0.1:0', credentials: mutual('node2') });
-  // Trusts the CA but presents no client certificate.
-  const anonymous = new GrpcTransport({
-    clusterId: 'c',
-    nodeId: 3,
-    listen: '127.0.0.1:0',
-    credentials: { server: grpc.ServerCredentials.createInsecure(), client: grpc.credentials.createSsl(ca) },
-  });
+  const one = new StreamTransport({ clusterId: 'c', nodeId: 1, listen: '127.0.0.1:0', tls: certs('node1') });
+  const two = new StreamTransport({ clusterId: 'c', nodeId: 2, listen: '127.0.0.1:0', tls: certs('node2') });
+  // Plaintext: no TLS at all.
+  const plain = new StreamTransport({ clusterId: 'c', nodeId: 3, listen: '127.0.0.1:0' });
   const got: Message[] = [];
   two.onMessage((m) => got.push(m));
   const unreachable: number[] = [];
-  anonymous.onUnreachable((peer) => unreachable.push(peer));
+  plain.onUnreachable((peer) => unreachable.push(peer));
   try {
-    await Promise.all([one.start(), two.start(), anonymous.start()]);
+    await Promise.all([one.start(), two.start(), plain.start()]);
     one.addPeer(2, two.address());
     one.send([hb(1, 2, 1), hb(1, 2, 2)]);
     await until(t, 'delivery over TLS', () => got.length === 2);
     t.deepEqual(got.map((m) => m.index), [1, 2]);
 
-    anonymous.addPeer(2, two.address());
-    anonymous.send([hb(3, 2, 1)]);
+    plain.addPeer(2, two.address());
+    plain.send([hb(3, 2, 1)]);
     await until(t, 'refusal', () => unreachable.length > 0);
     t.deepEqual(unreachable, [2]);
-    t.is(got.length, 2, 'nothing from the peer without a certificate');
+
+    // Trusts the CA but presents no client certificate: the handshake fails, no Hello is answered.
+    const anonymous = RawPeer.tls(two.address(), { ca });
+    anonymous.hello('c', 3, 2);
+    await anonymous.closed;
+    t.is(anonymous.frames.length, 0);
+    t.is(got.length, 2, 'nothing from a peer without a certificate');
+    t.is(two.counts()['transport.stream.accepted'], 2, 'only node 1 said Hello (one connection per lane)');
+    t.true((two.counts()['transport.tls.refused'] ?? 0) >= 2, JSON.stringify(two.counts()));
   } finally {
-    await Promise.all([one.close(), two.close(), anonymous.close()]);
+    await Promise.all([one.close(), two.close(), plain.close()]);
   }
+});
+
+test.serial('a connection stalled in the TLS handshake is closed by close() at once, and after probeTimeoutMs anyway', async (t) => {
+  const two = new StreamTransport({ clusterId: 'c', nodeId: 2, listen: '127.0.0.1:0', tls: certs('node2'), limits: { probeTimeoutMs: 500 } });
+  await two.start();
+  // Plain TCP that never starts the handshake.
+  const stalled = new RawPeer(two.address());
+  await stalled.connected;
+  const started = performance.now();
+  await stalled.closed;
+  const ms = performance.now() - started;
+  t.true(ms < 5000, `the handshake timed out after ${ms.toFixed(0)} ms`);
+  const another = new RawPeer(two.address());
+  await another.connected;
+  const closing = performance.now();
+  await two.close();
+  t.true(performance.now() - closing < 400, 'close() does not wait for the stalled handshake');
+  await another.closed;
 });
 
 test.serial('admin RPC over TLS', async (t) => {

@@ -1,9 +1,9 @@
-// raft-over-grpc: proves the transport carries real raft traffic end to end: three Replicas (the
+// raft-over-stream: proves the transport carries real raft traffic end to end: three Replicas (the
 // runtime that ships, src/node/replica.ts, over the simulator's in-memory ReplicaStore and the
-// production scheduler) talk only through GrpcTransports on loopback, each wrapped in a
+// production scheduler) talk only through StreamTransports on loopback, each wrapped in a
 // FaultyTransport. They elect a leader and commit 100 proposals while node 3 is partitioned away;
 // the leader snapshots and compacts its log on its own (snapshotEveryEntries), the partition heals,
-// and node 3 catches up through snapshot chunks streamed over gRPC (more than one chunk) plus the
+// and node 3 catches up through snapshot chunks streamed over the peer transport (more than one chunk) plus the
 // entries after it, ending with the same state as the others. Unreachable reports reach
 // RawNode.reportUnreachable through Replica's wiring.
 import test, { type ExecutionContext } from 'ava';
@@ -12,7 +12,7 @@ import { type MemberAddresses, Replica } from '../../src/node/replica.js';
 import { SeededRandom } from '../../src/raft/random.js';
 import type { NodeId } from '../../src/raft/types.js';
 import { Faults, FaultyTransport } from '../../src/transport/faulty.js';
-import { GrpcTransport } from '../../src/transport/transport.js';
+import { StreamTransport } from '../../src/transport/stream-transport.js';
 import { MemoryReplicaStore, encodeCommand } from '../sim/memory-store.js';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -22,7 +22,7 @@ interface Node {
   replica: Replica;
   store: MemoryReplicaStore;
   transport: FaultyTransport;
-  grpc: GrpcTransport;
+  stream: StreamTransport;
   snapshotsInstalled: number;
 }
 
@@ -37,20 +37,20 @@ async function until(t: ExecutionContext, what: string, condition: () => boolean
   }
 }
 
-test('three Replicas replicate and install a chunked snapshot over gRPC', async (t) => {
+test('three Replicas replicate and install a chunked snapshot over the stream transport', async (t) => {
   const ids = [1, 2, 3];
   const faults = new Faults(new SeededRandom(11));
-  const transports = new Map<NodeId, { grpc: GrpcTransport; transport: FaultyTransport }>();
+  const transports = new Map<NodeId, { stream: StreamTransport; transport: FaultyTransport }>();
   for (const id of ids) {
-    const grpc = new GrpcTransport({ clusterId: 'e2e', nodeId: id, listen: '127.0.0.1:0', limits: { reconnectBackoffMsMin: 20, reconnectBackoffMsMax: 100 } });
-    const transport = new FaultyTransport(grpc, faults);
+    const stream = new StreamTransport({ clusterId: 'e2e', nodeId: id, listen: '127.0.0.1:0', limits: { reconnectBackoffMsMin: 20, reconnectBackoffMsMax: 100 } });
+    const transport = new FaultyTransport(stream, faults);
     await transport.start();
-    transports.set(id, { grpc, transport });
+    transports.set(id, { stream, transport });
   }
   const members = new Map<NodeId, MemberAddresses>(ids.map((id) => [id, { raft: transports.get(id)!.transport.address(), admin: '', nbd: '' }]));
   const nodes = new Map<NodeId, Node>();
   for (const id of ids) {
-    const { grpc, transport } = transports.get(id)!;
+    const { stream, transport } = transports.get(id)!;
     const store = MemoryReplicaStore.bootstrap(ids, [], members);
     const replica = new Replica({
       id,
@@ -60,7 +60,7 @@ test('three Replicas replicate and install a chunked snapshot over gRPC', async 
       random: new SeededRandom(100 + id),
       limits: { tickIntervalMs: 10, electionTimeoutTicks: 10, heartbeatIntervalTicks: 2, snapshotChunkBytes: 256, snapshotEveryEntries: 50 },
     });
-    const node: Node = { id, replica, store, transport, grpc, snapshotsInstalled: 0 };
+    const node: Node = { id, replica, store, transport, stream, snapshotsInstalled: 0 };
     store.hooks = { installed: () => void node.snapshotsInstalled++ };
     nodes.set(id, node);
   }
@@ -87,8 +87,8 @@ test('three Replicas replicate and install a chunked snapshot over gRPC', async 
     t.true(three.snapshotsInstalled >= 1, 'node 3 was brought up through the snapshot');
     t.deepEqual([...three.store.machine.kv].sort(), [...leader.store.machine.kv].sort());
     t.is(three.store.machine.kv.get('after'), 'after-heal');
-    const frames = leader.grpc.counts()['transport.frames.sent'] ?? 0;
-    t.true((three.grpc.counts()['transport.messages.received'] ?? 0) > 0);
+    const frames = leader.stream.counts()['transport.frames.sent'] ?? 0;
+    t.true((three.stream.counts()['transport.messages.received'] ?? 0) > 0);
     t.log(`snapshot of ${snapshotBytes} B (${Math.ceil(snapshotBytes / 256)} chunks) installed on node 3; leader sent ${frames} frames in all`);
   } finally {
     for (const node of all) await node.replica.close();

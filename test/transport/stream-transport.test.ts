@@ -1,19 +1,24 @@
-// grpc-transport: proves GrpcTransport's guarantees over real gRPC on loopback (port 0 only):
-// 10k messages each way between two transports arrive complete and in order per link (and prints
-// the measured messages/s); a peer of another cluster is refused at the probe and a raw frame of
-// another cluster / for another node ends its stream, both counted, nothing delivered; a bad frame
-// is dropped and counted while the stream goes on; a restarted receiver is reconnected to and
-// delivery resumes in order; queue overflow (a black-hole peer, and a receiver that stops reading
-// so HTTP/2 flow control pushes back) drops, reports unreachable and keeps the queue within its
-// bounds; and a flood of 1 MiB snapshot chunks does not delay heartbeats beyond a bound (latency
-// measured and printed). Serial, because two of them measure time.
+// stream-transport: proves StreamTransport's guarantees over real sockets on loopback (port 0
+// only): 10k messages each way between two transports arrive complete and in order per link (and
+// prints the measured messages/s); a peer of another cluster, or one expecting another node id, is
+// refused at the Hello and a raw frame of another cluster / for another node ends its connection,
+// all counted, nothing delivered; a bad frame is dropped and counted while the connection goes on,
+// an unknown kind, an oversize length or bytes that are no Envelope end it; a restarted receiver
+// is reconnected to and delivery resumes in order; queue overflow (a black-hole peer, and a
+// receiver that stops reading so TCP pushes back) drops, reports unreachable and keeps the queue
+// within its bounds; a Hello from a peer we back off from ends the backoff; a silent peer (answers
+// Hello, then nothing) fails the link by keepalive; and
+// a flood of 1 MiB snapshot chunks does not delay heartbeats beyond a bound (latency measured and
+// printed). Serial, because some of them measure time.
 import net from 'node:net';
-import * as grpc from '@grpc/grpc-js';
 import test, { type ExecutionContext } from 'ava';
 import { type Message, message, type NodeId } from '../../src/raft/types.js';
-import { encodeEnvelope, type WireEnvelope } from '../../src/transport/codec.js';
-import { clientConstructor, serviceDefinition } from '../../src/transport/proto.js';
-import { GrpcTransport, type TransportLimits } from '../../src/transport/transport.js';
+import { encodeEnvelope } from '../../src/transport/codec.js';
+import { encodeControl, encodeFrame, FrameDecoder, FrameKind } from '../../src/transport/framing.js';
+import { serializeEnvelope } from '../../src/transport/proto.js';
+import { StreamTransport } from '../../src/transport/stream-transport.js';
+import type { TransportLimits } from '../../src/transport/transport.js';
+import { json, RawPeer } from './raw-peer.js';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -27,13 +32,13 @@ async function until(t: ExecutionContext, what: string, condition: () => boolean
 }
 
 interface Node {
-  transport: GrpcTransport;
+  transport: StreamTransport;
   received: Message[];
   unreachable: NodeId[];
 }
 
 async function node(id: NodeId, options: { clusterId?: string; listen?: string; limits?: Partial<TransportLimits> } = {}): Promise<Node> {
-  const transport = new GrpcTransport({
+  const transport = new StreamTransport({
     clusterId: options.clusterId ?? 'c1',
     nodeId: id,
     listen: options.listen ?? '127.0.0.1:0',
@@ -120,50 +125,138 @@ test.serial('a peer of another cluster is refused and counted; nothing is delive
   }
 });
 
-test.serial('raw frames: wrong cluster or node ends the stream; a bad frame is dropped and counted', async (t) => {
+const envelopeFrame = (clusterId: string, from: NodeId, to: NodeId, messages: Message[]) =>
+  encodeFrame(FrameKind.Envelope, serializeEnvelope(encodeEnvelope(clusterId, from, to, messages)));
+
+test.serial('hello: another cluster or another node id is refused with WRONG_CLUSTER and counted', async (t) => {
   const b = await node(2, { clusterId: 'c1' });
-  const Client = clientConstructor('raft.proto', 'chard.raft.RaftPeer');
-  const client = new Client(b.transport.address(), grpc.credentials.createInsecure()) as unknown as grpc.Client & {
-    Stream(): grpc.ClientDuplexStream<WireEnvelope, unknown>;
+  try {
+    for (const [clusterId, to] of [
+      ['c2', 2],
+      ['c1', 9],
+    ] as const) {
+      const raw = new RawPeer(b.transport.address());
+      raw.hello(clusterId, 1, to);
+      const refusal = await raw.frame(FrameKind.Refusal);
+      t.is(json(refusal)['code'], 'WRONG_CLUSTER', `${clusterId}/${to}`);
+      await raw.closed;
+      t.is(raw.frames.filter((f) => f.kind === FrameKind.HelloOk).length, 0);
+    }
+    t.is(b.transport.counts()['transport.probe.refused'], 2);
+    t.is(b.transport.counts()['transport.stream.accepted'] ?? 0, 0);
+    // A transport that expects node 3 at b's address is refused as well (wrong node id).
+    const a = await node(1, { clusterId: 'c1' });
+    try {
+      a.transport.addPeer(3, b.transport.address());
+      a.transport.send([app(1, 3, 1)]);
+      await until(t, 'refusal', () => a.unreachable.length > 0);
+      t.true((a.transport.counts()['transport.peer.refused.wrong-cluster'] ?? 0) >= 1);
+      t.is(b.received.length, 0);
+    } finally {
+      await a.transport.close();
+    }
+  } finally {
+    await b.transport.close();
+  }
+});
+
+test.serial('raw frames: wrong cluster or node ends the connection; a bad frame is dropped and counted', async (t) => {
+  const b = await node(2, { clusterId: 'c1' });
+  const refused = async (frame: Buffer) => {
+    const raw = new RawPeer(b.transport.address());
+    raw.hello('c1', 1, 2);
+    t.truthy(await raw.frame(FrameKind.HelloOk));
+    raw.write(frame);
+    const refusal = await raw.frame(FrameKind.Refusal);
+    await raw.closed;
+    return json(refusal);
   };
-  const ended = (stream: grpc.ClientDuplexStream<WireEnvelope, unknown>) =>
-    new Promise<grpc.ServiceError>((resolve) => {
-      stream.on('data', () => {});
-      stream.on('error', resolve);
-    });
   try {
     // Another cluster.
-    let stream = client.Stream();
-    let status = ended(stream);
-    stream.write(encodeEnvelope('c2', 1, 2, [app(1, 2, 1)]));
-    let error = await status;
-    t.is(error.code, grpc.status.FAILED_PRECONDITION);
-    t.is(error.metadata.get('chard-code')[0], 'WRONG_CLUSTER');
+    t.is((await refused(envelopeFrame('c2', 1, 2, [app(1, 2, 1)])))['code'], 'WRONG_CLUSTER');
     t.is(b.transport.counts()['transport.frame.wrong-cluster'], 1);
-
     // Right cluster, another node.
-    stream = client.Stream();
-    status = ended(stream);
-    stream.write(encodeEnvelope('c1', 1, 9, [app(1, 9, 1)]));
-    error = await status;
-    t.is(error.code, grpc.status.FAILED_PRECONDITION);
+    t.is((await refused(envelopeFrame('c1', 1, 9, [app(1, 9, 1)])))['code'], 'WRONG_CLUSTER');
     t.is(b.transport.counts()['transport.frame.wrong-node'], 1);
 
-    // A bad frame (a negative term) is dropped; the next good frame on the same stream arrives.
-    stream = client.Stream();
-    stream.on('data', () => {});
-    stream.on('error', () => {});
+    // A bad frame (an unknown message type) is dropped; the next good frame on the same connection arrives.
+    const raw = new RawPeer(b.transport.address());
+    raw.hello('c1', 1, 2);
     const bad = encodeEnvelope('c1', 1, 2, [app(1, 2, 1)]);
     bad.messages[0]!.type = 'MSG_NOT_A_TYPE';
-    stream.write(bad);
-    stream.write(encodeEnvelope('c1', 1, 2, [app(1, 2, 7)]));
+    raw.write(encodeFrame(FrameKind.Envelope, serializeEnvelope(bad)));
+    raw.write(envelopeFrame('c1', 1, 2, [app(1, 2, 7)]));
     await until(t, 'good frame', () => b.received.length === 1);
     t.is(b.received[0]!.index, 7);
     t.is(b.transport.counts()['transport.frame.rejected'], 1);
-    t.is(b.transport.counts()['transport.frame.rejected.unknown-type'], 1);
-    stream.cancel();
+    t.true((b.transport.counts()['transport.frame.rejected.unknown-type'] ?? 0) >= 1);
+    t.false(raw.isClosed);
+    raw.destroy();
   } finally {
-    client.close();
+    await b.transport.close();
+  }
+});
+
+test.serial('framing violations end the connection and are counted: unknown kind, oversize length, no Envelope, no Hello', async (t) => {
+  const b = await node(2, { clusterId: 'c1', limits: { frameBytesMax: 1024 * 1024 } });
+  const cases: { name: string; reason: string; hello: boolean; bytes: Buffer }[] = [
+    { name: 'unknown kind', reason: 'unknown-kind', hello: true, bytes: Buffer.from([0, 0, 0, 0, 99]) },
+    // 4 GiB announced: refused from the header alone (nothing of it is buffered).
+    { name: 'oversize envelope', reason: 'oversize', hello: true, bytes: Buffer.from([0xff, 0xff, 0xff, 0xff, FrameKind.Envelope]) },
+    { name: 'oversize hello', reason: 'oversize', hello: false, bytes: Buffer.from([0, 0, 0x10, 0x01, FrameKind.Hello]) },
+    { name: 'not an Envelope', reason: 'undecodable', hello: true, bytes: encodeFrame(FrameKind.Envelope, Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff])) },
+    { name: 'envelope before hello', reason: 'no-hello', hello: false, bytes: envelopeFrame('c1', 1, 2, [app(1, 2, 1)]) },
+    // Before the Hello only control-sized frames are accepted (a stranger cannot make the node buffer 1 MiB).
+    { name: 'big envelope before hello', reason: 'oversize', hello: false, bytes: Buffer.from([0, 0, 0x20, 0x00, FrameKind.Envelope]) },
+    { name: 'bad hello', reason: 'bad-hello', hello: false, bytes: encodeControl(FrameKind.Hello, { cluster_id: 'c1', from: -1, to: 2, lane: 'regular' }) },
+    { name: 'hello twice', reason: 'unexpected-kind', hello: true, bytes: encodeControl(FrameKind.Hello, { cluster_id: 'c1', from: 1, to: 2, lane: 'regular' }) },
+  ];
+  try {
+    for (const c of cases) {
+      const before = b.transport.counts()[`transport.frame.rejected.${c.reason}`] ?? 0;
+      const raw = new RawPeer(b.transport.address());
+      if (c.hello) raw.hello('c1', 1, 2);
+      raw.write(c.bytes);
+      await raw.closed;
+      t.is(b.transport.counts()[`transport.frame.rejected.${c.reason}`], before + 1, c.name);
+    }
+    t.is(b.received.length, 0);
+  } finally {
+    await b.transport.close();
+  }
+});
+
+test.serial('the listener holds at most inboundConnectionsMax connections', async (t) => {
+  const b = await node(2, { limits: { inboundConnectionsMax: 3 } });
+  const peers: RawPeer[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      const raw = new RawPeer(b.transport.address());
+      raw.hello('c1', 1, 2);
+      t.truthy(await raw.frame(FrameKind.HelloOk));
+      peers.push(raw);
+    }
+    const extra = new RawPeer(b.transport.address());
+    extra.hello('c1', 1, 2);
+    await extra.closed;
+    t.is(extra.frames.length, 0);
+    t.is(b.transport.counts()['transport.stream.refused.too-many'], 1);
+    peers.pop()!.destroy();
+    await until(t, 'a slot frees', () => (b.transport.counts()['transport.stream.accepted'] ?? 0) === 3);
+    const again = new RawPeer(b.transport.address());
+    again.hello('c1', 1, 2);
+    let ok = await again.frame(FrameKind.HelloOk, 2000);
+    for (let i = 0; ok === undefined && i < 20; i++) {
+      // The close of the destroyed connection may not have reached the listener yet.
+      const retry = new RawPeer(b.transport.address());
+      retry.hello('c1', 1, 2);
+      ok = await retry.frame(FrameKind.HelloOk, 2000);
+      peers.push(retry);
+    }
+    t.truthy(ok, 'a freed slot is usable');
+    peers.push(again);
+  } finally {
+    for (const p of peers) p.destroy();
     await b.transport.close();
   }
 });
@@ -213,6 +306,34 @@ test.serial('a restarted receiver is reconnected to and delivery resumes in orde
   }
 });
 
+test.serial('a Hello from a peer we back off from ends the backoff at once', async (t) => {
+  // A long backoff (2.5-5 s after the first failure): only the peer's own Hello can end it early.
+  const slow = { reconnectBackoffMsMin: 5000, reconnectBackoffMsMax: 5000 };
+  const a = await node(1, { limits: slow });
+  let b = await node(2);
+  try {
+    const address = b.transport.address();
+    a.transport.addPeer(2, address);
+    a.transport.send([app(1, 2, 1)]);
+    await until(t, 'first delivery', () => b.received.length === 1);
+    await b.transport.close();
+    a.transport.send([app(1, 2, 2)]);
+    await until(t, 'backoff', () => a.transport.peerStats(2)!.state === 'backoff');
+    a.transport.send([app(1, 2, 3)]); // kept for the reconnect
+    b = await node(2, { listen: address });
+    const started = performance.now();
+    b.transport.addPeer(1, a.transport.address());
+    b.transport.send([app(2, 1, 1)]); // b's Hello reaches a
+    await until(t, 'delivery after the backoff ended', () => b.received.some((m) => m.index === 3), 10_000);
+    const ms = performance.now() - started;
+    t.is(a.transport.counts()['transport.peer.backoff-ended-by-probe'], 1);
+    t.true(ms < 2000, `delivered ${ms.toFixed(0)} ms after the peer said Hello (the backoff was at least 2.5 s)`);
+  } finally {
+    await a.transport.close();
+    await b.transport.close();
+  }
+});
+
 test.serial('addPeer with a new address moves the link there; removePeer stops it', async (t) => {
   const a = await node(1);
   const old = await node(2);
@@ -229,6 +350,12 @@ test.serial('addPeer with a new address moves the link there; removePeer stops i
     t.is(old.received.length, 1);
     a.transport.removePeer(2);
     t.is(a.transport.peerStats(2), undefined);
+    // An address that is no host:port fails the link (counted, reported), never throws out of send().
+    a.transport.addPeer(3, 'no-port-here');
+    a.transport.send([app(1, 3, 1)]);
+    t.is(a.transport.counts()['transport.peer.failed.bad-address'], 1);
+    t.true(a.unreachable.includes(3));
+    a.transport.removePeer(3);
     a.transport.send([app(1, 2, 3)]);
     t.is(a.transport.counts()['transport.send.dropped.unknown-peer'], 1);
   } finally {
@@ -267,24 +394,40 @@ test.serial('overflow toward a black-hole peer drops, reports unreachable, and s
   }
 });
 
-test.serial('a receiver that stops reading pushes back through HTTP/2 into the bounded queue', async (t) => {
-  // A raw RaftPeer server: answers the probe correctly, accepts streams, then never reads.
-  const server = new grpc.Server();
-  let framesRead = 0;
-  server.addService(serviceDefinition('raft.proto', 'chard.raft.RaftPeer'), {
-    Probe: (_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => callback(null, { cluster_id: 'c1', node_id: 2 }),
-    Stream: (call: grpc.ServerDuplexStream<unknown, unknown>) => {
-      call.write({ frames: 0 });
-      call.on('data', () => {
-        framesRead++;
-        call.pause();
-      });
-      call.on('error', () => {});
-    },
+/** helloServer: a raw peer server that answers every Hello with HelloOk as node `nodeId`, then `after` runs. */
+async function helloServer(clusterId: string, nodeId: NodeId, after: (socket: net.Socket) => void): Promise<{ port: number; close(): Promise<void> }> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => {});
+    const decoder = new FrameDecoder({ envelopeBytesMax: 64 * 1024 * 1024 });
+    const onData = (chunk: Buffer) => {
+      if (decoder.push(chunk).some((f) => f.kind === FrameKind.Hello)) {
+        socket.off('data', onData);
+        socket.write(encodeControl(FrameKind.HelloOk, { cluster_id: clusterId, node_id: nodeId }));
+        after(socket);
+      }
+    };
+    socket.on('data', onData);
   });
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
-  );
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+test.serial('a receiver that stops reading pushes back through TCP into the bounded queue', async (t) => {
+  // A raw peer server: answers the Hello correctly, then never reads again.
+  let framesRead = 0;
+  const server = await helloServer('c1', 2, (socket) => {
+    framesRead++;
+    socket.pause();
+  });
+  const port = server.port;
   const limits = { peerQueueMessagesMax: 100_000, peerQueueBytesMax: 2 * 1024 * 1024, streamInflightBytesMax: 512 * 1024, frameMessagesMax: 16 };
   const a = await node(1, { limits });
   try {
@@ -309,7 +452,48 @@ test.serial('a receiver that stops reading pushes back through HTTP/2 into the b
     t.deepEqual(a.unreachable, [2]);
   } finally {
     await a.transport.close();
-    server.forceShutdown();
+    await server.close();
+  }
+});
+
+test.serial('a peer that answers Hello and then stays silent fails the link by keepalive', async (t) => {
+  // Reads (so TCP never pushes back) but never answers a ping.
+  const server = await helloServer('c1', 2, (socket) => socket.on('data', () => {}));
+  const a = await node(1, { limits: { keepaliveTimeMs: 300, keepaliveTimeoutMs: 300 } });
+  try {
+    a.transport.addPeer(2, `127.0.0.1:${server.port}`);
+    a.transport.send([app(1, 2, 1)]);
+    await until(t, 'connected', () => a.transport.peerStats(2)!.state === 'streaming');
+    const started = performance.now();
+    const beat = setInterval(() => a.transport.send([app(1, 2, 2)]), 20);
+    try {
+      await until(t, 'keepalive failure', () => (a.transport.counts()['transport.peer.failed.keepalive'] ?? 0) > 0, 10_000);
+    } finally {
+      clearInterval(beat);
+    }
+    const ms = performance.now() - started;
+    t.true((a.transport.counts()['transport.ping.sent'] ?? 0) >= 1, 'pinged first');
+    t.true(ms >= 500, `failed after ${ms.toFixed(0)} ms (keepalive 300 + 300 ms)`);
+    t.true(a.unreachable.includes(2));
+  } finally {
+    await a.transport.close();
+    await server.close();
+  }
+});
+
+test.serial('a silent connection is closed by the receiver; one that never says Hello as well', async (t) => {
+  const b = await node(2, { limits: { keepaliveTimeMs: 100, keepaliveTimeoutMs: 100, probeTimeoutMs: 300 } });
+  try {
+    const mute = new RawPeer(b.transport.address());
+    await mute.connected;
+    const quiet = new RawPeer(b.transport.address());
+    quiet.hello('c1', 1, 2);
+    t.truthy(await quiet.frame(FrameKind.HelloOk));
+    await Promise.all([mute.closed, quiet.closed]);
+    t.is(b.transport.counts()['transport.stream.hello-timeout'], 1);
+    t.is(b.transport.counts()['transport.stream.silent-closed'], 1);
+  } finally {
+    await b.transport.close();
   }
 });
 
