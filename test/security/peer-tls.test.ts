@@ -1,4 +1,4 @@
-// grpc-tls: mutual TLS on the peer transport with the certificates `chard certs init` makes
+// peer-tls: mutual TLS on the peer transport with the certificates `chard certs init` makes
 // (peerCerts): a peer of the same CA is delivered to; a peer whose certificate another CA
 // signed, one without a certificate, and a plaintext one are refused in the TLS handshake — the
 // receiver accepts no stream and sees no message — and a peer of the same CA but another cluster
