@@ -7,13 +7,14 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { certsInit } from '../../src/cli/certs.js';
-import { type Message, message } from '../../src/raft/types.js';
+import type { Message } from '../../src/raft/types.js';
 import { FrameKind } from '../../src/transport/framing.js';
 import { StreamTransport } from '../../src/transport/stream-transport.js';
 import { type CertSet, loadCerts, peerCerts } from '../../src/transport/tls.js';
 import { json, RawPeer } from '../transport/raw-peer.js';
+import { until, heartbeat as hb } from '../helpers/until.js';
 
 const root = mkdtempSync(path.join(os.tmpdir(), 'chard-sec-grpc-'));
 const cluster = path.join(root, 'cluster');
@@ -25,17 +26,6 @@ test.before(() => {
 test.after.always(() => rmSync(root, { recursive: true, force: true }));
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-async function until(t: ExecutionContext, what: string, condition: () => boolean, timeoutMs = 15_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) {
-      t.fail(`timed out waiting for ${what}`);
-      throw new Error(`timed out waiting for ${what}`);
-    }
-    await sleep(5);
-  }
-}
-const hb = (from: number, to: number, index: number) => message({ type: 'Heartbeat', from, to, term: 1, index });
 
 test.serial('peer transport: only peers with a certificate of the cluster CA (and the right cluster id) get a message through', async (t) => {
   const receiver = new StreamTransport({ clusterId: 'c', nodeId: 2, listen: '127.0.0.1:0', tls: peerCerts(cluster), peerUnit: 'node' });

@@ -6,26 +6,16 @@
 // delivery; and the memory hub delivers in order, asynchronously, and reports unreachable peers.
 import test, { type ExecutionContext } from 'ava';
 import { SeededRandom } from '../../src/raft/random.js';
-import { type Message, message, type NodeId } from '../../src/raft/types.js';
+import type { Message, NodeId } from '../../src/raft/types.js';
 import { Faults, FaultyTransport } from '../../src/transport/faulty.js';
 import { MemoryHub } from '../../src/transport/memory.js';
 import { StreamTransport } from '../../src/transport/stream-transport.js';
 import type { Transport } from '../../src/transport/transport.js';
+import { until, heartbeat as hb } from '../helpers/until.js';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const afterFlush = () => new Promise<void>((resolve) => setImmediate(resolve));
-const hb = (from: NodeId, to: NodeId, index: number): Message => message({ type: 'Heartbeat', from, to, term: 1, index });
 
-async function until(t: ExecutionContext, what: string, condition: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) {
-      t.fail(`timed out waiting for ${what}`);
-      throw new Error(`timed out waiting for ${what}`);
-    }
-    await sleep(5);
-  }
-}
 
 interface Wired {
   transports: Map<NodeId, Transport>;

@@ -6,7 +6,7 @@
 // and node 3 catches up through snapshot chunks streamed over the peer transport (more than one chunk) plus the
 // entries after it, ending with the same state as the others. Unreachable reports reach
 // RawNode.reportUnreachable through Replica's wiring.
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { systemScheduler } from '../../src/node/clock.js';
 import { type MemberAddresses, Replica } from '../../src/node/replica.js';
 import { SeededRandom } from '../../src/raft/random.js';
@@ -14,8 +14,8 @@ import type { NodeId } from '../../src/raft/types.js';
 import { Faults, FaultyTransport } from '../../src/transport/faulty.js';
 import { StreamTransport } from '../../src/transport/stream-transport.js';
 import { MemoryReplicaStore, encodeCommand } from '../sim/memory-store.js';
+import { until } from '../helpers/until.js';
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 interface Node {
   id: NodeId;
@@ -26,16 +26,6 @@ interface Node {
   snapshotsInstalled: number;
 }
 
-async function until(t: ExecutionContext, what: string, condition: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) {
-      t.fail(`timed out waiting for ${what}`);
-      throw new Error(`timed out waiting for ${what}`);
-    }
-    await sleep(10);
-  }
-}
 
 test('three Replicas replicate and install a chunked snapshot over the stream transport', async (t) => {
   const ids = [1, 2, 3];

@@ -11,7 +11,7 @@
 // a flood of 1 MiB snapshot chunks does not delay heartbeats beyond a bound (latency measured and
 // printed). Serial, because some of them measure time.
 import net from 'node:net';
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { type Message, message, type NodeId } from '../../src/raft/types.js';
 import { encodeEnvelope } from '../../src/transport/codec.js';
 import { encodeControl, encodeFrame, FrameDecoder, FrameKind } from '../../src/transport/framing.js';
@@ -19,17 +19,10 @@ import { serializeEnvelope } from '../../src/transport/proto.js';
 import { StreamTransport } from '../../src/transport/stream-transport.js';
 import type { TransportLimits } from '../../src/transport/transport.js';
 import { json, RawPeer } from './raw-peer.js';
+import { until } from '../helpers/until.js';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-async function until(t: ExecutionContext, what: string, condition: () => boolean, timeoutMs = 15_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) t.fail(`timed out waiting for ${what}`);
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 interface Node {
   transport: StreamTransport;

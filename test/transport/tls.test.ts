@@ -4,13 +4,14 @@
 // unreachable, no Hello is answered), and the admin RPC plumbing serves and calls over TLS too.
 import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import test, { type ExecutionContext } from 'ava';
-import { type Message, message } from '../../src/raft/types.js';
+import test from 'ava';
+import type { Message } from '../../src/raft/types.js';
 import { buildChardServer, callUnary, createChardClient, listen } from '../../src/transport/grpc-server.js';
 import { StreamTransport } from '../../src/transport/stream-transport.js';
 import type { CertSet } from '../../src/transport/tls.js';
 import type { TransportCredentials } from '../../src/transport/transport.js';
 import { RawPeer } from './raw-peer.js';
+import { until, heartbeat as hb } from '../helpers/until.js';
 
 const fixtures = new URL('../../../test/transport/fixtures/', import.meta.url);
 const read = (name: string) => readFileSync(new URL(name, fixtures));
@@ -29,19 +30,7 @@ function certs(node: 'node1' | 'node2'): CertSet {
   return { ca, key: read(`${node}.key`), cert: read(`${node}.crt`) };
 }
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-async function until(t: ExecutionContext, what: string, condition: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) {
-      t.fail(`timed out waiting for ${what}`);
-      throw new Error(`timed out waiting for ${what}`);
-    }
-    await sleep(5);
-  }
-}
 
-const hb = (from: number, to: number, index: number) => message({ type: 'Heartbeat', from, to, term: 1, index });
 
 test.serial('mutual TLS between transports; a peer without a client certificate is refused', async (t) => {
   const one = new StreamTransport({ clusterId: 'c', nodeId: 1, listen: '127.0.0.1:0', tls: certs('node1') });

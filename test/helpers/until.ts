@@ -1,0 +1,20 @@
+/**
+ * until: the one condition wait of the transport tests. Polls `condition` until it holds; past
+ * `timeoutMs` (a deadline only a real hang reaches) the test fails naming `what`.
+ */
+import type { ExecutionContext } from 'ava';
+import { type Message, message, type NodeId } from '../../src/raft/types.js';
+
+export async function until(t: ExecutionContext, what: string, condition: () => boolean, timeoutMs = 30_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!condition()) {
+    if (performance.now() > deadline) {
+      t.fail(`timed out waiting for ${what}`);
+      throw new Error(`timed out waiting for ${what}`);
+    }
+    await new Promise<void>((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** heartbeat: a Heartbeat of term 1 carrying `index` (the messages the transport tests count). */
+export const heartbeat = (from: NodeId, to: NodeId, index: number): Message => message({ type: 'Heartbeat', from, to, term: 1, index });
