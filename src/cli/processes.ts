@@ -126,7 +126,16 @@ export function isAlive(pid: number): boolean {
     const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
     return state !== 'Z';
   } catch {
-    return true;
+    // /proc/PID went away between the signal check and these reads: the process (a zombie) was
+    // reaped meanwhile, so it is gone. Only if it still answers a signal is it counted alive (a
+    // read that failed for another reason). A full-cluster restart after kill -9 saw "node 2 is
+    // already running" here once in a clean CI run.
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
   }
 }
 
