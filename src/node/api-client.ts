@@ -10,7 +10,7 @@ import type { MemberReport, NodeStatusReport, VerifyReport } from './admin.js';
 import type { MemberAddresses } from './replica.js';
 import type { Session, SessionCommand } from '../volume/command.js';
 import type { VolumeInfo } from '../volume/rules.js';
-import { statusToError } from '../transport/grpc-server.js';
+import { clientChannelOptions, statusToError } from '../transport/grpc-server.js';
 import { clientConstructor } from '../transport/proto.js';
 
 export interface ClientLimits {
@@ -46,7 +46,7 @@ export class NodeApi {
     private readonly limits: ClientLimits,
     private readonly clusterId?: string,
   ) {
-    const options = { 'grpc.max_receive_message_length': limits.messageBytesMax, 'grpc.max_send_message_length': limits.messageBytesMax };
+    const options = clientChannelOptions(limits.messageBytesMax);
     const Admin = clientConstructor('chard.proto', 'chard.v1.Admin');
     const Block = clientConstructor('chard.proto', 'chard.v1.Block');
     this.admin = new Admin(address, credentials, options);

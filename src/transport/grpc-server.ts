@@ -27,6 +27,7 @@ import {
   UsageError,
 } from '../errors.js';
 import { clientConstructor, serviceDefinition } from './proto.js';
+import { defaultTransportLimits } from './transport.js';
 
 export const adminMethods = [
   'Status',
@@ -294,14 +295,28 @@ export interface ChardClientOptions {
   messageBytesMax?: number;
 }
 
+/**
+ * clientChannelOptions: the options of every gRPC client channel chard opens (the CLI's, the
+ * attach agent's, a follower's write forwarder). The reconnect backoff is the raft link's
+ * (reconnectBackoffMsMin doubling to reconnectBackoffMsMax): grpc-js's own starts at 1 s and
+ * grows by 1.6× to 120 s, so a client that had tried a node through a 10 s outage first
+ * reconnected 3-12 s after the node was back (the agent test's "first write after the restart").
+ * A dead node now costs one refused connect per half second per channel.
+ */
+export function clientChannelOptions(messageBytesMax: number): grpc.ChannelOptions {
+  return {
+    'grpc.max_receive_message_length': messageBytesMax,
+    'grpc.max_send_message_length': messageBytesMax,
+    'grpc.initial_reconnect_backoff_ms': defaultTransportLimits.reconnectBackoffMsMin,
+    'grpc.max_reconnect_backoff_ms': defaultTransportLimits.reconnectBackoffMsMax,
+  };
+}
+
 /** createChardClient: a client of one chard.v1 service at host:port. */
 export function createChardClient(service: ChardService, address: string, options: ChardClientOptions = {}): grpc.Client {
   const messageBytesMax = options.messageBytesMax ?? defaultMessageBytesMax;
   const Client = clientConstructor('chard.proto', chardServices[service]);
-  return new Client(address, options.credentials ?? grpc.credentials.createInsecure(), {
-    'grpc.max_receive_message_length': messageBytesMax,
-    'grpc.max_send_message_length': messageBytesMax,
-  });
+  return new Client(address, options.credentials ?? grpc.credentials.createInsecure(), clientChannelOptions(messageBytesMax));
 }
 
 export interface CallOptions {

@@ -145,3 +145,53 @@ test('error mapping is its own inverse for every ErrorCode', (t) => {
   t.throws(() => wireInteger(-1, 'f'), { instanceOf: UsageError });
   t.throws(() => wireInteger(2 ** 60, 'f'), { instanceOf: UsageError });
 });
+
+test('a client channel retries a dead address at the raft link backoff, not at grpc-js defaults', async (t) => {
+  // The port stays ours through the outage: a plain TCP server that drops every connection, so
+  // each of the channel's attempts fails and its backoff grows, as toward a dead node; the
+  // server counts the attempts. grpc-js's own backoff (1 s growing by 1.6x to 120 s) tries at
+  // about 0, 1, 2.6 and 5.2 s: 3-4 attempts in a 5 s outage, and after a 10 s outage a client
+  // first reached a restarted node 3-12 s late. With clientChannelOptions (50 ms doubling to
+  // 500 ms) it tries ~12 times. Then a chard server takes the port and a call succeeds.
+  const { createServer } = await import('node:net');
+  let attempts = 0;
+  const dropper = createServer((socket) => {
+    attempts++;
+    socket.destroy();
+  });
+  await new Promise<void>((resolve) => dropper.listen(0, '127.0.0.1', resolve));
+  const port = (dropper.address() as { port: number }).port;
+  const admin = createChardClient('Admin', `127.0.0.1:${port}`);
+  const server = buildChardServer({ Admin: { Status: () => ({ cluster_id: 'c1', node_id: 1 }) } });
+  const retry = () => new Promise((resolve) => setTimeout(resolve, 100));
+  try {
+    const outageMs = 5_000;
+    const started = performance.now();
+    while (performance.now() - started < outageMs) {
+      await callUnary(admin, 'Status', {}, { timeoutMs: 500 }).then(
+        () => t.fail('a call succeeded during the outage'),
+        () => undefined,
+      );
+      await retry();
+    }
+    const during = attempts;
+    await new Promise<void>((resolve) => dropper.close(() => resolve()));
+    await listen(server, `127.0.0.1:${port}`);
+    const upAt = performance.now();
+    let ok = false;
+    while (!ok) {
+      ok = await callUnary(admin, 'Status', {}, { timeoutMs: 500 }).then(
+        () => true,
+        () => false,
+      );
+      if (!ok && performance.now() - upAt > 30_000) throw new Error('no reconnect within 30 s');
+      if (!ok) await retry();
+    }
+    t.log(`${during} connection attempts in a ${outageMs} ms outage; first success ${(performance.now() - upAt).toFixed(0)} ms after the server was back`);
+    t.true(during >= 8, `${during} connection attempts in ${outageMs} ms`);
+  } finally {
+    admin.close();
+    server.forceShutdown();
+    dropper.close();
+  }
+});
