@@ -95,6 +95,35 @@ export class LocalCluster {
     this.reload();
   }
 
+  /**
+   * waitRejoined: wait until node `id` is back in the cluster: it follows a leader that counts it
+   * as replicating with everything up to the leader's commit index. `node start` returns once the
+   * process is spawned, so a test that kills the next leader right after restart() kills it while
+   * the restarted node is still starting, and measures a double failure. The deadline is one only
+   * a hang reaches.
+   */
+  async waitRejoined(id: number, timeoutMs = 60_000): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    let last = 'no status yet';
+    for (;;) {
+      try {
+        const own = await this.api(id).status(2_000);
+        if (own.leader !== 0 && own.leader !== id) {
+          const leader = await this.api(own.leader).status(2_000);
+          const progress = leader.progress.find((p) => p.id === id);
+          if (leader.role === 'leader' && progress !== undefined && progress.state === 'replicate' && progress.match >= leader.commitIndex && own.appliedIndex >= leader.commitIndex) return;
+          last = `leader ${own.leader}: ${JSON.stringify(progress)}, commit ${leader.commitIndex}, node applied ${own.appliedIndex}`;
+        } else {
+          last = `node ${id} is ${own.role} and knows leader ${own.leader}`;
+        }
+      } catch (error) {
+        last = String(error);
+      }
+      if (performance.now() > deadline) throw new Error(`node ${id} did not rejoin within ${timeoutMs} ms (${last})`);
+      await sleep(20);
+    }
+  }
+
   alive(): number[] {
     return this.file.nodes.filter((n) => isAlive(n.pid)).map((n) => n.id);
   }

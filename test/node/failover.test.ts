@@ -3,8 +3,11 @@
  *
  * Proves: after each kill a new leader is elected and serves a write (measured from the kill to
  * the acknowledged write of a client that starts writing at the kill; the election time is taken
- * from the new leader's log). The target is 1 s; the test asserts p50 <= 1.5 s as a regression
- * bound that a loaded 2-core machine still meets, and every one within the liveness bound; no
+ * from the new leader's log). Each kill is a single failure: the killed node is restarted and
+ * rejoined (LocalCluster.waitRejoined) before the next one; without that wait the next kill came
+ * while it was still starting, and its failover waited for it (p50 1-1.5 s instead of ~0.45 s).
+ * The target is 1 s; the test asserts p50 <= 1.5 s as a regression bound that a loaded 2-core
+ * machine still meets, and every one within the liveness bound; no
  * acknowledged write is ever lost (every block acknowledged before any kill reads back the same
  * from every node at the end); `chard verify` finds every replica equal at the same applied
  * index. It fails if a write goes missing, a replica diverges, or a failover never completes.
@@ -61,6 +64,8 @@ test('kill -9 of the leader 20 times: a new leader serves, nothing acknowledged 
       electedMs.push(elected === undefined ? Number.NaN : elected.time - killedAtWall);
       await cluster.waitDead(leader);
       await cluster.restart(leader);
+      // The next kill is of a whole cluster again: one failure at a time.
+      await cluster.waitRejoined(leader);
     }
     const fmt = (v: number[]) => `p50 ${quantile(v, 0.5).toFixed(0)} ms, max ${Math.max(...v).toFixed(0)} ms`;
     t.log(`${kills} leader kills: elected ${fmt(electedMs)}; first write served ${fmt(servedMs)}`);
