@@ -20,6 +20,7 @@
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { parseIntOption } from '../cli/cluster-file.js';
 import { mainScript } from '../cli/processes.js';
 import { ErrorCode, UsageError } from '../errors.js';
 import { NetLab, type NetLabDescriptor } from './netlab.js';
@@ -59,12 +60,6 @@ export function parseDuration(text: string): number {
   const ms = value * ({ ms: 1, s: 1000, m: 60_000, h: 3600_000 } as const)[unit as 'ms' | 's' | 'm' | 'h'];
   if (!(ms > 0) || ms > chaosDurationMsMax) throw new UsageError(ErrorCode.InvalidArgument, `--duration must be in (0, 24h]`);
   return Math.round(ms);
-}
-
-function parseIntOption(text: string, name: string, min: number, max: number): number {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(ErrorCode.InvalidArgument, `${name} must be an integer in ${min}..${max}, got "${text}"`);
-  return n;
 }
 
 interface Parsed {

@@ -72,6 +72,13 @@ export function writeClusterFile(dir: string, cluster: ClusterFile): void {
   renameSync(temporary, file);
 }
 
+/** parseIntOption: an integer option in min..max, or a coded usage error naming it (the CLI's one rule for integer options). */
+export function parseIntOption(text: string, name: string, min: number, max: number): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(ErrorCode.InvalidArgument, `${name} must be an integer in ${min}..${max}, got "${text}"`);
+  return n;
+}
+
 /** parseSize: "1GiB", "512MiB", "4096", "1G" → bytes; throws INVALID_ARGUMENT with the reason. */
 export function parseSize(text: string): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$/i.exec(text);

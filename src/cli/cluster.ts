@@ -10,6 +10,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
 import path from 'node:path';
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
 import type { NodeConfig } from '../node/config.js';
@@ -205,8 +206,16 @@ export async function clusterDown(dirOption: string): Promise<{ id: number; resu
   return results;
 }
 
-/** nodeStartFromDir: (re)start node `id` of the local cluster in `dir`. */
-export async function nodeStartFromDir(dirOption: string, id: number, foreground: boolean, logLevel?: string): Promise<{ pid: number } | undefined> {
+/** nodeStartWaitMsDefault: how long `node start --dir` waits for the node to listen (opening a large log can take a while). */
+export const nodeStartWaitMsDefault = 60_000;
+
+/**
+ * nodeStartFromDir: (re)start node `id` of the local cluster in `dir`. Detached, it returns once
+ * the node listens on its admin address (its stores are open and it serves), so that
+ * "started" means started: a node that exits during start-up (a port in use, a damaged store)
+ * is an error naming its log, not a success. `waitMs` 0 returns at the spawn.
+ */
+export async function nodeStartFromDir(dirOption: string, id: number, foreground: boolean, logLevel?: string, waitMs = nodeStartWaitMsDefault): Promise<{ pid: number } | undefined> {
   const dir = path.resolve(dirOption);
   const cluster = readClusterFile(dir);
   const entry = cluster.nodes.find((n) => n.id === id);
@@ -224,7 +233,40 @@ export async function nodeStartFromDir(dirOption: string, id: number, foreground
   const target = updated.nodes.find((n) => n.id === id);
   if (target !== undefined) target.pid = pid;
   writeClusterFile(dir, updated);
+  if (waitMs > 0 && target !== undefined) await waitListening(target, pid, waitMs);
   return { pid };
+}
+
+/**
+ * waitListening: until node `n` (process `pid`) accepts connections on its admin address, it
+ * exits (an error), or `waitMs` passes (an error). The admin server starts after the stores are
+ * open, so a connection means the node serves. A TCP connection rather than a Status call: a
+ * node may refuse our credentials (another CA) and still be up.
+ */
+async function waitListening(n: { id: number; admin: string; data: string }, pid: number, waitMs: number): Promise<void> {
+  const deadline = performance.now() + waitMs;
+  const log = path.join(n.data, 'node.log');
+  const colon = n.admin.lastIndexOf(':');
+  const host = n.admin.slice(0, colon).replace(/^\[|\]$/g, '');
+  const port = Number(n.admin.slice(colon + 1));
+  for (;;) {
+    if (!isAlive(pid)) throw new RemoteError(ErrorCode.Unavailable, `node ${n.id} (pid ${pid}) exited during start-up; see ${log}`);
+    const listening = await new Promise<boolean>((resolve) => {
+      const socket = connect({ host, port, timeout: 1_000 });
+      const done = (ok: boolean) => {
+        socket.destroy();
+        resolve(ok);
+      };
+      socket.once('connect', () => done(true));
+      socket.once('timeout', () => done(false));
+      socket.once('error', () => done(false));
+    });
+    if (listening) return;
+    if (performance.now() > deadline) {
+      throw new RemoteError(ErrorCode.Timeout, `node ${n.id} (pid ${pid}) is running but did not listen on ${n.admin} within ${waitMs} ms; see ${log}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }
 
 /**

@@ -9,8 +9,8 @@ import path from 'node:path';
 import { Command, Option } from 'commander';
 import { ChardError, ErrorCode, UsageError, fromSystemError } from '../errors.js';
 import { ClusterClient, clusterCredentials, clusterTargets } from './client.js';
-import { formatSize, parseSize, table } from './cluster-file.js';
-import { clusterDown, clusterUp, nodeInit, nodeStartFromDir } from './cluster.js';
+import { formatSize, parseIntOption, parseSize, table } from './cluster-file.js';
+import { clusterDown, clusterUp, nodeInit, nodeStartFromDir, nodeStartWaitMsDefault } from './cluster.js';
 import { hostNodeConfig, hostPorts, parseMembers, validateLogLevel } from '../node/config.js';
 
 // grpc-js hands an IP target to TLS as the server name, which Node flags (DEP0123) on every TLS
@@ -148,6 +148,7 @@ node
   .option('--foreground', 'with --dir: run in this process instead of detaching')
   .option('--log-level <level>', 'with --config or --foreground: log level (fatal, error, warn, info, debug, trace, silent); overrides the config file')
   .option('--json', 'with --dir: print {"id", "pid"}')
+  .option('--wait <ms>', 'with --dir: wait until the node listens on its admin address (0: return once it is spawned)', String(nodeStartWaitMsDefault))
   .action(async (options) => {
     if (options.config !== undefined) {
       const { runNodeProcess } = await import('../node/process.js');
@@ -157,8 +158,9 @@ node
     if (options.dir === undefined || options.id === undefined) {
       throw new UsageError(ErrorCode.InvalidArgument, 'node start needs --config FILE, or --dir DIR and --id ID');
     }
-    const result = await nodeStartFromDir(options.dir, parseId(options.id), options.foreground === true, options.logLevel);
-    if (result !== undefined) print(options, { id: parseId(options.id), pid: result.pid }, () => `node ${options.id} started (pid ${result.pid})`);
+    const waitMs = parseIntOption(options.wait, '--wait', 0, 3_600_000);
+    const result = await nodeStartFromDir(options.dir, parseId(options.id), options.foreground === true, options.logLevel, waitMs);
+    if (result !== undefined) print(options, { id: parseId(options.id), pid: result.pid }, () => `node ${options.id} ${waitMs > 0 ? 'started' : 'spawned'} (pid ${result.pid})`);
   });
 
 node
@@ -380,7 +382,7 @@ targetOptions(program.command('verify').description('compare a hash of every rep
   .option('--timeout <ms>', 'how long to wait for replicas to reach the same applied index', '30000')
   .action(async (options: TargetOptions & { timeout: string }) => {
     await withClient(options, async (client) => {
-      const result = await client.verify(Number(options.timeout));
+      const result = await client.verify(parseIntOption(options.timeout, '--timeout', 1, 3_600_000));
       print(options, result, () =>
         [`${result.equal ? 'equal' : 'DIVERGED'} at applied index ${result.appliedIndex}`, ...result.replicas.map((r) => `node ${r.id}: ${r.hash}`)].join('\n'),
       );
