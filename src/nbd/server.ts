@@ -33,6 +33,7 @@ import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import { AssertionFailure, assert } from '../assert.js';
+import { ByteQueue } from '../byte-queue.js';
 import { ChardError, ErrorCode, InternalError, RemoteError, UsageError } from '../errors.js';
 import type { BlockBackend, ExportHandle, ExportInfo, Extent, ReadChunk } from './backend.js';
 import {
@@ -223,15 +224,13 @@ const zeroBuffer = Buffer.alloc(1024 * 1024);
 
 /** StreamReader: exact-size reads from a Duplex with bounded buffering (pauses the stream). */
 class StreamReader {
-  private readonly chunks: Buffer[] = [];
-  private bufferedBytes = 0;
+  private readonly queue = new ByteQueue();
   private done = false;
   private paused = false;
   private pending: { bytes: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
   private readonly onData = (chunk: Buffer): void => {
     if (this.done) return;
-    this.chunks.push(chunk);
-    this.bufferedBytes += chunk.length;
+    this.queue.push(chunk);
     this.wake();
     this.flow();
   };
@@ -263,14 +262,14 @@ class StreamReader {
     this.stream.off('close', this.finish);
     this.stream.off('error', this.finish);
     this.done = true;
-    return this.bufferedBytes;
+    return this.queue.length;
   }
 
   read(bytes: number): Promise<Buffer> {
     assert(this.pending === undefined, 'one read at a time');
     assert(Number.isSafeInteger(bytes) && bytes >= 0, 'read size');
-    if (this.bufferedBytes >= bytes) {
-      const out = this.take(bytes);
+    if (this.queue.length >= bytes) {
+      const out = this.queue.take(bytes);
       this.flow();
       return Promise.resolve(out);
     }
@@ -293,16 +292,16 @@ class StreamReader {
 
   private wake(): void {
     const p = this.pending;
-    if (p && this.bufferedBytes >= p.bytes) {
+    if (p && this.queue.length >= p.bytes) {
       this.pending = undefined;
-      p.resolve(this.take(p.bytes));
+      p.resolve(this.queue.take(p.bytes));
     }
   }
 
   private flow(): void {
     if (this.done) return;
     const wantBytes = Math.max(this.pending?.bytes ?? 0, this.readaheadBytes);
-    if (this.bufferedBytes >= wantBytes) {
+    if (this.queue.length >= wantBytes) {
       if (!this.paused) {
         this.paused = true;
         this.stream.pause();
@@ -311,30 +310,6 @@ class StreamReader {
       this.paused = false;
       this.stream.resume();
     }
-  }
-
-  private take(bytes: number): Buffer {
-    assert(bytes <= this.bufferedBytes, 'take within buffer');
-    this.bufferedBytes -= bytes;
-    if (bytes === 0) return Buffer.alloc(0);
-    const first = this.chunks[0]!;
-    if (first.length >= bytes) {
-      const out = first.subarray(0, bytes);
-      if (first.length === bytes) this.chunks.shift();
-      else this.chunks[0] = first.subarray(bytes);
-      return out;
-    }
-    const out = Buffer.allocUnsafe(bytes);
-    let at = 0;
-    while (at < bytes) {
-      const c = this.chunks[0]!;
-      const n = Math.min(c.length, bytes - at);
-      c.copy(out, at, 0, n);
-      at += n;
-      if (n === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(n);
-    }
-    return out;
   }
 }
 

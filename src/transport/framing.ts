@@ -15,6 +15,8 @@
  * oversize length is a FramingError (a reason for counting); the caller destroys the connection.
  */
 
+import { ByteQueue } from '../byte-queue.js';
+
 /** FrameKind: the one-byte kind of a frame. */
 export const FrameKind = {
   Hello: 1,
@@ -111,8 +113,7 @@ export interface Frame {
  * (checked first) plus one header; a FramingError leaves the decoder unusable.
  */
 export class FrameDecoder {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
+  private readonly queue = new ByteQueue();
   /** pending: the header of the frame whose payload is awaited. */
   private pending: { kind: FrameKind; length: number } | undefined;
   private failed = false;
@@ -122,21 +123,18 @@ export class FrameDecoder {
 
   /** bufferedBytes: bytes held, waiting for the rest of their frame. */
   get bufferedBytes(): number {
-    return this.buffered;
+    return this.queue.length;
   }
 
   /** push: the frames completed by `chunk`, in order. Throws FramingError on a framing violation. */
   push(chunk: Buffer): Frame[] {
     if (this.failed) throw new Error('push after a framing error');
-    if (chunk.length > 0) {
-      this.chunks.push(chunk);
-      this.buffered += chunk.length;
-    }
+    this.queue.push(chunk);
     const frames: Frame[] = [];
     for (;;) {
       if (this.pending === undefined) {
-        if (this.buffered < frameHeaderBytes) break;
-        const header = this.take(frameHeaderBytes);
+        if (this.queue.length < frameHeaderBytes) break;
+        const header = this.queue.take(frameHeaderBytes);
         const length = header.readUInt32BE(0);
         const kind = header[4]!;
         const max = payloadBytesMax(kind, this.limits);
@@ -150,33 +148,10 @@ export class FrameDecoder {
         }
         this.pending = { kind: kind as FrameKind, length };
       }
-      if (this.buffered < this.pending.length) break;
-      frames.push({ kind: this.pending.kind, payload: this.take(this.pending.length) });
+      if (this.queue.length < this.pending.length) break;
+      frames.push({ kind: this.pending.kind, payload: this.queue.take(this.pending.length) });
       this.pending = undefined;
     }
     return frames;
-  }
-
-  /** take: the next `n` buffered bytes (a view when they lie in one chunk). */
-  private take(n: number): Buffer {
-    this.buffered -= n;
-    const first = this.chunks[0];
-    if (n === 0) return Buffer.alloc(0);
-    if (first !== undefined && first.length >= n) {
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-      return first.subarray(0, n);
-    }
-    const out = Buffer.allocUnsafe(n);
-    let filled = 0;
-    while (filled < n) {
-      const chunk = this.chunks[0]!;
-      const part = Math.min(chunk.length, n - filled);
-      chunk.copy(out, filled, 0, part);
-      filled += part;
-      if (part === chunk.length) this.chunks.shift();
-      else this.chunks[0] = chunk.subarray(part);
-    }
-    return out;
   }
 }
