@@ -10,7 +10,6 @@
 
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
 import path from 'node:path';
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
 import type { NodeConfig } from '../node/config.js';
@@ -18,7 +17,7 @@ import type { MemberAddresses } from '../node/replica.js';
 import { ensureCerts } from './certs.js';
 import { ClusterClient, clusterCredentials } from './client.js';
 import { type ClusterFile, clusterFilePath, formatSize, readClusterFile, table, writeClusterFile } from './cluster-file.js';
-import { freePorts, isAlive, nodeDir, planAddresses, readNodeConfigFile, spawnNode, stopProcess, writeNodeConfig } from './processes.js';
+import { freePorts, isAlive, nodeDir, planAddresses, readNodeConfigFile, spawnNode, startNodeWaiting, stopProcess, writeNodeConfig } from './processes.js';
 
 export const clusterNodesMax = 7;
 export const defaultVolumeName = 'default';
@@ -206,12 +205,12 @@ export async function clusterDown(dirOption: string): Promise<{ id: number; resu
   return results;
 }
 
-/** nodeStartWaitMsDefault: how long `node start --dir` waits for the node to listen (opening a large log can take a while). */
+/** nodeStartWaitMsDefault: how long `node start --dir` waits for the node to serve (opening a large log can take a while). */
 export const nodeStartWaitMsDefault = 60_000;
 
 /**
  * nodeStartFromDir: (re)start node `id` of the local cluster in `dir`. Detached, it returns once
- * the node listens on its admin address (its stores are open and it serves), so that
+ * the node says it serves (every listener bound: startNodeWaiting), so that
  * "started" means started: a node that exits during start-up (a port in use, a damaged store)
  * is an error naming its log, not a success. `waitMs` 0 returns at the spawn.
  */
@@ -228,46 +227,21 @@ export async function nodeStartFromDir(dirOption: string, id: number, foreground
     await runNodeProcess(path.join(nodeDir(dir, id), 'node.json'), logLevel !== undefined ? { logLevel } : {});
     return undefined;
   }
-  const pid = spawnNode(dir, id);
-  const updated = readClusterFile(dir);
-  const target = updated.nodes.find((n) => n.id === id);
-  if (target !== undefined) target.pid = pid;
-  writeClusterFile(dir, updated);
-  if (waitMs > 0 && target !== undefined) await waitListening(target, pid, waitMs);
-  return { pid };
+  if (entry === undefined) throw new UsageError(ErrorCode.NotFound, `node ${id} is not listed in ${clusterFilePath(dir)}`);
+  const recordPid = (pid: number) => {
+    const updated = readClusterFile(dir);
+    const target = updated.nodes.find((n) => n.id === id);
+    if (target !== undefined) target.pid = pid;
+    writeClusterFile(dir, updated);
+  };
+  if (waitMs === 0) {
+    const pid = spawnNode(dir, id);
+    recordPid(pid);
+    return { pid };
+  }
+  return { pid: await startNodeWaiting(dir, id, waitMs, recordPid) };
 }
 
-/**
- * waitListening: until node `n` (process `pid`) accepts connections on its admin address, it
- * exits (an error), or `waitMs` passes (an error). The admin server starts after the stores are
- * open, so a connection means the node serves. A TCP connection rather than a Status call: a
- * node may refuse our credentials (another CA) and still be up.
- */
-async function waitListening(n: { id: number; admin: string; data: string }, pid: number, waitMs: number): Promise<void> {
-  const deadline = performance.now() + waitMs;
-  const log = path.join(n.data, 'node.log');
-  const colon = n.admin.lastIndexOf(':');
-  const host = n.admin.slice(0, colon).replace(/^\[|\]$/g, '');
-  const port = Number(n.admin.slice(colon + 1));
-  for (;;) {
-    if (!isAlive(pid)) throw new RemoteError(ErrorCode.Unavailable, `node ${n.id} (pid ${pid}) exited during start-up; see ${log}`);
-    const listening = await new Promise<boolean>((resolve) => {
-      const socket = connect({ host, port, timeout: 1_000 });
-      const done = (ok: boolean) => {
-        socket.destroy();
-        resolve(ok);
-      };
-      socket.once('connect', () => done(true));
-      socket.once('timeout', () => done(false));
-      socket.once('error', () => done(false));
-    });
-    if (listening) return;
-    if (performance.now() > deadline) {
-      throw new RemoteError(ErrorCode.Timeout, `node ${n.id} (pid ${pid}) is running but did not listen on ${n.admin} within ${waitMs} ms; see ${log}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
 
 /**
  * nodeInit: prepare a NEW node for the local cluster in `dir` (a joining node: no bootstrap),

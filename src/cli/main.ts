@@ -148,7 +148,7 @@ node
   .option('--foreground', 'with --dir: run in this process instead of detaching')
   .option('--log-level <level>', 'with --config or --foreground: log level (fatal, error, warn, info, debug, trace, silent); overrides the config file')
   .option('--json', 'with --dir: print {"id", "pid"}')
-  .option('--wait <ms>', 'with --dir: wait until the node listens on its admin address (0: return once it is spawned)', String(nodeStartWaitMsDefault))
+  .option('--wait <ms>', 'with --dir: wait until the node serves, every listener bound (0: return once it is spawned)', String(nodeStartWaitMsDefault))
   .action(async (options) => {
     if (options.config !== undefined) {
       const { runNodeProcess } = await import('../node/process.js');

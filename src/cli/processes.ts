@@ -5,13 +5,13 @@
  * appended to `DIR/nI/node.log`.
  */
 
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ErrorCode, RemoteError, UsageError } from '../errors.js';
-import type { NodeConfig } from '../node/config.js';
+import { type NodeConfig, nodeReadyMessage } from '../node/config.js';
 import type { MemberAddresses } from '../node/replica.js';
 
 /** mainScript: the compiled CLI entry point (dist/src/cli/main.js). */
@@ -93,6 +93,52 @@ export function nodeProcessFlags(env: NodeJS.ProcessEnv): string[] {
  * NODE_OPTIONS).
  */
 export function spawnNode(dir: string, id: number, extraEnv: Record<string, string> = {}): number {
+  const child = spawnNodeProcess(dir, id, extraEnv, false);
+  child.unref();
+  return child.pid!;
+}
+
+/**
+ * startNodeWaiting: spawnNode with an IPC channel on which the node says it serves (every
+ * listener bound, the replica running: src/node/process.ts nodeReadyMessage). `recordPid` runs
+ * at once with the new pid, before the wait. Resolves once the node said so; rejects with
+ * UNAVAILABLE naming its log when it exits first (a port in use, a damaged store), and with
+ * TIMEOUT when it still starts after `waitMs` (it is left running). The channel is let go either way.
+ */
+export function startNodeWaiting(dir: string, id: number, waitMs: number, recordPid: (pid: number) => void): Promise<number> {
+  const child = spawnNodeProcess(dir, id, {}, true);
+  const pid = child.pid!;
+  const log = path.join(nodeDir(dir, id), 'node.log');
+  recordPid(pid);
+  return new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      settle(new RemoteError(ErrorCode.Timeout, `node ${id} (pid ${pid}) is still starting after ${waitMs} ms; it keeps running; see ${log}`));
+    }, waitMs);
+    const onMessage = (message: unknown) => {
+      if (typeof message === 'object' && message !== null && (message as { kind?: unknown }).kind === nodeReadyMessage) settle(undefined);
+    };
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+      settle(new RemoteError(ErrorCode.Unavailable, `node ${id} (pid ${pid}) exited during start-up (${signal ?? `status ${code}`}); see ${log}`));
+    };
+    let settled = false;
+    const settle = (error: Error | undefined) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      child.off('message', onMessage);
+      child.off('exit', onExit);
+      if (child.connected) child.disconnect();
+      child.unref();
+      if (error === undefined) resolve(pid);
+      else reject(error);
+    };
+    child.on('message', onMessage);
+    child.on('exit', onExit);
+    child.on('error', (error) => settle(new RemoteError(ErrorCode.Unavailable, `node ${id}: ${error.message}`)));
+  });
+}
+
+function spawnNodeProcess(dir: string, id: number, extraEnv: Record<string, string>, ipc: boolean): ChildProcess {
   const log = openSync(path.join(nodeDir(dir, id), 'node.log'), 'a');
   const profileDir = process.env.CHARD_NODE_CPU_PROF_DIR;
   const profileFlags = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=node${id}-${Date.now()}.cpuprofile`] : [];
@@ -100,12 +146,11 @@ export function spawnNode(dir: string, id: number, extraEnv: Record<string, stri
   try {
     const child = spawn(process.execPath, [...nodeProcessFlags(env), ...profileFlags, mainScript, 'node', 'start', '--config', nodeConfigPath(dir, id)], {
       detached: true,
-      stdio: ['ignore', log, log],
+      stdio: ipc ? ['ignore', log, log, 'ipc'] : ['ignore', log, log],
       env,
     });
     if (child.pid === undefined) throw new RemoteError(ErrorCode.Unavailable, `could not start node ${id}`);
-    child.unref();
-    return child.pid;
+    return child;
   } finally {
     closeSync(log);
   }

@@ -20,6 +20,9 @@ import { type BlockStoreLimits, defaultBlockStoreLimits } from '../blockstore/in
 import { ReadOnlyOption } from '../raft/config.js';
 import { defaultReplicaLimits, type MemberAddresses, type ReplicaLimits } from './replica.js';
 
+/** nodeReadyMessage: the `kind` of the IPC message a node process sends the CLI that spawned it once it serves (cli/processes.ts startNodeWaiting). */
+export const nodeReadyMessage = 'chard.node.ready';
+
 export interface NodeConfig {
   clusterId: string;
   id: number;

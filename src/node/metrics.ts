@@ -13,6 +13,7 @@
  */
 
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { assert } from '../assert.js';
 import * as prom from 'prom-client';
 import type { BlockBackend, ExportHandle } from '../nbd/backend.js';
 import { Role } from '../raft/types.js';
@@ -356,6 +357,7 @@ export class PromExporter implements CounterSink {
   }
 
   inc(name: string, by: number): void {
+    assert(!(by < 0), `a counter only grows (${name} by ${by})`); // what prom-client refuses, refused where it happens
     // Every NBD request and raft message counts several names: the name → metrics mapping is
     // worked out once per name (names come from code: a bounded set; incPlansMax is a backstop),
     // and what only adds to counters is summed here and added at the next scrape (flush): a
@@ -375,10 +377,10 @@ export class PromExporter implements CounterSink {
   /** flush: add the summed counter increments and the latest deferred gauge values to the prom-client metrics. */
   private flush(): void {
     for (const [name, by] of this.pendingIncs) {
+      this.pendingIncs.delete(name); // taken before it is applied: a failure is never applied twice
       const plan = this.incPlans.get(name) ?? this.planInc(name);
       for (const increment of plan) increment(by);
     }
-    this.pendingIncs.clear();
     if (this.pendingInflight !== undefined) {
       this.gauge('chard_nbd_inflight_requests', 'NBD requests being served').set(this.pendingInflight);
       this.pendingInflight = undefined;
@@ -525,8 +527,8 @@ export class PromExporter implements CounterSink {
   }
 
   /** text: the Prometheus text exposition of every metric. */
-  text(): Promise<string> {
-    this.flush();
+  async text(): Promise<string> {
+    this.flush(); // a failure rejects this scrape (the HTTP handler answers 500), never the caller of inc
     return this.registry.metrics();
   }
 

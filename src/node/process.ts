@@ -7,7 +7,7 @@
 
 import { pino } from 'pino';
 import { systemScheduler } from './clock.js';
-import { loadNodeConfig, validateLogLevel } from './config.js';
+import { loadNodeConfig, nodeReadyMessage, validateLogLevel } from './config.js';
 import { ChardNode, type LogContext } from './node.js';
 
 export interface NodeProcessOptions {
@@ -31,6 +31,13 @@ export async function runNodeProcess(configFile: string, options: NodeProcessOpt
   } catch (error) {
     logger.error({ err: error instanceof Error ? { message: error.message, code: (error as { code?: string }).code, stack: error.stack } : String(error) }, 'node failed to start');
     throw error;
+  }
+  // `chard node start --dir` spawns the node with an IPC channel and waits for this message:
+  // every listener is bound and the replica runs. Then the channel is let go.
+  if (process.send !== undefined && process.connected) {
+    process.send({ kind: nodeReadyMessage, pid: process.pid }, (error: Error | null) => {
+      if (error === null && process.connected) process.disconnect();
+    });
   }
   await new Promise<void>((resolve) => {
     let stopping = false;

@@ -297,8 +297,8 @@ export interface ChardClientOptions {
 
 /**
  * clientChannelOptions: the options of every gRPC client channel chard opens (the CLI's, the
- * attach agent's, a follower's write forwarder). The reconnect backoff is the raft link's
- * (reconnectBackoffMsMin doubling to reconnectBackoffMsMax): grpc-js's own starts at 1 s and
+ * attach agent's, a follower's write forwarder). The reconnect backoff has the raft link's bounds
+ * (reconnectBackoffMsMin, growing by grpc-js's 1.6x with jitter, to reconnectBackoffMsMax): grpc-js's own starts at 1 s and
  * grows by 1.6× to 120 s, so a client that had tried a node through a 10 s outage first
  * reconnected 3-12 s after the node was back (the agent test's "first write after the restart").
  * A dead node now costs one refused connect per half second per channel.

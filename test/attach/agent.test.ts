@@ -139,7 +139,7 @@ test('a writer through the agent sees no error across 5 leader kills and a 10 s 
     const before = writer.completions.length;
     while (writer.completions.length < before + 20 && writer.errors.length === 0 && performance.now() - backAt < 30_000) await sleep(20);
     const outageStall = writer.stallAround(outageAt, performance.now() - outageAt);
-    t.log(`full outage of 10 s: writer stalled ${outageStall.toFixed(0)} ms; first write ${(outageAt + outageStall - backAt).toFixed(0)} ms after the restart began (all three nodes listening after ${listeningMs.toFixed(0)} ms)`);
+    t.log(`full outage of 10 s: writer stalled ${outageStall.toFixed(0)} ms; first write ${(outageAt + outageStall - backAt).toFixed(0)} ms after the restart began (all three nodes serving after ${listeningMs.toFixed(0)} ms)`);
     t.log(`agent: ${JSON.stringify({ ...agent.status(), counters: undefined })}`);
 
     writer.stop();

@@ -97,22 +97,28 @@ export class LocalCluster {
 
   /**
    * waitRejoined: wait until node `id` is back in the cluster: it follows a leader that counts it
-   * as replicating with everything up to the leader's commit index. `node start` returns once the
-   * process is spawned, so a test that kills the next leader right after restart() kills it while
-   * the restarted node is still starting, and measures a double failure. The deadline is one only
-   * a hang reaches.
+   * as replicating, and it has everything up to the leader's commit index as first seen (a
+   * writer may keep committing meanwhile; the restarted node need not win that race). `node
+   * start` returns once the node serves, not once it caught up, so a test that kills the next
+   * leader right after restart() may kill it while the restarted node is still behind, and
+   * measure a double failure. The deadline is one only a hang reaches.
    */
   async waitRejoined(id: number, timeoutMs = 60_000): Promise<void> {
     const deadline = performance.now() + timeoutMs;
+    let target: number | undefined;
     let last = 'no status yet';
     for (;;) {
       try {
         const own = await this.api(id).status(2_000);
         if (own.leader !== 0 && own.leader !== id) {
           const leader = await this.api(own.leader).status(2_000);
+          target ??= leader.role === 'leader' ? leader.commitIndex : undefined;
           const progress = leader.progress.find((p) => p.id === id);
-          if (leader.role === 'leader' && progress !== undefined && progress.state === 'replicate' && progress.match >= leader.commitIndex && own.appliedIndex >= leader.commitIndex) return;
-          last = `leader ${own.leader}: ${JSON.stringify(progress)}, commit ${leader.commitIndex}, node applied ${own.appliedIndex}`;
+          if (target !== undefined && leader.role === 'leader' && progress !== undefined && progress.state === 'replicate' && progress.match >= target) {
+            const now = await this.api(id).status(2_000);
+            if (now.appliedIndex >= target) return;
+          }
+          last = `leader ${own.leader}: ${JSON.stringify(progress)}, target ${target}, node applied ${own.appliedIndex}`;
         } else {
           last = `node ${id} is ${own.role} and knows leader ${own.leader}`;
         }

@@ -164,7 +164,8 @@ export class NetnsCluster {
 
   /** startNode: `chard node start --dir DIR --id ID` (detached, inside the namespace). */
   startNode(id: number): Promise<CliResult> {
-    return this.cli(['node', 'start', '--dir', this.dir, '--id', String(id)], 30_000);
+    // node start waits until the node serves; its own deadline (--wait) inside the CLI's, so a slow start is a TIMEOUT naming the log.
+    return this.cli(['node', 'start', '--dir', this.dir, '--id', String(id), '--wait', '25000'], 30_000);
   }
 
   /**

@@ -4,8 +4,9 @@
  * Proves: after each kill a new leader is elected and serves a write (measured from the kill to
  * the acknowledged write of a client that starts writing at the kill; the election time is taken
  * from the new leader's log). Each kill is a single failure: the killed node is restarted and
- * rejoined (LocalCluster.waitRejoined) before the next one; without that wait the next kill came
- * while it was still starting, and its failover waited for it (p50 1-1.5 s instead of ~0.45 s).
+ * rejoined (LocalCluster.waitRejoined) before the next one; without that wait (and while `node
+ * start` returned at the spawn) the next kill came while it was still starting, and its failover
+ * waited for it (p50 1-1.5 s instead of ~0.45 s).
  * The target is 1 s; the test asserts p50 <= 1.5 s as a regression bound that a loaded 2-core
  * machine still meets, and every one within the liveness bound; no
  * acknowledged write is ever lost (every block acknowledged before any kill reads back the same

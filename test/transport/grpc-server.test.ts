@@ -151,8 +151,8 @@ test('a client channel retries a dead address at the raft link backoff, not at g
   // each of the channel's attempts fails and its backoff grows, as toward a dead node; the
   // server counts the attempts. grpc-js's own backoff (1 s growing by 1.6x to 120 s) tries at
   // about 0, 1, 2.6 and 5.2 s: 3-4 attempts in a 5 s outage, and after a 10 s outage a client
-  // first reached a restarted node 3-12 s late. With clientChannelOptions (50 ms doubling to
-  // 500 ms) it tries ~12 times. Then a chard server takes the port and a call succeeds.
+  // first reached a restarted node 3-12 s late. With clientChannelOptions (50 ms growing 1.6x to
+  // 500 ms) it tries ~14 times. Then a chard server takes the port and a call succeeds.
   const { createServer } = await import('node:net');
   let attempts = 0;
   const dropper = createServer((socket) => {
