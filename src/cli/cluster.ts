@@ -242,7 +242,6 @@ export async function nodeStartFromDir(dirOption: string, id: number, foreground
   return { pid: await startNodeWaiting(dir, id, waitMs, recordPid) };
 }
 
-
 /**
  * nodeInit: prepare a NEW node for the local cluster in `dir` (a joining node: no bootstrap),
  * with free ports, and list it in cluster.json (not running yet). The operator then starts it and

@@ -100,7 +100,7 @@ export function spawnNode(dir: string, id: number, extraEnv: Record<string, stri
 
 /**
  * startNodeWaiting: spawnNode with an IPC channel on which the node says it serves (every
- * listener bound, the replica running: src/node/process.ts nodeReadyMessage). `recordPid` runs
+ * listener bound, the replica running: nodeReadyMessage, sent by src/node/process.ts). `recordPid` runs
  * at once with the new pid, before the wait. Resolves once the node said so; rejects with
  * UNAVAILABLE naming its log when it exits first (a port in use, a damaged store), and with
  * TIMEOUT when it still starts after `waitMs` (it is left running). The channel is let go either way.
