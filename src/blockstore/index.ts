@@ -96,6 +96,8 @@ export class BlockStore implements ReplicaStore {
   readonly installStats = { renamed: 0, copied: 0 };
   /** corruption: what apply() found rotten (also on disk as CORRUPTION_MARKER_FILE); the store then refuses to apply, read and snapshot. */
   private corruption: CorruptionRecord | undefined;
+  /** stateDurableIndex: the applied index state.db was last made durable at by compactLog (0: never, in this process). */
+  stateDurableIndex = 0;
   /** repaired: what open() rebuilt the state from after a corruption marker (undefined: no repair). */
   repaired: { from: 'snapshot' | 'empty'; snapshotIndex: number; record: CorruptionRecord } | undefined;
 
@@ -506,6 +508,50 @@ export class BlockStore implements ReplicaStore {
     });
     this.snapshotInFlight = running;
     return running;
+  }
+
+  /**
+   * compactLog: compacts the log behind the state machine's own durable state, with no snapshot
+   * (ReplicaStore.compactLog). The cost is what changed since the last compaction, never a copy
+   * of the volume; a snapshot is made only when a follower needs one (createSnapshotAsync on
+   * Ready.snapshotWanted).
+   *
+   * 1. The open state.db transaction is committed (BlockStateMachine.commit): the applied index
+   *    A is now in state.db's WAL with exactly its effects, not necessarily on disk
+   *    (synchronous=NORMAL).
+   * 2. state.db's WAL file is fdatasynced on the thread pool. Then every transaction committed
+   *    before it is durable: its frames are either still in the WAL (now on disk) or a checkpoint
+   *    already copied them into state.db, and a checkpoint fsyncs state.db before the WAL may be
+   *    restarted over those frames (SQLite, synchronous=NORMAL: "the WAL is synced before each
+   *    checkpoint and the database after each completed one"; the checkpoint worker runs NORMAL).
+   * 3. The log is compacted to min(`upTo`, A - compactionTrailingEntries) (WalLogStorage.compact
+   *    with A as the durable state index). Recovery then always finds applied >= first index - 1.
+   *
+   * Does nothing (undefined) while a snapshot copy is in flight (its index must stay inside the
+   * log), when state.db was replaced during the fdatasync (a received snapshot: its own index is
+   * durable), after close or corruption, or when the point would not move. A failed fdatasync
+   * rejects and compacts nothing.
+   */
+  async compactLog(upTo: number): Promise<number | undefined> {
+    if (this.closed || this.corruption !== undefined || this.snapshotInFlight !== undefined) return undefined;
+    this.state.commit();
+    const applied = this.state.appliedIndex();
+    const target = Math.min(upTo, applied - this.limits.compactionTrailingEntries);
+    if (target < this.logStorage.firstIndex()) return undefined;
+    const generation = this.stateGeneration;
+    const wal = await fs.promises.open(`${this.state.file}-wal`, 'r');
+    try {
+      await wal.datasync();
+    } finally {
+      await wal.close();
+    }
+    if (this.closed || this.corruption !== undefined || this.snapshotInFlight !== undefined || generation !== this.stateGeneration) return undefined;
+    const log = this.logStorage;
+    const compactIndex = Math.min(target, log.lastIndex());
+    if (compactIndex < log.firstIndex()) return undefined;
+    this.stateDurableIndex = Math.max(this.stateDurableIndex, applied);
+    void log.compact(compactIndex, applied);
+    return compactIndex;
   }
 
   /**

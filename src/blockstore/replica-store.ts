@@ -76,10 +76,24 @@ export interface ReplicaStore {
    */
   applyCost?(entry: Entry): number;
   appliedIndex(): number;
-  /** createSnapshot: snapshot the state at the applied index and compact the log behind it. */
+  /**
+   * createSnapshot: snapshot the state at the applied index and compact the log behind it. The
+   * replica calls it when raft wants a snapshot for a follower (Ready.snapshotWanted), and, for a
+   * store without compactLog, every ReplicaLimits.compactEveryEntries.
+   */
   createSnapshot(): SnapshotMetadata | undefined;
   /** createSnapshotAsync: the same, with the copy made off the event loop (preferred when present). */
   createSnapshotAsync?(): Promise<SnapshotMetadata | undefined>;
+  /**
+   * compactLog: compact the log behind the state machine's own durable state, without copying
+   * it: make the applied state durable, then drop the entries up to min(`upTo`, that durable
+   * applied index minus the store's trailing entries). Costs what changed since the last time,
+   * not the size of the state. Resolves the compaction point (the log then starts after it), or
+   * undefined when nothing was compacted (nothing new, a snapshot copy in flight, the state
+   * replaced meanwhile). The replica calls it every ReplicaLimits.compactEveryEntries (or
+   * compactEveryLogBytes), one at a time; snapshots are then made only on demand.
+   */
+  compactLog?(upTo: number): Promise<number | undefined>;
   members(): Map<NodeId, MemberAddresses>;
   setMember(id: NodeId, addresses: MemberAddresses | undefined): void;
 }

@@ -228,13 +228,15 @@ export class WalLogStorage implements LogStorage {
   }
 
   /**
-   * compact: entries up to `compactIndex` may go (a durable snapshot covers them). The log's first
-   * index moves at once; SegmentedLog.compact then appends the compaction point and deletes the
-   * segments behind it once that is durable. Returns that promise (callers need not wait: a lost
-   * compaction record only keeps old segments until the next one).
+   * compact: entries up to `compactIndex` may go: a durable snapshot covers them, or the state
+   * machine is durable up to `stateDurableIndex` (the store compacts behind its own state and
+   * makes a snapshot only when a follower needs one). The log's first index moves at once;
+   * SegmentedLog.compact then appends the compaction point and deletes the segments behind it
+   * once that is durable. Returns that promise (callers need not wait: a lost compaction record
+   * only keeps old segments until the next one).
    */
-  compact(compactIndex: number): Promise<void> {
-    assert(compactIndex <= this.meta.snapshot().index, 'compaction only behind a durable snapshot');
+  compact(compactIndex: number, stateDurableIndex = 0): Promise<void> {
+    assert(compactIndex <= Math.max(this.meta.snapshot().index, stateDurableIndex), 'compaction only behind a durable snapshot or durable state');
     assert(compactIndex <= this.wal.lastIndex(), 'compact within the log');
     if (compactIndex + 1 <= this.wal.firstIndex()) return Promise.resolve();
     const done = this.wal.compact(compactIndex + 1);

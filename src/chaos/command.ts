@@ -39,7 +39,7 @@ export interface ChaosCommandOptions {
   unsafeLocalReads?: boolean;
   keys: string;
   opTimeout: string;
-  snapshotEvery: string;
+  compactEvery: string;
   insideLab?: string;
   json?: boolean;
   recheck?: string;
@@ -72,7 +72,7 @@ interface Parsed {
   mode: 'auto' | RunMode;
   keys: number;
   opTimeoutMs: number;
-  snapshotEveryEntries: number;
+  compactEveryEntries: number;
 }
 
 function parse(options: ChaosCommandOptions): Parsed {
@@ -90,7 +90,7 @@ function parse(options: ChaosCommandOptions): Parsed {
     mode: options.mode as Parsed['mode'],
     keys: parseIntOption(options.keys, '--keys', 1, 4096),
     opTimeoutMs: parseIntOption(options.opTimeout, '--op-timeout', 100, 600_000),
-    snapshotEveryEntries: parseIntOption(options.snapshotEvery, '--snapshot-every', 0, 10_000_000),
+    compactEveryEntries: parseIntOption(options.compactEvery, '--compact-every', 0, 10_000_000),
   };
 }
 
@@ -121,7 +121,7 @@ export async function chaos(options: ChaosCommandOptions): Promise<void> {
     clients: p.clients,
     outDir: p.outDir,
     unsafeLocalReads: options.unsafeLocalReads === true,
-    snapshotEveryEntries: p.snapshotEveryEntries,
+    compactEveryEntries: p.compactEveryEntries,
     workload,
   };
 
@@ -188,7 +188,7 @@ function reexecArgs(options: ChaosCommandOptions, p: Parsed): string[] {
     '--mode', 'netns',
     '--keys', String(p.keys),
     '--op-timeout', String(p.opTimeoutMs),
-    '--snapshot-every', String(p.snapshotEveryEntries),
+    '--compact-every', String(p.compactEveryEntries),
   ];
   if (options.unsafeLocalReads === true) args.push('--unsafe-local-reads');
   if (options.json === true) args.push('--json');

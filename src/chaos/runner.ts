@@ -51,8 +51,8 @@ export interface ChaosOptions {
   lab?: NetLab;
   /** unsafeLocalReads: start every node with the deliberately broken read path (harness test). */
   unsafeLocalReads?: boolean;
-  /** snapshotEveryEntries: the nodes' snapshot interval (0: the node default, 20,000). */
-  snapshotEveryEntries?: number;
+  /** compactEveryEntries: the nodes' log compaction interval (0: the node default, 20,000). */
+  compactEveryEntries?: number;
   /** agent: route client 0 through an AttachAgent (default true). */
   agent?: boolean;
   workload?: Partial<WorkloadOptions>;
@@ -69,8 +69,8 @@ export const stopGraceMs = 5_000;
 export const finalReadRoundsMax = 40;
 /** nodeRssBytesMax: a node above this resident size is killed and the run is not valid (runaway). */
 export const nodeRssBytesMax = 2 * 1024 ** 3;
-/** nodeSnapshotEveryEntries: default node snapshot interval of a run (trailing log: a tenth of it); see writeConfig. */
-export const nodeSnapshotEveryEntries = 2_000;
+/** nodeCompactEveryEntries: default node log compaction interval of a run (trailing log: a tenth of it); see writeConfig. */
+export const nodeCompactEveryEntries = 2_000;
 /** nodePorts: raft/admin/nbd ports inside the lab (every node has its own address there). */
 export const labPorts = { raft: 7001, admin: 7002, nbd: 7003 } as const;
 
@@ -147,7 +147,7 @@ class ChaosCluster {
     private readonly lab: NetLab | undefined,
     private readonly unsafeLocalReads: boolean,
     seed: number,
-    private readonly snapshotEveryEntries: number,
+    private readonly compactEveryEntries: number,
   ) {
     this.clusterId = `chaos-${(seed >>> 0).toString(16)}`;
     for (const id of initialIds) this.members.add(id);
@@ -180,8 +180,8 @@ class ChaosCluster {
       ...(join ? { join: true } : { initialMembers }),
       // Frequent snapshots and short trailing logs: nodes that were killed, paused or removed for a
       // while catch up through a snapshot now and then, so snapshot install runs under faults too.
-      ...(this.snapshotEveryEntries > 0
-        ? { limits: { snapshotEveryEntries: this.snapshotEveryEntries }, store: { compactionTrailingEntries: Math.max(1, Math.floor(this.snapshotEveryEntries / 10)) } }
+      ...(this.compactEveryEntries > 0
+        ? { limits: { compactEveryEntries: this.compactEveryEntries }, store: { compactionTrailingEntries: Math.max(1, Math.floor(this.compactEveryEntries / 10)) } }
         : {}),
       testing,
     };
@@ -439,7 +439,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResults> {
       addresses.set(id, { raft: `127.0.0.1:${ports[i * 3]}`, admin: `127.0.0.1:${ports[i * 3 + 1]}`, nbd: `127.0.0.1:${ports[i * 3 + 2]}` });
     });
   }
-  const cluster = new ChaosCluster(outDir, options.mode, initialIds, addresses, options.lab, options.unsafeLocalReads === true, options.seed, options.snapshotEveryEntries ?? nodeSnapshotEveryEntries);
+  const cluster = new ChaosCluster(outDir, options.mode, initialIds, addresses, options.lab, options.unsafeLocalReads === true, options.seed, options.compactEveryEntries ?? nodeCompactEveryEntries);
   const monoZero = performance.now();
   const wallAtZero = Date.now();
   const recorder = new HistoryRecorder(() => performance.now() - monoZero);

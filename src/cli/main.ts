@@ -485,7 +485,7 @@ program
   .option('--mode <mode>', 'auto | netns (root: namespaces + nftables) | local (fault-injecting transport)', 'auto')
   .option('--keys <n>', 'registers (4 KiB blocks) the clients contend on', '24')
   .option('--op-timeout <ms>', 'an op unanswered this long is recorded as unknown', '5000')
-  .option('--snapshot-every <n>', "nodes' snapshot interval in entries (0: node default)", '2000')
+  .option('--compact-every <n>', "nodes' log compaction interval in entries: a follower left behind it needs a snapshot made on demand (0: node default)", '2000')
   .option('--unsafe-local-reads', 'start every node with testing.unsafeLocalReads (a deliberately broken backend)')
   .option('--json', 'print a JSON summary instead of the verdict line')
   .option('--recheck <dir>', "no run: judge a finished run again from DIR's history.jsonl and results.json alone")

@@ -165,10 +165,26 @@ export function validateLogLevel(value: unknown, what = 'logLevel'): string {
  * validateLimits: every key must be one the defaults have, with the same shape: a non-negative
  * safe integer for a number, one of the allowed values for a string, recursively for an object.
  */
+/** renamedFields: fields of an earlier release, refused with their new name (a silent default would change what the operator set). */
+const renamedFields: Record<string, { name: string; why: string }> = {
+  'limits.snapshotEveryEntries': {
+    name: 'limits.compactEveryEntries',
+    why: 'the log is compacted behind the node\'s durable state, and a snapshot is made only when a follower needs one',
+  },
+  'limits.snapshotEveryLogBytes': {
+    name: 'limits.compactEveryLogBytes',
+    why: 'the log is compacted behind the node\'s durable state, and a snapshot is made only when a follower needs one',
+  },
+};
+
 function validateLimits(value: unknown, defaults: object, what: string): Record<string, unknown> {
   if (value === undefined) return {};
   if (!isObject(value)) throw bad(`${what} must be an object`);
   const known = defaults as Record<string, unknown>;
+  for (const key of Object.keys(value)) {
+    const renamed = renamedFields[`${what}.${key}`];
+    if (renamed !== undefined) throw bad(`${what}.${key} was renamed ${renamed.name}: ${renamed.why}`);
+  }
   onlyKnown(value, Object.keys(known), what);
   const out: Record<string, unknown> = {};
   for (const [key, v] of Object.entries(value)) {

@@ -88,13 +88,17 @@ export interface ReplicaLimits {
    * in one turn (seconds of stall, and an election).
    */
   applyRowsPerTurnMax: number;
-  /** snapshotEveryEntries: take a snapshot (and compact) after this many applied entries. */
-  snapshotEveryEntries: number;
   /**
-   * snapshotEveryLogBytes: ... or after this many bytes of applied entry data, whichever comes
+   * compactEveryEntries: compact the log after this many applied entries (ReplicaStore.compactLog:
+   * behind the store's durable state, no snapshot; a store without compactLog takes a snapshot
+   * instead). Snapshots are made when a follower needs one (Ready.snapshotWanted).
+   */
+  compactEveryEntries: number;
+  /**
+   * compactEveryLogBytes: ... or after this many bytes of applied entry data, whichever comes
    * first: with 1 MiB writes, 20,000 entries alone would keep ~20 GiB of log between compactions.
    */
-  snapshotEveryLogBytes: number;
+  compactEveryLogBytes: number;
   readOnlyOption: ReadOnlyOption;
   appendBytesMax: number;
   snapshotChunkBytes: number;
@@ -123,8 +127,8 @@ export const defaultReplicaLimits: ReplicaLimits = {
   applyEntriesPerTurnMax: 1024,
   applyBytesPerTurnMax: 8 * 1024 * 1024,
   applyRowsPerTurnMax: 16_384,
-  snapshotEveryEntries: 20_000,
-  snapshotEveryLogBytes: 256 * 1024 * 1024,
+  compactEveryEntries: 20_000,
+  compactEveryLogBytes: 256 * 1024 * 1024,
   readOnlyOption: 'lease',
   appendBytesMax: 1024 * 1024,
   snapshotChunkBytes: 1024 * 1024,
@@ -230,7 +234,8 @@ function isEmptyReady(rd: Ready): boolean {
     rd.committedEntries.length === 0 &&
     rd.messagesEarly.length === 0 &&
     rd.messages.length === 0 &&
-    rd.readStates.length === 0
+    rd.readStates.length === 0 &&
+    rd.snapshotWanted !== true
   );
 }
 
@@ -263,8 +268,11 @@ export class Replica {
   private readonly leaderWatchers = new Set<{ from: NodeId; notify: () => void }>();
   /** stateWatchers: callbacks of waitUntil(), run after every role/leader change and on close. */
   private readonly stateWatchers = new Set<() => void>();
-  private appliedSinceSnapshot = 0;
-  private appliedBytesSinceSnapshot = 0;
+  private appliedSinceCompaction = 0;
+  private appliedBytesSinceCompaction = 0;
+  /** compacting: a compactLog (or, for a store without it, a snapshot) is in flight. */
+  private compacting = false;
+  /** snapshotting: a snapshot asked for by raft (Ready.snapshotWanted) is being made. */
   private snapshotting = false;
   private leaderSince = 0;
   /** removed: this node applied a configuration without itself. */
@@ -544,7 +552,8 @@ export class Replica {
     this.raw.advance();
     this.reads.applied(this.raw.basicStatus().applied);
     this.issueReadIndex();
-    this.maybeSnapshot();
+    if (rd.snapshotWanted === true) this.snapshotOnDemand();
+    this.maybeCompact();
   }
 
   /** applyEntries: apply one slice; false if the store failed (the replica is then halted). */
@@ -565,8 +574,8 @@ export class Replica {
       });
     }
     const last = entries[entries.length - 1]!.index;
-    this.appliedSinceSnapshot += entries.length;
-    for (const entry of entries) this.appliedBytesSinceSnapshot += entry.data.length;
+    this.appliedSinceCompaction += entries.length;
+    for (const entry of entries) this.appliedBytesSinceCompaction += entry.data.length;
     this.counters?.inc('raft.applied', entries.length);
     this.counters?.set('raft.applied_index', last);
     this.onApplied?.(last);
@@ -738,24 +747,74 @@ export class Replica {
     return { promise, cancel: () => this.leaderWatchers.delete(watcher!) };
   }
 
-  private maybeSnapshot(): void {
+  /**
+   * maybeCompact: every compactEveryEntries (or compactEveryLogBytes) applied, compact the log
+   * behind the store's durable state (ReplicaStore.compactLog), one at a time. A leader holds the
+   * compaction at its latest snapshot while a follower receives it: that follower continues from
+   * the entries after the snapshot. A store without compactLog takes a snapshot instead.
+   */
+  private maybeCompact(): void {
+    if (this.compacting) return;
+    if (this.appliedSinceCompaction < this.limits.compactEveryEntries && this.appliedBytesSinceCompaction < this.limits.compactEveryLogBytes) return;
+    this.appliedSinceCompaction = 0;
+    this.appliedBytesSinceCompaction = 0;
+    const compactLog = this.store.compactLog;
+    if (compactLog === undefined) {
+      this.takeSnapshot(true);
+      return;
+    }
+    const started = this.scheduler.now();
+    let upTo = this.raw.basicStatus().applied;
+    if (this.raw.basicStatus().role === 'leader') {
+      for (const pr of this.raw.status().progress.values()) {
+        if (pr.state === 'snapshot') upTo = Math.min(upTo, this.store.logStorage.snapshot().index);
+      }
+    }
+    this.compacting = true;
+    compactLog
+      .call(this.store, upTo)
+      .then(
+        (index) => {
+          if (index === undefined) return;
+          this.counters?.inc('log.compacted');
+          this.counters?.observe('log.compact_ms', this.scheduler.now() - started);
+          this.logger?.info({ index, ms: Math.round(this.scheduler.now() - started) }, 'log compacted');
+        },
+        (error: unknown) => {
+          this.counters?.inc('log.compact_failed');
+          this.logger?.error({ err: String(error) }, 'log compaction failed');
+        },
+      )
+      .finally(() => {
+        this.compacting = false;
+      });
+  }
+
+  /** snapshotOnDemand: raft wants a snapshot for a follower whose entries are compacted away. */
+  private snapshotOnDemand(): void {
     if (this.snapshotting) return;
-    if (this.appliedSinceSnapshot < this.limits.snapshotEveryEntries && this.appliedBytesSinceSnapshot < this.limits.snapshotEveryLogBytes) return;
-    this.appliedSinceSnapshot = 0;
-    this.appliedBytesSinceSnapshot = 0;
+    this.counters?.inc('snapshot.wanted');
+    this.takeSnapshot(false);
+  }
+
+  /**
+   * takeSnapshot: a snapshot of the applied state, copied off the event loop when the store can
+   * (heartbeats keep flowing while a large state is copied). `periodic`: instead of compactLog.
+   */
+  private takeSnapshot(periodic: boolean): void {
     const started = this.scheduler.now();
     const done = (metadata: SnapshotMetadata | undefined) => {
       if (metadata === undefined) return;
       this.counters?.inc('snapshot.created');
       this.counters?.observe('snapshot.create_ms', this.scheduler.now() - started);
-      this.logger?.info({ index: metadata.index, bytes: metadata.sizeBytes, ms: Math.round(this.scheduler.now() - started) }, 'snapshot created');
+      this.logger?.info({ index: metadata.index, bytes: metadata.sizeBytes, ms: Math.round(this.scheduler.now() - started), onDemand: !periodic }, 'snapshot created');
     };
+    const flag = periodic ? 'compacting' : 'snapshotting';
     if (this.store.createSnapshotAsync === undefined) {
       done(this.store.createSnapshot());
       return;
     }
-    // The copy runs off the event loop, so heartbeats keep flowing while a large state is copied.
-    this.snapshotting = true;
+    this[flag] = true;
     this.store
       .createSnapshotAsync()
       .then(done, (error: unknown) => {
@@ -763,7 +822,7 @@ export class Replica {
         this.logger?.error({ err: String(error) }, 'snapshot failed');
       })
       .finally(() => {
-        this.snapshotting = false;
+        this[flag] = false;
       });
   }
 

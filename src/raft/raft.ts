@@ -77,6 +77,8 @@ export class Raft {
   readStates: ReadState[] = [];
   /** snapshot chunks received that the application must stage durably. */
   snapshotChunks: SnapshotChunk[] = [];
+  /** snapshotWanted: a follower needs a snapshot and none reaches the log (startSnapshot); handed out in Ready. */
+  snapshotWanted = false;
   /** staging: the snapshot being received: metadata and bytes held (durable + in this Ready). */
   private staging: { metadata: SnapshotMetadata; bytes: number } | undefined;
 
@@ -344,10 +346,22 @@ export class Raft {
     return true;
   }
 
+  /**
+   * startSnapshot: `to` needs entries the log no longer holds. The application compacts its log
+   * behind its own durable state and makes a snapshot only when a follower needs one, so the
+   * latest snapshot may be missing or older than the log's start (a follower that installed it
+   * would still lack the entries between the two). Then nothing is sent: `snapshotWanted` asks
+   * the application for a snapshot (Ready.snapshotWanted), and the next heartbeat response
+   * retries, as etcd-io/raft does on ErrSnapshotTemporarilyUnavailable.
+   */
   private startSnapshot(to: NodeId, pr: Progress): boolean {
     if (!pr.recentActive) return false; // don't stream a snapshot to a node that may be down
     const metadata = this.config.storage.snapshot();
-    assert(metadata.index > 0, 'a compacted log implies a snapshot');
+    if (metadata.index === 0 || metadata.index < this.log.firstIndex() - 1) {
+      if (!this.snapshotWanted) this.trace(`no snapshot reaches the log (first index ${this.log.firstIndex()}) for ${to}: one is wanted`);
+      this.snapshotWanted = true;
+      return false;
+    }
     pr.becomeSnapshot(metadata.index);
     this.trace(`sending snapshot ${metadata.index} to ${to}`);
     this.sendSnapshotChunks(to, pr);

@@ -180,7 +180,7 @@ export class RawNode {
     if (!sameHardState(raft.hardState(), this.previousHardState)) return true;
     if (raft.log.unstableSnapshot !== undefined && this.inFlight?.snapshotIndex !== raft.log.unstableSnapshot.index) return true;
     if (raft.log.unstableEntries.length > 0 && this.unhandedEntries().length > 0) return true;
-    if (raft.messages.length > 0 || raft.readStates.length > 0 || raft.snapshotChunks.length > 0) return true;
+    if (raft.messages.length > 0 || raft.readStates.length > 0 || raft.snapshotChunks.length > 0 || raft.snapshotWanted) return true;
     return raft.log.hasNextCommittedEntries();
   }
 
@@ -234,6 +234,8 @@ export class RawNode {
     raft.readStates = [];
     const snapshotChunks = raft.snapshotChunks;
     raft.snapshotChunks = [];
+    const snapshotWanted = raft.snapshotWanted;
+    raft.snapshotWanted = false;
     const hardChanged = !sameHardState(hard, this.previousHardState);
     const rd: Ready = {
       softState: soft.leader !== this.previousSoftState.leader || soft.role !== this.previousSoftState.role ? soft : undefined,
@@ -245,6 +247,7 @@ export class RawNode {
       messagesEarly,
       messages,
       readStates,
+      ...(snapshotWanted ? { snapshotWanted: true as const } : {}),
       mustSync:
         entries.length > 0 ||
         snapshot !== undefined ||

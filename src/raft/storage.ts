@@ -41,11 +41,15 @@ export interface LogStorage {
   entries(lo: number, hi: number, maxBytes: number): Entry[];
   /** term: the term of the entry at `index`; valid for firstIndex()-1 ..= lastIndex(). */
   term(index: number): number;
-  /** firstIndex: the index of the first entry still in the log (snapshot index + 1). */
+  /**
+   * firstIndex: the index of the first entry still in the log. The log may be compacted behind
+   * the application's durable state rather than behind a snapshot, so this may exceed snapshot
+   * index + 1 (raft then asks for a snapshot with Ready.snapshotWanted before sending one).
+   */
   firstIndex(): number;
   /** lastIndex: the index of the last durable entry (snapshot index if the log is empty). */
   lastIndex(): number;
-  /** snapshot: metadata of the latest durable snapshot (index 0 when there is none). */
+  /** snapshot: metadata of the latest durable snapshot (index 0 when there is none; it may be older than firstIndex() - 1). */
   snapshot(): SnapshotMetadata;
   /** snapshotChunk: bytes of snapshot `index` from `offset`, at most `maxBytes`. */
   snapshotChunk(index: number, offset: number, maxBytes: number): Uint8Array;
@@ -216,11 +220,16 @@ export class MemoryStorage implements LogStorage {
     return this.snapshotMetadata;
   }
 
-  /** compact: drops entries before `compactIndex` (which must be covered by the snapshot). */
-  compact(compactIndex: number): void {
+  /**
+   * compact: drops the entries up to `compactIndex` (it stays as the dummy that carries its term).
+   * Only behind durable state: the snapshot, or `stateDurableIndex` — the index up to which the
+   * application's state machine is durable, for an application that compacts behind its own
+   * state and makes snapshots on demand (Ready.snapshotWanted).
+   */
+  compact(compactIndex: number, stateDurableIndex = 0): void {
     const offset = this.log[0]!.index;
     if (compactIndex <= offset) return;
-    assert(compactIndex <= this.snapshotMetadata.index, 'compaction only behind a snapshot');
+    assert(compactIndex <= Math.max(this.snapshotMetadata.index, stateDurableIndex), 'compaction only behind a snapshot or durable state');
     assert(compactIndex <= this.lastIndex(), 'compact within log');
     this.log = this.log.slice(compactIndex - offset);
   }

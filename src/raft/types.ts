@@ -250,6 +250,14 @@ export interface Ready {
   messagesEarly: Message[];
   messages: Message[];
   readStates: ReadState[];
+  /**
+   * snapshotWanted: a follower needs entries the log no longer holds and no snapshot reaches the
+   * log's start (the log was compacted behind the state machine's durable state, see
+   * LogStorage.snapshot): the application should make a snapshot of its applied state. Raft sends
+   * nothing to that follower meanwhile and asks again at its next heartbeat response, so a
+   * request that the application is already serving may be ignored.
+   */
+  snapshotWanted?: true;
   /** mustSync: hardState term/vote or entries changed, so the write must be fsynced. */
   mustSync: boolean;
 }

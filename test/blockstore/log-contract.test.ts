@@ -24,7 +24,7 @@ interface Subject {
   append(entries: Entry[]): void;
   setHardState(hs: HardState): void;
   snapshot(index: number, cs: ConfState, data: Uint8Array): SnapshotMetadata;
-  compact(index: number): void;
+  compact(index: number, stateDurableIndex?: number): void;
   stage(metadata: SnapshotMetadata, offset: number, data: Uint8Array): void;
   install(metadata: SnapshotMetadata): void;
   restart(): Subject;
@@ -37,7 +37,7 @@ function memorySubject(storage = new MemoryStorage()): Subject {
     append: (e) => storage.append(e),
     setHardState: (hs) => storage.setHardState(hs),
     snapshot: (i, cs, d) => storage.createSnapshot(i, cs, d),
-    compact: (i) => storage.compact(i),
+    compact: (i, d) => storage.compact(i, d),
     stage: (m, o, d) => storage.stageSnapshotChunk(m, o, d),
     install: (m) => storage.applySnapshot(m, storage.takeStagedSnapshot(m)),
     restart: () => memorySubject(storage.clone()),
@@ -70,7 +70,7 @@ function walSubject(dir: string, cacheBytesMax = 64 * 1024 * 1024): Subject {
     append: (entries) => void storage.persist({ entries }),
     setHardState: (hardState) => void storage.persist({ hardState }),
     snapshot: (i, cs, d) => storage.createSnapshot(i, cs, d),
-    compact: (i) => void storage.compact(i),
+    compact: (i, d) => void storage.compact(i, d),
     stage: (metadata, offset, data) => void storage.persist({ snapshotChunks: [{ metadata, offset, data, last: offset + data.length === metadata.sizeBytes }] }),
     install: (snapshot) => void storage.persist({ snapshot }),
     restart: () => {
@@ -199,6 +199,33 @@ for (const kind of kinds) {
       cleanup();
     }
   });
+
+  if (kind.name !== 'sqlite') {
+    // (log.db's log is kept only for the migration: it compacts behind snapshots only.)
+    test(`${kind.name}: compaction behind the durable state, without a snapshot`, (t) => {
+      const { subject, cleanup } = kind.make();
+      let cur = subject;
+      try {
+        cur.append(run(1, 10, 1));
+        cur.append(run(11, 12, 2));
+        t.is(code(() => cur.compact(6, 5)), 'assert', 'not beyond the durable state');
+        cur.compact(5, 7);
+        t.is(cur.storage.firstIndex(), 6);
+        t.is(cur.storage.term(5), 1, 'the term at the compaction point is kept');
+        t.is(code(() => cur.storage.term(4)), ErrorCode.Compacted);
+        t.is(cur.storage.snapshot().index, 0, 'no snapshot was made');
+        cur = cur.restart();
+        t.is(cur.storage.firstIndex(), 6);
+        t.is(cur.storage.lastIndex(), 12);
+        t.is(cur.storage.term(5), 1);
+        t.deepEqual(cur.storage.entries(6, 13, 1 << 20).map((e) => e.term), [1, 1, 1, 1, 1, 2, 2]);
+        t.is(cur.storage.snapshot().index, 0);
+      } finally {
+        cur.close();
+        cleanup();
+      }
+    });
+  }
 
   test(`${kind.name}: staged snapshot survives restart, install replaces a conflicting log`, (t) => {
     const { subject, cleanup } = kind.make();

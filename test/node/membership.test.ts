@@ -19,7 +19,7 @@ test(`a learner catches up via snapshot from ${dataMiB} MiB, is promoted, an old
   const cluster = await LocalCluster.start({
     nodes: 3,
     volumeSize: '1GiB',
-    nodeOptions: { limits: { snapshotEveryEntries: 16 }, store: { compactionTrailingEntries: 4 } },
+    nodeOptions: { limits: { compactEveryEntries: 16 }, store: { compactionTrailingEntries: 4 } },
   });
   t.teardown(() => cluster.stop());
   const dir = ['--dir', cluster.dir];

@@ -21,19 +21,20 @@ function refused(t: import('ava').ExecutionContext, patch: Record<string, unknow
 
 test('a complete valid config is accepted and normalized', (t) => {
   const config = validateNodeConfig(
-    { ...good, dataDir: 'data', metrics: '127.0.0.1:9101', logLevel: 'debug', limits: { snapshotEveryEntries: 100, readOnlyOption: 'safe' }, store: { cacheEntriesMax: 10, sessions: { sessionsMax: 10 } } },
+    { ...good, dataDir: 'data', metrics: '127.0.0.1:9101', logLevel: 'debug', limits: { compactEveryEntries: 100, readOnlyOption: 'safe' }, store: { cacheEntriesMax: 10, sessions: { sessionsMax: 10 } } },
     '/etc/chard',
   );
   t.is(config.dataDir, '/etc/chard/data');
   t.is(config.metrics, '127.0.0.1:9101');
   t.is(config.logLevel, 'debug');
-  t.is(config.limits?.snapshotEveryEntries, 100);
+  t.is(config.limits?.compactEveryEntries, 100);
 });
 
 test('unknown fields are refused at every level, naming the field', (t) => {
   refused(t, { metric: '127.0.0.1:1' }, /^metric is not a known field \(known: clusterId, id, /);
   refused(t, { listen: { ...addresses, http: '127.0.0.1:1' } }, /^listen\.http is not a known field/);
   refused(t, { limits: { snapshotEvery: 5 } }, /^limits\.snapshotEvery is not a known field/);
+  refused(t, { limits: { snapshotEveryEntries: 5 } }, /^limits\.snapshotEveryEntries was renamed limits\.compactEveryEntries: the log is compacted/);
   refused(t, { store: { cacheEntries: 5 } }, /^store\.cacheEntries is not a known field/);
   refused(t, { testing: { faults: 'x' } }, /^testing\.faults is not a known field/);
 });

@@ -32,6 +32,8 @@ export interface TestNode {
   readStates: ReadState[];
   /** state machine: concatenation of applied normal entry payloads, for snapshots. */
   data: string[];
+  /** snapshotsWanted: Readys that carried snapshotWanted. */
+  snapshotsWanted: number;
 }
 
 export type NodeOptions = Partial<Omit<RaftConfigInput, 'id' | 'storage' | 'random'>>;
@@ -43,6 +45,8 @@ export class Cluster {
   readonly log: string[] = [];
   private seed: number;
   nodeOptions: NodeOptions;
+  /** snapshotsOnDemand: a node whose Ready wants a snapshot makes one at its applied index (as the Replica does). */
+  snapshotsOnDemand = false;
 
   constructor(options: { seed?: number; nodeOptions?: NodeOptions } = {}) {
     this.seed = options.seed ?? 1;
@@ -80,6 +84,7 @@ export class Cluster {
       confState: storage.initialState().confState,
       readStates: [],
       data: [],
+      snapshotsWanted: 0,
     };
     this.nodes.set(id, node);
     return node;
@@ -171,6 +176,10 @@ export class Cluster {
       node.appliedIndex = entry.index;
     }
     for (const rs of rd.readStates) node.readStates.push(rs);
+    if (rd.snapshotWanted === true) {
+      node.snapshotsWanted += 1;
+      if (this.snapshotsOnDemand) node.storage.createSnapshot(node.appliedIndex, node.confState, encoder.encode(JSON.stringify(node.data)));
+    }
     node.raw.advance();
     return true;
   }
@@ -249,6 +258,16 @@ export class Cluster {
     void upto;
     node.storage.createSnapshot(at, node.confState, encoder.encode(JSON.stringify(node.data)));
     node.storage.compact(at);
+  }
+
+  /**
+   * compactLog: the node drops its log up to `index` (default: its applied index) WITHOUT a
+   * snapshot, as a node that compacts behind its durable state machine and makes snapshots on
+   * demand does (the harness's state machine is in memory and survives a restart).
+   */
+  compactLog(id: NodeId, index?: number): void {
+    const node = this.node(id);
+    node.storage.compact(index ?? node.appliedIndex, node.appliedIndex);
   }
 
   /** appliedData: what a node's state machine holds. */

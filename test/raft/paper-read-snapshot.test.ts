@@ -441,3 +441,76 @@ test('§7 an unreachable report during a snapshot transfer resends from the ackn
   tickRun(c, 20);
   t.deepEqual(c.appliedData(3), expected);
 });
+
+// ---------------------------------------------------------------- snapshots on demand
+
+/** compactedCluster: leader 1 commits entries while 3 is away, then compacts its log WITHOUT a snapshot. */
+function compactedCluster(options: NodeOptions): Cluster {
+  const c = cluster(3, options);
+  c.campaign(1);
+  c.isolate(3);
+  for (let i = 0; i < 8; i++) c.propose(1, `value-${i}`);
+  c.compactLog(1);
+  c.propose(1, 'after');
+  return c;
+}
+
+test('§7 a log compacted without a snapshot: the leader sends nothing to the lagging follower and asks for a snapshot until one exists', (t) => {
+  const c = compactedCluster({ snapshotChunkBytes: 16 });
+  t.is(c.node(1).storage.snapshot().index, 0, 'no snapshot');
+  t.true(c.node(1).storage.firstIndex() > 2, 'the entries node 3 needs are gone');
+  c.heal();
+  let snaps = 0;
+  tickRun(c, 10, (m) => {
+    if (m.type === 'Snap') snaps++;
+    return true;
+  });
+  t.is(snaps, 0, 'no snapshot message without a snapshot');
+  t.true(c.node(1).snapshotsWanted >= 2, `asked again at later heartbeat responses (${c.node(1).snapshotsWanted})`);
+  t.not(status(c, 1).progress.get(3)?.state, 'snapshot');
+  t.deepEqual(c.appliedData(3), [], 'node 3 is still behind');
+  t.deepEqual(c.appliedData(2), expected, 'the others are not held up');
+  // The application makes the snapshot it was asked for: the next heartbeat response sends it.
+  c.compact(1);
+  tickRun(c, 10);
+  t.deepEqual(c.appliedData(3), expected);
+  t.true(c.log.includes('3: installed snapshot ' + c.node(1).storage.snapshot().index));
+  t.is(status(c, 1).progress.get(3)?.state, 'replicate');
+});
+
+test('§7 a snapshot older than the log start is not sent: a follower that installed it would still lack entries', (t) => {
+  const c = cluster(3, { snapshotChunkBytes: 16 });
+  c.campaign(1);
+  c.isolate(3);
+  c.propose(1, 'value-0');
+  c.compact(1); // a snapshot at the applied index ...
+  const old = c.node(1).storage.snapshot().index;
+  for (let i = 1; i < 8; i++) c.propose(1, `value-${i}`);
+  c.compactLog(1); // ... then the log compacted past it without a new one
+  t.true(c.node(1).storage.firstIndex() - 1 > old);
+  c.heal();
+  let snaps = 0;
+  tickRun(c, 6, (m) => {
+    if (m.type === 'Snap') snaps++;
+    return true;
+  });
+  t.is(snaps, 0);
+  t.true(c.node(1).snapshotsWanted > 0);
+  c.snapshotsOnDemand = true; // now the leader serves the request itself, as the Replica does
+  tickRun(c, 10);
+  t.deepEqual(c.appliedData(3), expected.slice(0, 8));
+  t.true(c.node(1).storage.snapshot().index > old);
+});
+
+test('§7 a new member joins through a snapshot made on demand', (t) => {
+  const c = cluster(3, { snapshotChunkBytes: 32 });
+  c.snapshotsOnDemand = true;
+  c.campaign(1);
+  for (let i = 0; i < 5; i++) c.propose(1, `value-${i}`);
+  for (const id of [1, 2, 3]) c.compactLog(id);
+  c.addEmptyNode(4);
+  c.proposeConfChange(1, { changes: [{ type: 'add-learner', nodeId: 4 }], context: new Uint8Array(0) });
+  tickRun(c, 10);
+  t.deepEqual(c.appliedData(4), Array.from({ length: 5 }, (_, i) => `value-${i}`));
+  t.true(c.node(1).snapshotsWanted > 0);
+});

@@ -157,6 +157,8 @@ export interface StoreHooks {
   installed?(metadata: SnapshotMetadata, machine: KvMachine): void;
   /** snapshotted: the node took its own snapshot at `index` and compacted to `compactIndex`. */
   snapshotted?(index: number, compactIndex: number): void;
+  /** compacted: the node compacted its log behind its durable state (compactLog) to `compactIndex`. */
+  compacted?(compactIndex: number): void;
   /** syncMachine: after an apply batch, whether the state machine's image becomes durable now. */
   syncMachine?(): boolean;
   /** compactionLag: entries kept behind a new snapshot when compacting. */
@@ -204,6 +206,8 @@ export class MemoryReplicaStore implements ReplicaStore {
     // commit-only hard state is not fsynced); it only ever applies committed entries, so the
     // commit index is raised to the applied one.
     if (machine.applied > storage.lastIndex()) throw new CorruptError(`state applied ${machine.applied} but the log ends at ${storage.lastIndex()}`);
+    // As BlockStore's recover: a log compacted beyond the durable state (compactLog's order broken) cannot be replayed.
+    if (machine.applied < storage.firstIndex() - 1) throw new CorruptError(`state applied ${machine.applied} but the log starts at ${storage.firstIndex()}`);
     if (machine.applied > storage.hardState.commit) storage.setHardState({ ...storage.hardState, commit: machine.applied });
     return new MemoryReplicaStore(storage, machine, machine.serialize());
   }
@@ -302,10 +306,27 @@ export class MemoryReplicaStore implements ReplicaStore {
     const applied = this.machine.applied;
     if (applied <= storage.snapshot().index || applied > storage.lastIndex()) return undefined;
     const metadata = storage.createSnapshot(applied, this.machine.confState, this.machine.serialize());
-    const compactIndex = Math.max(storage.firstIndex(), applied - (this.hooks.compactionLag?.() ?? 0));
-    storage.compact(compactIndex);
-    this.hooks.snapshotted?.(applied, compactIndex);
+    // As BlockStore's adoptSnapshot: compact behind the snapshot unless the log already starts later.
+    const compactIndex = applied - (this.hooks.compactionLag?.() ?? 0);
+    if (compactIndex >= storage.firstIndex()) storage.compact(compactIndex);
+    this.hooks.snapshotted?.(applied, Math.max(compactIndex, storage.firstIndex() - 1));
     return metadata;
+  }
+
+  /**
+   * compactLog: BlockStore.compactLog's model — the state machine's image is made durable (its
+   * fdatasync), then the log is compacted behind it, keeping compactionLag entries, with no
+   * snapshot: a follower that needs the dropped entries gets a snapshot made on demand.
+   */
+  compactLog(upTo: number): Promise<number | undefined> {
+    const storage = this.logStorage;
+    const applied = this.machine.applied;
+    const compactIndex = Math.min(upTo, applied - (this.hooks.compactionLag?.() ?? 0), storage.lastIndex());
+    if (compactIndex < storage.firstIndex()) return Promise.resolve(undefined);
+    this.machineDurable = this.machine.serialize();
+    storage.compact(compactIndex, applied);
+    this.hooks.compacted?.(compactIndex);
+    return Promise.resolve(compactIndex);
   }
 
   members(): Map<NodeId, MemberAddresses> {

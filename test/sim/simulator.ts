@@ -72,6 +72,8 @@ export interface SimStats {
   confChanges: number;
   transfers: number;
   snapshotsInstalled: number;
+  /** snapshotsMade: snapshots a node made (on demand: a follower needed one). */
+  snapshotsMade: number;
   compactions: number;
   writesAcked: number;
   readsServed: number;
@@ -121,8 +123,8 @@ export interface SimConfig {
   snapshotChunksInflightMax: number;
   appendBytesMax: number;
   inflightMessagesMax: number;
-  /** snapshotEveryEntries: Replica's snapshot trigger (entries applied since the last one). */
-  snapshotEveryEntries: number;
+  /** compactEveryEntries: Replica's log compaction trigger (entries applied since the last one); snapshots are made on demand. */
+  compactEveryEntries: number;
   clients: number;
   keys: number;
   clientOpRate: number;
@@ -250,7 +252,7 @@ export function drawConfig(random: SeededRandom, knobs: SimKnobs | undefined): S
     // A leader that snapshots faster than it can stream one restarts every transfer to a lagging
     // follower (seed 298 with 16 B chunks and a snapshot every 15 entries): the triggers stay
     // above the time one transfer takes.
-    snapshotEveryEntries: random.pick([1_000_000, 200, 40]),
+    compactEveryEntries: random.pick([1_000_000, 200, 40]),
     clients: 1 + random.int(3),
     keys: 1 + random.int(4),
     clientOpRate: random.pick([0.05, 0.2, 0.5]),
@@ -367,6 +369,7 @@ class Simulation {
       confChanges: 0,
       transfers: 0,
       snapshotsInstalled: 0,
+      snapshotsMade: 0,
       compactions: 0,
       writesAcked: 0,
       readsServed: 0,
@@ -483,7 +486,7 @@ class Simulation {
       readOnlyOption: c.readOnlyOption,
       appendBytesMax: c.appendBytesMax,
       snapshotChunkBytes: c.snapshotChunkBytes,
-      snapshotEveryEntries: c.snapshotEveryEntries,
+      compactEveryEntries: c.compactEveryEntries,
     };
   }
 
@@ -564,8 +567,12 @@ class Simulation {
         this.checkers.onStateHash(node.id, metadata.index, machine.stateHash());
       },
       snapshotted: (index, compactIndex) => {
-        this.stats.compactions++;
+        this.stats.snapshotsMade++;
         this.trace(`n${node.id} snapshot at ${index}, compacted to ${compactIndex}`);
+      },
+      compacted: (compactIndex) => {
+        this.stats.compactions++;
+        this.trace(`n${node.id} compacted its log to ${compactIndex} behind its durable state`);
       },
       syncMachine: () => this.faultRandom.float() < c.stateSyncRate,
       compactionLag: () => this.faultRandom.int(4),

@@ -2,7 +2,7 @@
 // runtime that ships, src/node/replica.ts, over the simulator's in-memory ReplicaStore and the
 // production scheduler) talk only through StreamTransports on loopback, each wrapped in a
 // FaultyTransport. They elect a leader and commit 100 proposals while node 3 is partitioned away;
-// the leader snapshots and compacts its log on its own (snapshotEveryEntries), the partition heals,
+// the leader snapshots and compacts its log on its own (compactEveryEntries), the partition heals,
 // and node 3 catches up through snapshot chunks streamed over the peer transport (more than one chunk) plus the
 // entries after it, ending with the same state as the others. Unreachable reports reach
 // RawNode.reportUnreachable through Replica's wiring.
@@ -48,7 +48,7 @@ test('three Replicas replicate and install a chunked snapshot over the stream tr
       transport,
       scheduler: systemScheduler,
       random: new SeededRandom(100 + id),
-      limits: { tickIntervalMs: 10, electionTimeoutTicks: 10, heartbeatIntervalTicks: 2, snapshotChunkBytes: 256, snapshotEveryEntries: 50 },
+      limits: { tickIntervalMs: 10, electionTimeoutTicks: 10, heartbeatIntervalTicks: 2, snapshotChunkBytes: 256, compactEveryEntries: 50 },
     });
     const node: Node = { id, replica, store, transport, stream, snapshotsInstalled: 0 };
     store.hooks = { installed: () => void node.snapshotsInstalled++ };
