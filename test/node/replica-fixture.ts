@@ -215,6 +215,16 @@ export class MemReplicaStore implements ReplicaStore {
   private applied: number;
   private readonly memberMap: Map<NodeId, MemberAddresses>;
   snapshotsCreated = 0;
+  /** compactions: compactLog calls that compacted (behind the applied state: this store's state is always "durable"). */
+  compactions = 0;
+  /** compactLog: ReplicaStore.compactLog; a test deletes it to see the replica's fallback (a periodic snapshot). */
+  compactLog?: (upTo: number) => Promise<number | undefined> = (upTo) => {
+    const index = Math.min(upTo, this.applied);
+    if (index < this.logStorage.firstIndex()) return Promise.resolve(undefined);
+    this.logStorage.compact(index, this.applied);
+    this.compactions++;
+    return Promise.resolve(index);
+  };
   /** applyCalls: each apply() call, with the scheduler callback it ran in (tests of per-turn bounds). */
   readonly applyCalls: { turn: number; entries: number; bytes: number }[] = [];
   /** turn: the current scheduler callback (set by cluster()). */

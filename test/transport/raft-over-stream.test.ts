@@ -2,8 +2,9 @@
 // runtime that ships, src/node/replica.ts, over the simulator's in-memory ReplicaStore and the
 // production scheduler) talk only through StreamTransports on loopback, each wrapped in a
 // FaultyTransport. They elect a leader and commit 100 proposals while node 3 is partitioned away;
-// the leader snapshots and compacts its log on its own (compactEveryEntries), the partition heals,
-// and node 3 catches up through snapshot chunks streamed over the peer transport (more than one chunk) plus the
+// the leader compacts its log on its own (compactEveryEntries, behind its state, with no snapshot), the
+// partition heals, the leader makes a snapshot because node 3 needs one (Ready.snapshotWanted), and
+// node 3 catches up through snapshot chunks streamed over the peer transport (more than one chunk) plus the
 // entries after it, ending with the same state as the others. Unreachable reports reach
 // RawNode.reportUnreachable through Replica's wiring.
 import test from 'ava';
@@ -67,14 +68,15 @@ test('three Replicas replicate and install a chunked snapshot over the stream tr
     await until(t, '100 writes applied on 1 and 2', () => nodes.get(1)!.store.machine.kv.size === 100 && nodes.get(2)!.store.machine.kv.size === 100);
     const three = nodes.get(3)!;
     t.is(three.store.machine.kv.size, 0, 'node 3 is cut off');
-    t.true(leader.store.logStorage.firstIndex() > 2, 'the leader compacted its log behind a snapshot');
-    const snapshotBytes = leader.store.logStorage.snapshot().sizeBytes;
-    t.true(snapshotBytes > 4 * 256, 'the snapshot needs several chunks');
+    t.true(leader.store.logStorage.firstIndex() > 2, 'the leader compacted its log');
+    t.is(leader.store.logStorage.snapshot().index, 0, '... with no snapshot: none was needed yet');
 
     faults.heal();
     await leader.replica.propose(encodeCommand({ sessionId: 's', sequence: 101, key: 'after', value: 'after-heal' }));
     await until(t, 'node 3 catches up', () => three.store.machine.kv.size === 101);
-    t.true(three.snapshotsInstalled >= 1, 'node 3 was brought up through the snapshot');
+    t.true(three.snapshotsInstalled >= 1, 'node 3 was brought up through a snapshot made on demand');
+    const snapshotBytes = leader.store.logStorage.snapshot().sizeBytes;
+    t.true(snapshotBytes > 4 * 256, 'the snapshot needs several chunks');
     t.deepEqual([...three.store.machine.kv].sort(), [...leader.store.machine.kv].sort());
     t.is(three.store.machine.kv.get('after'), 'after-heal');
     const frames = leader.stream.counts()['transport.frames.sent'] ?? 0;
