@@ -234,6 +234,7 @@ const proposalHelp = 'from proposing an entry to its being applied on the leader
 const fsyncHelp = 'durable write of a batch of log entries (write + fsync)';
 const entriesHelp = 'log entries made durable by one fsync (group commit)';
 const snapshotHelp = 'creating a local snapshot';
+const compactHelp = 'compacting the log behind the durable state (state.db WAL fdatasync included)';
 
 type Labels = Record<string, string>;
 
@@ -279,7 +280,8 @@ export class PromExporter implements CounterSink {
     }
     for (const name of ['raft.proposed', 'raft.applied', 'raft.became_leader', 'store.fsync', 'volume.forwarded', 'volume.forward.abandoned']) this.inc(name, 0);
         this.counter('chard_raft_leader_changes_total', leaderChangesHelp);
-    for (const event of ['created', 'installed', 'failed']) this.inc(`snapshot.${event}`, 0);
+    for (const event of ['created', 'installed', 'failed', 'wanted']) this.inc(`snapshot.${event}`, 0);
+    for (const name of ['log.compacted', 'log.compact_failed']) this.inc(name, 0);
     for (const op of ['read', 'write']) {
       this.inc(`volume.${op}.retry`, 0);
       this.inc(`volume.${op}.retried_ok`, 0);
@@ -289,6 +291,7 @@ export class PromExporter implements CounterSink {
     this.histogram('chard_raft_fsync_duration_seconds', fsyncHelp, latencyBuckets);
     this.histogram('chard_raft_entries_per_fsync', entriesHelp, entriesBuckets);
     this.histogram('chard_snapshot_create_duration_seconds', snapshotHelp, latencyBuckets);
+    this.histogram('chard_log_compact_duration_seconds', compactHelp, latencyBuckets);
     this.histogram('chard_event_loop_delay_seconds', eventLoopDelayHelp, latencyBuckets);
   }
 
@@ -447,7 +450,11 @@ export class PromExporter implements CounterSink {
       case 'snapshot.created':
       case 'snapshot.installed':
       case 'snapshot.failed':
-        return [countTo(this.counter('chard_snapshots_total', 'snapshots created, installed (received from the leader) and failed', ['event']), { event: parts[1]! })];
+      case 'snapshot.wanted':
+        return [countTo(this.counter('chard_snapshots_total', 'snapshots created, installed (received from the leader), failed, and wanted (raft asked for one for a follower behind the compacted log)', ['event']), { event: parts[1]! })];
+      case 'log.compacted':
+      case 'log.compact_failed':
+        return [countTo(this.counter('chard_log_compactions_total', 'log compactions behind the durable state, done and failed', ['outcome']), { outcome: parts[1] === 'compacted' ? 'done' : 'failed' })];
       case 'volume.forwarded':
         return [countTo(this.counter('chard_forwarded_requests_total', 'writes this follower forwarded to the leader'))];
       case 'volume.forward.abandoned':
@@ -514,6 +521,9 @@ export class PromExporter implements CounterSink {
         return;
       case 'snapshot.create_ms':
         this.histogram('chard_snapshot_create_duration_seconds', snapshotHelp, latencyBuckets).observe(seconds);
+        return;
+      case 'log.compact_ms':
+        this.histogram('chard_log_compact_duration_seconds', compactHelp, latencyBuckets).observe(seconds);
         return;
       case 'agent.stall_ms':
         this.histogram('chard_agent_stall_duration_seconds', agentStallHelp, latencyBuckets).observe(seconds);

@@ -28,6 +28,9 @@ const expectedTypes: Record<string, Family['type']> = {
   chard_nbd_inflight_requests: 'gauge',
   chard_snapshot_index: 'gauge',
   chard_snapshot_bytes: 'gauge',
+  chard_snapshots_total: 'counter',
+  chard_log_compactions_total: 'counter',
+  chard_log_compact_duration_seconds: 'histogram',
   chard_forwarded_requests_total: 'counter',
   chard_raft_follower_lag_entries: 'gauge',
 };
