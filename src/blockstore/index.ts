@@ -48,8 +48,14 @@ export * from './commands.js';
  * entries once migrated — cacheBytesMax is the WAL's entry cache), the state machine's, and these.
  */
 export interface BlockStoreLimits extends LogStoreLimits, WalLimits, StateStoreLimits {
-  /** compactionTrailingEntries: entries kept in the log behind a new snapshot (slow followers catch up from them). */
+  /** compactionTrailingEntries: entries kept in the log behind a compaction point (slow followers catch up from them). */
   compactionTrailingEntries: number;
+  /**
+   * logRetainBytesMax: how much log (segment bytes) a leader's compactLog keeps for a follower
+   * that lags (restarting, slow): within it, the follower catches up from the log; beyond it,
+   * the log is compacted anyway and the follower needs a snapshot (a full copy of the state).
+   */
+  logRetainBytesMax: number;
 }
 
 export const defaultBlockStoreLimits: BlockStoreLimits = {
@@ -57,6 +63,7 @@ export const defaultBlockStoreLimits: BlockStoreLimits = {
   ...defaultWalLimits,
   ...defaultStateStoreLimits,
   compactionTrailingEntries: 1024,
+  logRetainBytesMax: 1024 * 1024 * 1024,
 };
 
 export const STATE_DB_FILE = 'state.db';
@@ -525,18 +532,28 @@ export class BlockStore implements ReplicaStore {
    *    restarted over those frames (SQLite, synchronous=NORMAL: "the WAL is synced before each
    *    checkpoint and the database after each completed one"; the checkpoint worker runs NORMAL).
    * 3. The log is compacted to min(`upTo`, A - compactionTrailingEntries) (WalLogStorage.compact
-   *    with A as the durable state index). Recovery then always finds applied >= first index - 1.
+   *    with A as the durable state index), or lower, to the lowest of `retainFor` (a lagging
+   *    follower's match) whose catch-up keeps at most logRetainBytesMax of log. Recovery then
+   *    always finds applied >= first index - 1.
    *
    * Does nothing (undefined) while a snapshot copy is in flight (its index must stay inside the
    * log), when state.db was replaced during the fdatasync (a received snapshot: its own index is
    * durable), after close or corruption, or when the point would not move. A failed fdatasync
    * rejects and compacts nothing.
    */
-  async compactLog(upTo: number): Promise<number | undefined> {
+  async compactLog(upTo: number, retainFor: number[] = []): Promise<number | undefined> {
     if (this.closed || this.corruption !== undefined || this.snapshotInFlight !== undefined) return undefined;
     this.state.commit();
     const applied = this.state.appliedIndex();
-    const target = Math.min(upTo, applied - this.limits.compactionTrailingEntries);
+    let target = Math.min(upTo, applied - this.limits.compactionTrailingEntries);
+    // Keep the log for the furthest-behind follower whose catch-up fits the retention budget.
+    for (const match of [...retainFor].sort((a, b) => a - b)) {
+      if (match >= target) break;
+      if (this.logStorage.wal.bytesFrom(Math.max(match + 1, this.logStorage.firstIndex())) <= this.limits.logRetainBytesMax) {
+        target = match;
+        break;
+      }
+    }
     if (target < this.logStorage.firstIndex()) return undefined;
     const generation = this.stateGeneration;
     const wal = await fs.promises.open(`${this.state.file}-wal`, 'r');

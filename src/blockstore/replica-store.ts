@@ -92,8 +92,12 @@ export interface ReplicaStore {
    * undefined when nothing was compacted (nothing new, a snapshot copy in flight, the state
    * replaced meanwhile). The replica calls it every ReplicaLimits.compactEveryEntries (or
    * compactEveryLogBytes), one at a time; snapshots are then made only on demand.
+   * `retainFor`: on a leader, the match indices of followers that lag behind `upTo` (a node
+   * that restarts, or is slow): the store keeps the log from the lowest of them it can afford
+   * (its own retention budget, e.g. BlockStoreLimits.logRetainBytesMax), so that follower
+   * catches up from the log instead of needing a full snapshot.
    */
-  compactLog?(upTo: number): Promise<number | undefined>;
+  compactLog?(upTo: number, retainFor?: number[]): Promise<number | undefined>;
   members(): Map<NodeId, MemberAddresses>;
   setMember(id: NodeId, addresses: MemberAddresses | undefined): void;
 }

@@ -466,6 +466,18 @@ export class SegmentedLog {
     return this.log[index - this.first]!.term;
   }
 
+  /**
+   * bytesFrom: the bytes of segment file the log keeps from entry `index` on (from its data to the
+   * end of the last segment; 0 beyond the last entry): what compacting just before `index` keeps.
+   */
+  bytesFrom(index: number): number {
+    if (index > this.lastIndex()) return 0;
+    const e = this.log[Math.max(index, this.first) - this.first]!;
+    let bytes = -e.dataOffset;
+    for (const segment of this.segments) if (segment.sequence >= e.segment) bytes += segment.bytes;
+    return Math.max(0, bytes);
+  }
+
   /** entries: [lo, hi), at least one entry if lo < hi, then at most `maxBytes` in total (entryBytes: data + 24, as LogStorage counts). */
   entries(lo: number, hi: number, maxBytes: number): Entry[] {
     assert(lo >= this.first && hi <= this.lastIndex() + 1 && lo <= hi, `wal: entries [${lo}, ${hi}) outside [${this.first}, ${this.lastIndex() + 1})`);

@@ -750,8 +750,10 @@ export class Replica {
   /**
    * maybeCompact: every compactEveryEntries (or compactEveryLogBytes) applied, compact the log
    * behind the store's durable state (ReplicaStore.compactLog), one at a time. A leader holds the
-   * compaction at its latest snapshot while a follower receives it: that follower continues from
-   * the entries after the snapshot. A store without compactLog takes a snapshot instead.
+   * compaction at its latest snapshot while a follower receives it (that follower continues from
+   * the entries after the snapshot), and asks the store to keep the log for followers that lag
+   * (retainFor: their match indices; a restarted node then catches up from the log, within the
+   * store's budget). A store without compactLog takes a snapshot instead.
    */
   private maybeCompact(): void {
     if (this.compacting) return;
@@ -765,14 +767,17 @@ export class Replica {
     }
     const started = this.scheduler.now();
     let upTo = this.raw.basicStatus().applied;
+    const retainFor: number[] = [];
     if (this.raw.basicStatus().role === 'leader') {
-      for (const pr of this.raw.status().progress.values()) {
+      for (const [id, pr] of this.raw.status().progress) {
+        if (id === this.id) continue;
         if (pr.state === 'snapshot') upTo = Math.min(upTo, this.store.logStorage.snapshot().index);
+        else if (pr.match < upTo) retainFor.push(pr.match);
       }
     }
     this.compacting = true;
     compactLog
-      .call(this.store, upTo)
+      .call(this.store, upTo, retainFor)
       .then(
         (index) => {
           if (index === undefined) return;

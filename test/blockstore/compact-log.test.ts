@@ -127,3 +127,26 @@ test('compactLog does nothing while a snapshot copy is in flight', async (t) => 
     tmp.cleanup();
   }
 });
+
+test('retainFor keeps the log for a lagging follower within logRetainBytesMax, and not beyond it', async (t) => {
+  const tmp = tempDir('compact-log-retain');
+  const rng = new Prng(11);
+  // 100 writes of 4 KiB: ~414 KiB of log from index 2 on.
+  const store = BlockStore.open(tmp.dir, { limits: { compactionTrailingEntries: 0, logRetainBytesMax: 256 * KiB } });
+  try {
+    store.bootstrap([1, 2, 3]);
+    drive(store, writes(rng, 100));
+    const applied = store.appliedIndex();
+    t.true(store.logStorage.wal.bytesFrom(2) > 400 * KiB);
+    // A follower at 10 would need ~370 KiB kept: over budget, ignored. One at 50 needs ~210 KiB: kept for it.
+    t.is(await store.compactLog(Number.MAX_SAFE_INTEGER, [10, 50, applied]), 50);
+    t.is(store.logStorage.firstIndex(), 51);
+    t.true(store.logStorage.wal.bytesFrom(51) <= 256 * KiB);
+    // Alone over budget: compacted to the applied index.
+    drive(store, writes(rng, 100, false));
+    t.is(await store.compactLog(Number.MAX_SAFE_INTEGER, [60]), store.appliedIndex());
+  } finally {
+    store.close();
+    tmp.cleanup();
+  }
+});

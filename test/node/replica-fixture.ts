@@ -218,8 +218,14 @@ export class MemReplicaStore implements ReplicaStore {
   /** compactions: compactLog calls that compacted (behind the applied state: this store's state is always "durable"). */
   compactions = 0;
   /** compactLog: ReplicaStore.compactLog; a test deletes it to see the replica's fallback (a periodic snapshot). */
-  compactLog?: (upTo: number) => Promise<number | undefined> = (upTo) => {
-    const index = Math.min(upTo, this.applied);
+  /** retain: whether compactLog keeps the log for lagging followers (retainFor; an unlimited budget here). */
+  retain = true;
+  /** retainRequests: the retainFor lists compactLog was given. */
+  readonly retainRequests: number[][] = [];
+  compactLog?: (upTo: number, retainFor?: number[]) => Promise<number | undefined> = (upTo, retainFor = []) => {
+    this.retainRequests.push([...retainFor]);
+    const lowest = retainFor.length > 0 && this.retain ? Math.min(...retainFor) : Infinity;
+    const index = Math.min(upTo, this.applied, lowest);
     if (index < this.logStorage.firstIndex()) return Promise.resolve(undefined);
     this.logStorage.compact(index, this.applied);
     this.compactions++;

@@ -55,3 +55,38 @@ test('a store without compactLog takes a snapshot at each trigger instead', asyn
     t.is(store.compactions, 0);
   }
 });
+
+async function lagging(retain: boolean) {
+  const c = cluster(3, { seed: 11, limits: { compactEveryEntries: 10 } });
+  for (const store of c.stores.values()) store.retain = retain;
+  if (!(await c.world.runUntil(() => leaderOf(c) !== undefined, 5000))) throw new Error('no leader');
+  const leader = leaderOf(c)!;
+  const away = [...c.replicas.keys()].find((id) => id !== leader.id)!;
+  for (const id of c.replicas.keys()) if (id !== away) c.world.cut(id, away);
+  for (let i = 0; i < 60; i++) {
+    const w = track(leader.propose(new TextEncoder().encode(`k${i}=v${i}`)));
+    if (!(await c.world.runUntil(() => w.done, 5000)) || w.error !== undefined) throw new Error(`write ${i} failed: ${String(w.error)}`);
+  }
+  c.world.heal();
+  return { c, leader, away };
+}
+
+test('a leader keeps the log for a follower that lags (retainFor): it catches up from the log, with no snapshot', async (t) => {
+  const { c, leader, away } = await lagging(true);
+  const leaderStore = c.stores.get(leader.id)!;
+  t.true(leaderStore.retainRequests.length >= 3 && leaderStore.retainRequests.every((r) => r.length === 1), 'every compaction named the lagging follower');
+  t.true(leaderStore.logStorage.firstIndex() <= 3, `the log is kept for it (first index ${leaderStore.logStorage.firstIndex()})`);
+  // (this store cannot receive a snapshot: it asserts, so catching up proves the log sufficed)
+  t.true(await c.world.runUntil(() => c.stores.get(away)!.kv.size === 60, 5000), 'the follower caught up');
+  t.is(leaderStore.snapshotsCreated, 0);
+  for (const r of c.replicas.values()) await r.close();
+});
+
+test('without retention the lagging follower needs a snapshot: raft asks for one (Ready.snapshotWanted)', async (t) => {
+  const { c, leader, away } = await lagging(false);
+  const leaderStore = c.stores.get(leader.id)!;
+  t.true(leaderStore.logStorage.firstIndex() > 20, `the log was compacted past the follower (first index ${leaderStore.logStorage.firstIndex()})`);
+  t.true(await c.world.runUntil(() => leaderStore.snapshotsCreated > 0, 5000), 'the leader made a snapshot on demand');
+  t.is(c.stores.get(away)!.kv.size, 0);
+  for (const r of c.replicas.values()) await r.close();
+});

@@ -161,6 +161,8 @@ export interface StoreHooks {
   compacted?(compactIndex: number): void;
   /** syncMachine: after an apply batch, whether the state machine's image becomes durable now. */
   syncMachine?(): boolean;
+  /** retainEntriesMax: compactLog's budget for lagging followers (BlockStoreLimits.logRetainBytesMax, in entries); 0 by default. */
+  retainEntriesMax?(): number;
   /** compactionLag: entries kept behind a new snapshot when compacting. */
   compactionLag?(): number;
 }
@@ -318,10 +320,19 @@ export class MemoryReplicaStore implements ReplicaStore {
    * fdatasync), then the log is compacted behind it, keeping compactionLag entries, with no
    * snapshot: a follower that needs the dropped entries gets a snapshot made on demand.
    */
-  compactLog(upTo: number): Promise<number | undefined> {
+  compactLog(upTo: number, retainFor: number[] = []): Promise<number | undefined> {
     const storage = this.logStorage;
     const applied = this.machine.applied;
-    const compactIndex = Math.min(upTo, applied - (this.hooks.compactionLag?.() ?? 0), storage.lastIndex());
+    let compactIndex = Math.min(upTo, applied - (this.hooks.compactionLag?.() ?? 0), storage.lastIndex());
+    // BlockStore's retention budget, in entries: keep the log for the furthest-behind follower that fits.
+    const budget = this.hooks.retainEntriesMax?.() ?? 0;
+    for (const match of [...retainFor].sort((a, b) => a - b)) {
+      if (match >= compactIndex) break;
+      if (storage.lastIndex() - Math.max(match, storage.firstIndex() - 1) <= budget) {
+        compactIndex = match;
+        break;
+      }
+    }
     if (compactIndex < storage.firstIndex()) return Promise.resolve(undefined);
     this.machineDurable = this.machine.serialize();
     storage.compact(compactIndex, applied);

@@ -125,6 +125,8 @@ export interface SimConfig {
   inflightMessagesMax: number;
   /** compactEveryEntries: Replica's log compaction trigger (entries applied since the last one); snapshots are made on demand. */
   compactEveryEntries: number;
+  /** retainEntriesMax: log the store keeps for lagging followers at a compaction (entries; 0: none). */
+  retainEntriesMax: number;
   clients: number;
   keys: number;
   clientOpRate: number;
@@ -253,6 +255,7 @@ export function drawConfig(random: SeededRandom, knobs: SimKnobs | undefined): S
     // follower (seed 298 with 16 B chunks and a snapshot every 15 entries): the triggers stay
     // above the time one transfer takes.
     compactEveryEntries: random.pick([1_000_000, 200, 40]),
+    retainEntriesMax: 0, // drawn last, below
     clients: 1 + random.int(3),
     keys: 1 + random.int(4),
     clientOpRate: random.pick([0.05, 0.2, 0.5]),
@@ -308,6 +311,9 @@ export function drawConfig(random: SeededRandom, knobs: SimKnobs | undefined): S
   // skipCatchUpOnEntry's pause scenario keeps its tuned schedule whole: synchronous persists and
   // no draw (with asynchronous ones its first detection moved from seed 547 to 1400).
   config.asyncPersist = knobs?.ackBeforeDurable === true || (knobs?.skipCatchUpOnEntry !== true && random.chance(0.6));
+  // Drawn last for the same reason; the knobs' tuned schedules keep none (they predate it).
+  const anyKnob = knobs !== undefined && Object.values(knobs).some((v) => v === true);
+  config.retainEntriesMax = anyKnob ? 0 : random.pick([0, 0, 30, 300]);
   return config;
 }
 
@@ -576,6 +582,7 @@ class Simulation {
       },
       syncMachine: () => this.faultRandom.float() < c.stateSyncRate,
       compactionLag: () => this.faultRandom.int(4),
+      retainEntriesMax: () => c.retainEntriesMax,
     };
   }
 
