@@ -28,7 +28,7 @@ import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, InternalError } from '../errors.js';
 import type { Extent, ReadChunk } from '../volume/ranges.js';
 import { applyRows, decodeCommand } from './commands.js';
-import { type ApplyOutcome, type CorruptionRecord, type MemberAddresses, type ReplicaStore, StateCorruptError } from './replica-store.js';
+import { type ApplyOutcome, type CompactionHolds, type CorruptionRecord, type MemberAddresses, type ReplicaStore, StateCorruptError, compactionPoint } from './replica-store.js';
 import { bootstrapConfState, bootstrapEntry } from '../raft/confchange.js';
 import { type ConfChange, type ConfState, type Entry, EntryType, type NodeId, type Ready, type SnapshotMetadata } from '../raft/types.js';
 import { type LogStoreLimits, SNAPSHOT_DIR, defaultLogStoreLimits, fsyncDirectory } from './log-store.js';
@@ -103,8 +103,6 @@ export class BlockStore implements ReplicaStore {
   readonly installStats = { renamed: 0, copied: 0 };
   /** corruption: what apply() found rotten (also on disk as CORRUPTION_MARKER_FILE); the store then refuses to apply, read and snapshot. */
   private corruption: CorruptionRecord | undefined;
-  /** stateDurableIndex: the applied index state.db was last made durable at by compactLog (0: never, in this process). */
-  stateDurableIndex = 0;
   /** repaired: what open() rebuilt the state from after a corruption marker (undefined: no repair). */
   repaired: { from: 'snapshot' | 'empty'; snapshotIndex: number; record: CorruptionRecord } | undefined;
 
@@ -523,38 +521,31 @@ export class BlockStore implements ReplicaStore {
    * of the volume; a snapshot is made only when a follower needs one (createSnapshotAsync on
    * Ready.snapshotWanted).
    *
-   * 1. The open state.db transaction is committed (BlockStateMachine.commit): the applied index
-   *    A is now in state.db's WAL with exactly its effects, not necessarily on disk
+   * 1. The open state.db transaction is committed (BlockStateMachine.commit; a delayed COMMIT
+   *    that failed earlier makes it throw): the applied index A is now in state.db's WAL with exactly its effects, not necessarily on disk
    *    (synchronous=NORMAL).
    * 2. state.db's WAL file is fdatasynced on the thread pool. Then every transaction committed
    *    before it is durable: its frames are either still in the WAL (now on disk) or a checkpoint
    *    already copied them into state.db, and a checkpoint fsyncs state.db before the WAL may be
    *    restarted over those frames (SQLite, synchronous=NORMAL: "the WAL is synced before each
    *    checkpoint and the database after each completed one"; the checkpoint worker runs NORMAL).
-   * 3. The log is compacted to min(`upTo`, A - compactionTrailingEntries) (WalLogStorage.compact
-   *    with A as the durable state index), or lower, to the lowest of `retainFor` (a lagging
-   *    follower's match) whose catch-up keeps at most logRetainBytesMax of log. Recovery then
-   *    always finds applied >= first index - 1.
+   * 3. The log is compacted to compactionPoint (replica-store.ts) of the holds asked again now:
+   *    min(upTo, A - compactionTrailingEntries), or lower for a lagging follower whose catch-up
+   *    keeps at most logRetainBytesMax of log (4x that for an active one), with A as the durable
+   *    state index (WalLogStorage.compact). Recovery then always finds applied >= first index - 1.
    *
    * Does nothing (undefined) while a snapshot copy is in flight (its index must stay inside the
    * log), when state.db was replaced during the fdatasync (a received snapshot: its own index is
    * durable), after close or corruption, or when the point would not move. A failed fdatasync
    * rejects and compacts nothing.
    */
-  async compactLog(upTo: number, retainFor: number[] = []): Promise<number | undefined> {
+  async compactLog(holds: () => CompactionHolds): Promise<number | undefined> {
     if (this.closed || this.corruption !== undefined || this.snapshotInFlight !== undefined) return undefined;
     this.state.commit();
+    this.state.checkCommitted(); // a delayed COMMIT that failed: memory is ahead of the file
     const applied = this.state.appliedIndex();
-    let target = Math.min(upTo, applied - this.limits.compactionTrailingEntries);
-    // Keep the log for the furthest-behind follower whose catch-up fits the retention budget.
-    for (const match of [...retainFor].sort((a, b) => a - b)) {
-      if (match >= target) break;
-      if (this.logStorage.wal.bytesFrom(Math.max(match + 1, this.logStorage.firstIndex())) <= this.limits.logRetainBytesMax) {
-        target = match;
-        break;
-      }
-    }
-    if (target < this.logStorage.firstIndex()) return undefined;
+    const point = () => compactionPoint(holds(), applied, this.limits.compactionTrailingEntries, this.logStorage.firstIndex(), (i) => this.logStorage.wal.bytesFrom(i), this.limits.logRetainBytesMax);
+    if (Math.min(point(), this.logStorage.lastIndex()) < this.logStorage.firstIndex()) return undefined;
     const generation = this.stateGeneration;
     const wal = await fs.promises.open(`${this.state.file}-wal`, 'r');
     try {
@@ -563,10 +554,10 @@ export class BlockStore implements ReplicaStore {
       await wal.close();
     }
     if (this.closed || this.corruption !== undefined || this.snapshotInFlight !== undefined || generation !== this.stateGeneration) return undefined;
+    // The holds again: a snapshot transfer may have begun during the fdatasync.
     const log = this.logStorage;
-    const compactIndex = Math.min(target, log.lastIndex());
+    const compactIndex = Math.min(point(), log.lastIndex());
     if (compactIndex < log.firstIndex()) return undefined;
-    this.stateDurableIndex = Math.max(this.stateDurableIndex, applied);
     void log.compact(compactIndex, applied);
     return compactIndex;
   }

@@ -86,20 +86,62 @@ export interface ReplicaStore {
   createSnapshotAsync?(): Promise<SnapshotMetadata | undefined>;
   /**
    * compactLog: compact the log behind the state machine's own durable state, without copying
-   * it: make the applied state durable, then drop the entries up to min(`upTo`, that durable
-   * applied index minus the store's trailing entries). Costs what changed since the last time,
+   * it: make the applied state durable, then drop the entries up to min(`holds().upTo`, that
+   * durable applied index minus the store's trailing entries). `holds` is asked again once the
+   * state is durable, so a hold that began meanwhile (a snapshot transfer) is respected. Costs what changed since the last time,
    * not the size of the state. Resolves the compaction point (the log then starts after it), or
    * undefined when nothing was compacted (nothing new, a snapshot copy in flight, the state
    * replaced meanwhile). The replica calls it every ReplicaLimits.compactEveryEntries (or
    * compactEveryLogBytes), one at a time; snapshots are then made only on demand.
-   * `retainFor`: on a leader, the match indices of followers that lag behind `upTo` (a node
-   * that restarts, or is slow): the store keeps the log from the lowest of them it can afford
-   * (its own retention budget, e.g. BlockStoreLimits.logRetainBytesMax), so that follower
+   * `retainFor`: on a leader, the followers that lag (CompactionHolds): the store keeps the log
+   * for the furthest behind that it can afford (its retention budget, e.g.
+   * BlockStoreLimits.logRetainBytesMax; larger for an active follower), so that follower
    * catches up from the log instead of needing a full snapshot.
    */
-  compactLog?(upTo: number, retainFor?: number[]): Promise<number | undefined>;
+  compactLog?(holds: () => CompactionHolds): Promise<number | undefined>;
   members(): Map<NodeId, MemberAddresses>;
   setMember(id: NodeId, addresses: MemberAddresses | undefined): void;
+}
+
+/**
+ * CompactionHolds: what a compaction must keep. `upTo`: the highest compaction point allowed (the
+ * applied index). `retainFor`: on a leader, one hold per follower that lags: the index it has
+ * (`match`; for a follower receiving a snapshot, the snapshot's index), and whether it is
+ * `active` (heard from within an election timeout: receiving a snapshot or catching up, not
+ * down). Entries after `match` are what it still needs.
+ */
+export interface CompactionHolds {
+  upTo: number;
+  retainFor: { match: number; active: boolean }[];
+}
+
+/** activeRetainFactor: an active follower's retention budget, in multiples of an inactive one's. */
+export const activeRetainFactor = 4;
+
+/**
+ * compactionPoint: the one rule for where a compaction may go, given the state machine's durable
+ * `applied` index: min(upTo, applied - trailing), lowered to the match of the furthest-behind
+ * follower whose remaining log (`keptFrom(match + 1)`, in the store's unit) fits its budget —
+ * `budget` for a follower that is down, activeRetainFactor × `budget` for an active one (a
+ * follower that just installed a snapshot, or is catching up, so that it is not compacted past
+ * and sent another full copy; bounded still, so that a follower that answers but never catches
+ * up cannot fill the leader's disk). A follower already behind the log's start (match <
+ * firstIndex - 1) needs a snapshot whatever is kept, so it holds nothing.
+ */
+export function compactionPoint(
+  holds: CompactionHolds,
+  applied: number,
+  trailing: number,
+  firstIndex: number,
+  keptFrom: (index: number) => number,
+  budget: number,
+): number {
+  const target = Math.min(holds.upTo, applied - trailing);
+  const lagging = holds.retainFor.filter((h) => h.match < target && h.match >= firstIndex - 1).sort((a, b) => a.match - b.match);
+  for (const hold of lagging) {
+    if (keptFrom(hold.match + 1) <= (hold.active ? activeRetainFactor * budget : budget)) return hold.match;
+  }
+  return target;
 }
 
 /** CorruptionRecord: where apply() found rotten state — what the store's durable marker holds. */

@@ -357,7 +357,8 @@ export class BlockStateMachine {
     return this.shared?.entries ?? 0;
   }
 
-  private checkCommitted(): void {
+  /** checkCommitted: throws the kept failure of a delayed COMMIT (memory ahead of the file), if any. */
+  checkCommitted(): void {
     if (this.commitFailure !== undefined) throw this.commitFailure;
   }
 

@@ -161,10 +161,6 @@ export function validateLogLevel(value: unknown, what = 'logLevel'): string {
   return value;
 }
 
-/**
- * validateLimits: every key must be one the defaults have, with the same shape: a non-negative
- * safe integer for a number, one of the allowed values for a string, recursively for an object.
- */
 /** renamedFields: fields of an earlier release, refused with their new name (a silent default would change what the operator set). */
 const renamedFields: Record<string, { name: string; why: string }> = {
   'limits.snapshotEveryEntries': {
@@ -177,6 +173,10 @@ const renamedFields: Record<string, { name: string; why: string }> = {
   },
 };
 
+/**
+ * validateLimits: every key must be one the defaults have, with the same shape: a non-negative
+ * safe integer for a number, one of the allowed values for a string, recursively for an object.
+ */
 function validateLimits(value: unknown, defaults: object, what: string): Record<string, unknown> {
   if (value === undefined) return {};
   if (!isObject(value)) throw bad(`${what} must be an object`);

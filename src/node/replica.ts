@@ -49,7 +49,7 @@ import { type Scheduler, Ticker, type Timer } from './clock.js';
 import type { Counters } from './metrics.js';
 import { ProposalWaiters, ReadWaiters } from './waiters.js';
 
-import type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../blockstore/replica-store.js';
+import type { ApplyOutcome, CompactionHolds, MemberAddresses, ReplicaStore } from '../blockstore/replica-store.js';
 export type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../blockstore/replica-store.js';
 
 /**
@@ -766,18 +766,9 @@ export class Replica {
       return;
     }
     const started = this.scheduler.now();
-    let upTo = this.raw.basicStatus().applied;
-    const retainFor: number[] = [];
-    if (this.raw.basicStatus().role === 'leader') {
-      for (const [id, pr] of this.raw.status().progress) {
-        if (id === this.id) continue;
-        if (pr.state === 'snapshot') upTo = Math.min(upTo, this.store.logStorage.snapshot().index);
-        else if (pr.match < upTo) retainFor.push(pr.match);
-      }
-    }
     this.compacting = true;
     compactLog
-      .call(this.store, upTo, retainFor)
+      .call(this.store, () => this.compactionHolds())
       .then(
         (index) => {
           if (index === undefined) return;
@@ -793,6 +784,27 @@ export class Replica {
       .finally(() => {
         this.compacting = false;
       });
+  }
+
+  /**
+   * compactionHolds: what a compaction must keep now (CompactionHolds). On a leader, one hold per
+   * follower behind the applied index: a follower receiving a snapshot holds the snapshot's index
+   * (it continues from the entries after it), any other its match; `active` when it was heard
+   * from within an election timeout (raft's recentActive), so that a follower that is down holds
+   * only within the store's smaller budget.
+   */
+  private compactionHolds(): CompactionHolds {
+    const upTo = this.raw.basicStatus().applied;
+    const retainFor: CompactionHolds['retainFor'] = [];
+    if (this.raw.basicStatus().role === 'leader') {
+      const snapshotIndex = this.store.logStorage.snapshot().index;
+      for (const [id, pr] of this.raw.status().progress) {
+        if (id === this.id) continue;
+        const match = pr.state === 'snapshot' ? snapshotIndex : pr.match;
+        if (match < upTo) retainFor.push({ match, active: pr.recentActive });
+      }
+    }
+    return { upTo, retainFor };
   }
 
   /** snapshotOnDemand: raft wants a snapshot for a follower whose entries are compacted away. */
@@ -820,8 +832,13 @@ export class Replica {
       return;
     }
     this[flag] = true;
-    this.store
-      .createSnapshotAsync()
+    let copy: Promise<SnapshotMetadata | undefined>;
+    try {
+      copy = this.store.createSnapshotAsync();
+    } catch (error) {
+      copy = Promise.reject(error); // (e.g. the commit before the copy failed): reported below, the flag cleared
+    }
+    copy
       .then(done, (error: unknown) => {
         this.counters?.inc('snapshot.failed');
         this.logger?.error({ err: String(error) }, 'snapshot failed');

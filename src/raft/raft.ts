@@ -156,6 +156,7 @@ export class Raft {
     }
     this.pendingConfIndex = 0;
     this.uncommittedBytes = 0;
+    this.snapshotWanted = false; // only a leader wants one, for its followers
     this.leaseRevoked = false;
     this.readRequests = [];
     this.pendingReads = [];

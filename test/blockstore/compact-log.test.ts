@@ -26,6 +26,13 @@ function writes(rng: Prng, count: number, first = true): Command[] {
   return commands;
 }
 
+/** holds: a compaction allowed up to `upTo`, keeping the log for followers at `down` (inactive) and `active` matches. */
+const holds = (upTo: number, down: number[] = [], active: number[] = []) => () => ({
+  upTo,
+  retainFor: [...down.map((match) => ({ match, active: false })), ...active.map((match) => ({ match, active: true }))],
+});
+const all = holds(Number.MAX_SAFE_INTEGER);
+
 /** neverTimer: the shared state.db transaction stays open until something commits it (here: compactLog). */
 const neverTimer = { after: () => ({ cancel: () => {} }) };
 
@@ -51,14 +58,14 @@ test.serial('compactLog fdatasyncs state.db\'s WAL, then compacts behind the app
       };
       return handle;
     }) as typeof realOpen;
-    const point = await store.compactLog(Number.MAX_SAFE_INTEGER);
+    const point = await store.compactLog(all);
     fs.promises.open = realOpen;
     t.is(point, applied - 10, 'compacted to the applied index minus the trailing entries');
     t.deepEqual(events, [`datasync state.db-wal (log starts at ${before})`], 'the WAL of state.db is on disk before the log moves');
     t.is(store.logStorage.firstIndex(), applied - 10 + 1);
     t.is(store.logStorage.snapshot().index, 0, 'no snapshot');
     t.deepEqual(fs.readdirSync(path.join(tmp.dir, 'snapshots')).filter((f) => f.startsWith('snap-')), [], 'no snapshot file');
-    t.is(await store.compactLog(Number.MAX_SAFE_INTEGER), undefined, 'nothing new: nothing to do');
+    t.is(await store.compactLog(all), undefined, 'nothing new: nothing to do');
     const hash = store.stateHash();
     store.close();
     store = BlockStore.open(tmp.dir, { limits: { compactionTrailingEntries: 10 } });
@@ -67,7 +74,7 @@ test.serial('compactLog fdatasyncs state.db\'s WAL, then compacts behind the app
     t.deepEqual(store.stateHash(), hash);
     // upTo holds the compaction back (a leader streaming its snapshot to a follower).
     drive(store, writes(rng, 50, false));
-    t.is(await store.compactLog(applied + 5), applied + 5);
+    t.is(await store.compactLog(holds(applied + 5)), applied + 5);
     t.is(store.logStorage.firstIndex(), applied + 6);
   } finally {
     fs.promises.open = realOpen;
@@ -85,7 +92,7 @@ test('a snapshot made on demand after compactLog reaches the log, and a follower
   try {
     leader.bootstrap([1, 2]);
     drive(leader, writes(rng, 100));
-    await leader.compactLog(Number.MAX_SAFE_INTEGER);
+    await leader.compactLog(all);
     drive(leader, writes(rng, 20, false));
     const first = leader.logStorage.firstIndex();
     t.true(first > 90);
@@ -113,7 +120,7 @@ test('compactLog does nothing while a snapshot copy is in flight', async (t) => 
     let during: Promise<number | undefined> | undefined;
     const metadata = await store.createSnapshotAsync({
       onCopyStarted: () => {
-        during = store.compactLog(Number.MAX_SAFE_INTEGER);
+        during = store.compactLog(all);
       },
     });
     t.truthy(metadata);
@@ -121,7 +128,7 @@ test('compactLog does nothing while a snapshot copy is in flight', async (t) => 
     // (the snapshot itself compacted behind it, keeping compactionTrailingEntries = 0)
     t.is(store.logStorage.firstIndex(), metadata!.index + 1);
     drive(store, writes(rng, 5, false));
-    t.is(await store.compactLog(Number.MAX_SAFE_INTEGER), store.appliedIndex(), 'and works again after it');
+    t.is(await store.compactLog(all), store.appliedIndex(), 'and works again after it');
   } finally {
     store.close();
     tmp.cleanup();
@@ -139,12 +146,63 @@ test('retainFor keeps the log for a lagging follower within logRetainBytesMax, a
     const applied = store.appliedIndex();
     t.true(store.logStorage.wal.bytesFrom(2) > 400 * KiB);
     // A follower at 10 would need ~370 KiB kept: over budget, ignored. One at 50 needs ~210 KiB: kept for it.
-    t.is(await store.compactLog(Number.MAX_SAFE_INTEGER, [10, 50, applied]), 50);
+    t.is(await store.compactLog(holds(Number.MAX_SAFE_INTEGER, [10, 50, applied])), 50);
     t.is(store.logStorage.firstIndex(), 51);
     t.true(store.logStorage.wal.bytesFrom(51) <= 256 * KiB);
     // Alone over budget: compacted to the applied index.
     drive(store, writes(rng, 100, false));
-    t.is(await store.compactLog(Number.MAX_SAFE_INTEGER, [60]), store.appliedIndex());
+    t.is(await store.compactLog(holds(Number.MAX_SAFE_INTEGER, [60])), store.appliedIndex());
+  } finally {
+    store.close();
+    tmp.cleanup();
+  }
+});
+
+test('a follower already behind the log start holds nothing (it needs a snapshot anyway); an active one gets 4x the budget', async (t) => {
+  const tmp = tempDir('compact-log-behind');
+  const rng = new Prng(13);
+  const store = BlockStore.open(tmp.dir, { limits: { compactionTrailingEntries: 0, logRetainBytesMax: 256 * KiB } });
+  try {
+    store.bootstrap([1, 2, 3]);
+    drive(store, writes(rng, 100));
+    t.is(await store.compactLog(all), store.appliedIndex());
+    const first = store.logStorage.firstIndex();
+    drive(store, writes(rng, 100, false));
+    // 5 is behind the log start: it must not pin the log, nor stop the hold for the follower at first + 49.
+    t.is(await store.compactLog(holds(Number.MAX_SAFE_INTEGER, [5])), store.appliedIndex(), 'compacted past a follower that needs a snapshot');
+    drive(store, writes(rng, 100, false));
+    const next = store.logStorage.firstIndex();
+    t.is(await store.compactLog(holds(Number.MAX_SAFE_INTEGER, [5, next + 49])), next + 49);
+    t.true(first < next);
+    // ~200 KiB left after next + 49... now 100 more: an inactive follower there (~610 KiB to keep) is over
+    // budget, an active one (4 x 256 KiB) is not.
+    drive(store, writes(rng, 100, false));
+    const behind = store.logStorage.firstIndex() - 1;
+    t.true(store.logStorage.wal.bytesFrom(behind + 1) > 256 * KiB && store.logStorage.wal.bytesFrom(behind + 1) < 1024 * KiB);
+    t.is(await store.compactLog(holds(Number.MAX_SAFE_INTEGER, [], [behind])), undefined, 'kept for the active follower: nothing to compact');
+    t.is(await store.compactLog(holds(Number.MAX_SAFE_INTEGER, [behind])), store.appliedIndex(), 'not kept for one that is down');
+  } finally {
+    store.close();
+    tmp.cleanup();
+  }
+});
+
+test('compactLog asks for the holds again after the fdatasync: a snapshot transfer that began meanwhile is respected', async (t) => {
+  const tmp = tempDir('compact-log-rehold');
+  const rng = new Prng(17);
+  const store = BlockStore.open(tmp.dir, { limits: { compactionTrailingEntries: 0 } });
+  try {
+    store.bootstrap([1, 2]);
+    drive(store, writes(rng, 60));
+    const applied = store.appliedIndex();
+    let asked = 0;
+    const point = await store.compactLog(() => {
+      asked++;
+      return asked === 1 ? { upTo: applied, retainFor: [] } : { upTo: applied, retainFor: [{ match: 30, active: true }] };
+    });
+    t.is(asked, 2);
+    t.is(point, 30, 'the hold seen after the fdatasync wins');
+    t.is(store.logStorage.firstIndex(), 31);
   } finally {
     store.close();
     tmp.cleanup();

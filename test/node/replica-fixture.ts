@@ -15,6 +15,7 @@
  */
 
 import { assert } from '../../src/assert.js';
+import { type CompactionHolds, compactionPoint } from '../../src/blockstore/replica-store.js';
 import { type MemberAddresses, Replica, type ReplicaLimits, type ReplicaStore, type ReplicaTestingKnobs, type ApplyOutcome } from '../../src/node/replica.js';
 import type { Scheduler, Timer } from '../../src/node/clock.js';
 import { decodeConfChange } from '../../src/raft/confchange.js';
@@ -220,12 +221,12 @@ export class MemReplicaStore implements ReplicaStore {
   /** compactLog: ReplicaStore.compactLog; a test deletes it to see the replica's fallback (a periodic snapshot). */
   /** retain: whether compactLog keeps the log for lagging followers (retainFor; an unlimited budget here). */
   retain = true;
-  /** retainRequests: the retainFor lists compactLog was given. */
-  readonly retainRequests: number[][] = [];
-  compactLog?: (upTo: number, retainFor?: number[]) => Promise<number | undefined> = (upTo, retainFor = []) => {
-    this.retainRequests.push([...retainFor]);
-    const lowest = retainFor.length > 0 && this.retain ? Math.min(...retainFor) : Infinity;
-    const index = Math.min(upTo, this.applied, lowest);
+  /** retainRequests: the holds compactLog was given. */
+  readonly retainRequests: CompactionHolds['retainFor'][] = [];
+  compactLog?: (holds: () => CompactionHolds) => Promise<number | undefined> = (holds) => {
+    const h = holds();
+    this.retainRequests.push(h.retainFor);
+    const index = compactionPoint(h, this.applied, 0, this.logStorage.firstIndex(), () => 1, this.retain ? Infinity : 0);
     if (index < this.logStorage.firstIndex()) return Promise.resolve(undefined);
     this.logStorage.compact(index, this.applied);
     this.compactions++;

@@ -34,6 +34,7 @@ import { CorruptError, ErrorCode } from '../../src/errors.js';
 import type { ApplyOutcome, MemberAddresses, ReplicaStore } from '../../src/node/replica.js';
 // The one import of the session table in test/sim (it may move to another layer).
 import { SessionTable, SessionVerdict } from '../../src/blockstore/sessions.js';
+import { type CompactionHolds, compactionPoint } from '../../src/blockstore/replica-store.js';
 
 export { SessionVerdict };
 import { MemoryStorage } from '../../src/raft/storage.js';
@@ -320,19 +321,14 @@ export class MemoryReplicaStore implements ReplicaStore {
    * fdatasync), then the log is compacted behind it, keeping compactionLag entries, with no
    * snapshot: a follower that needs the dropped entries gets a snapshot made on demand.
    */
-  compactLog(upTo: number, retainFor: number[] = []): Promise<number | undefined> {
+  compactLog(holds: () => CompactionHolds): Promise<number | undefined> {
     const storage = this.logStorage;
     const applied = this.machine.applied;
-    let compactIndex = Math.min(upTo, applied - (this.hooks.compactionLag?.() ?? 0), storage.lastIndex());
-    // BlockStore's retention budget, in entries: keep the log for the furthest-behind follower that fits.
-    const budget = this.hooks.retainEntriesMax?.() ?? 0;
-    for (const match of [...retainFor].sort((a, b) => a - b)) {
-      if (match >= compactIndex) break;
-      if (storage.lastIndex() - Math.max(match, storage.firstIndex() - 1) <= budget) {
-        compactIndex = match;
-        break;
-      }
-    }
+    // BlockStore's rule, with the retention budget counted in entries.
+    const compactIndex = Math.min(
+      compactionPoint(holds(), applied, this.hooks.compactionLag?.() ?? 0, storage.firstIndex(), (i) => storage.lastIndex() - i + 1, this.hooks.retainEntriesMax?.() ?? 0),
+      storage.lastIndex(),
+    );
     if (compactIndex < storage.firstIndex()) return Promise.resolve(undefined);
     this.machineDurable = this.machine.serialize();
     storage.compact(compactIndex, applied);
