@@ -90,6 +90,12 @@ export class Progress {
   snapshotAcked = 0;
   /** snapshotAckedAtLastHeartbeat: for detecting a stalled transfer (lost chunks) and resending. */
   snapshotAckedAtLastHeartbeat = -1;
+  /**
+   * sentCommit: the highest commit index an App to this follower carried (optimistic: the App may
+   * be lost; heartbeats carry the commit index too). A commit broadcast skips a follower that was
+   * already sent it (etcd-io/raft's Progress.sentCommit).
+   */
+  sentCommit = 0;
   /** leaseAckTick: the leader tick carried by the newest heartbeat this follower acknowledged. */
   leaseAckTick = -1;
 

@@ -79,6 +79,8 @@ export class Raft {
   snapshotChunks: SnapshotChunk[] = [];
   /** snapshotWanted: a follower needs a snapshot and none reaches the log (startSnapshot); handed out in Ready. */
   snapshotWanted = false;
+  /** bcastPending: appends to every follower are due (a proposal, a commit advance); sent once by flushBroadcast. */
+  private bcastPending = false;
   /** staging: the snapshot being received: metadata and bytes held (durable + in this Ready). */
   private staging: { metadata: SnapshotMetadata; bytes: number } | undefined;
 
@@ -157,6 +159,7 @@ export class Raft {
     this.pendingConfIndex = 0;
     this.uncommittedBytes = 0;
     this.snapshotWanted = false; // only a leader wants one, for its followers
+    this.bcastPending = false;
     this.leaseRevoked = false;
     this.readRequests = [];
     this.pendingReads = [];
@@ -344,6 +347,7 @@ export class Raft {
     for (const entry of entries) bytes += entryBytes(entry);
     this.send(message({ type: MessageType.App, to, index: prevIndex, logTerm: prevTerm, entries, commit: this.log.committed }));
     pr.sentEntries(entries.length, prevIndex + entries.length, bytes);
+    pr.sentCommit = Math.max(pr.sentCommit, this.log.committed);
     return true;
   }
 
@@ -715,8 +719,8 @@ export class Raft {
             pr.becomeProbe();
             pr.becomeReplicate();
           } else if (pr.state === ProgressState.Replicate) pr.inflights.freeLE(m.index);
-          if (this.maybeCommit()) this.bcastAppend();
-          else if (m.from !== this.id && wasPaused) {
+          if (this.maybeCommit()) this.bcastPending = true;
+          else if (m.from !== this.id && wasPaused && !this.bcastPending) {
             // It was paused, so it may have missed the latest commit index: send it now.
             this.maybeSendAppend(m.from, true);
           }
@@ -782,7 +786,23 @@ export class Raft {
     }
     if (!this.appendEntries(m.entries)) throw new ChardError(ErrorCode.Busy, 'too many uncommitted bytes; retry later');
     for (const entry of m.entries) if (entry.type === EntryType.ConfChange) this.pendingConfIndex = entry.index;
-    this.bcastAppend();
+    this.bcastPending = true;
+  }
+
+  /**
+   * flushBroadcast: the appends that proposals and commit advances asked for since the last
+   * Ready, sent once (RawNode calls it before it answers hasReady or builds a Ready). Nothing
+   * leaves the core between two Readys anyway, so deferring changes no message's content, only
+   * their number: the proposals of one event-loop turn travel in one App per follower, and the
+   * commit index advanced by several responses in one broadcast (before, each proposal sent its
+   * own App and each commit advance its own round of empty ones: ~8 messages per write).
+   */
+  flushBroadcast(): void {
+    if (!this.bcastPending) return;
+    this.bcastPending = false;
+    if (this.role !== Role.Leader) return;
+    // New entries go to everyone; an empty App (the commit index alone) only to a follower not yet sent it.
+    for (const [id, pr] of this.progress) if (id !== this.id) this.maybeSendAppend(id, pr.sentCommit < this.log.committed);
   }
 
   private handleTransferLeader(transferee: NodeId, pr: Progress): void {

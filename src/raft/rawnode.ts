@@ -175,6 +175,7 @@ export class RawNode {
 
   hasReady(): boolean {
     const raft = this.raft;
+    raft.flushBroadcast();
     const soft = this.softState();
     if (soft.leader !== this.previousSoftState.leader || soft.role !== this.previousSoftState.role) return true;
     if (!sameHardState(raft.hardState(), this.previousHardState)) return true;
@@ -205,6 +206,7 @@ export class RawNode {
   ): Ready {
     assert(this.inFlight === undefined, 'ready() called twice without advance()');
     const raft = this.raft;
+    raft.flushBroadcast();
     const soft = this.softState();
     const hard = raft.hardState();
     const entries = raft.log.unstableEntries.slice();

@@ -338,11 +338,36 @@ test('§5.5 a follower that restarts keeps its durable term, vote and log', (t) 
 
 // ---------------------------------------------------------------- flow control
 
+/** proposeAlone: a proposal in a turn of its own: hasReady() sends the appends it asked for before the next one. */
+function proposeAlone(c: Cluster, id: NodeId, value: string): void {
+  c.node(id).raw.propose(bytes(value));
+  c.node(id).raw.hasReady();
+}
+
+test('one turn\'s proposals travel in one append per follower, and several commit advances in one broadcast', (t) => {
+  const c = cluster(3);
+  c.campaign(1);
+  for (let i = 0; i < 5; i++) c.node(1).raw.propose(bytes(`p${i}`));
+  const apps = outbox(c, 1).filter((m) => m.type === 'App');
+  t.deepEqual(apps.map((m) => [m.to, m.entries.length]).sort(), [[2, 5], [3, 5]], 'one append per follower, all five entries');
+  for (const m of apps) c.node(m.to).raw.step(m);
+  const acks = [...outbox(c, 2), ...outbox(c, 3)].filter((m) => m.type === 'AppResp');
+  t.is(acks.length, 2, 'one answer per follower');
+  for (const m of acks) c.node(1).raw.step(m);
+  const commits = outbox(c, 1).filter((m) => m.type === 'App');
+  t.deepEqual(commits.map((m) => m.to).sort(), [2, 3], 'the commit index goes out once per follower, after both answers');
+  for (const m of commits) t.is(m.commit, status(c, 1).commit);
+  for (const m of commits) c.node(m.to).raw.step(m);
+  run(c);
+  t.deepEqual(c.appliedData(2), ['p0', 'p1', 'p2', 'p3', 'p4']);
+});
+
 test('flow control: inflightMessagesMax bounds the appends in flight to a follower in replicate state', (t) => {
   const c = cluster(3, { inflightMessagesMax: 2 });
   c.campaign(1);
   t.is(status(c, 1).progress.get(2)?.state, 'replicate');
-  for (let i = 0; i < 5; i++) c.node(1).raw.propose(bytes(`p${i}`));
+  // Each proposal in its own turn (hasReady sends what it asked for; one turn's proposals share one append).
+  for (let i = 0; i < 5; i++) proposeAlone(c, 1, `p${i}`);
   const apps = outbox(c, 1).filter((m) => m.type === 'App' && m.to === 2);
   t.is(apps.length, 2);
   t.is(status(c, 1).progress.get(2)?.inflight, 2);
@@ -355,7 +380,7 @@ test('flow control: inflightMessagesMax bounds the appends in flight to a follow
 test('flow control: a full window whose appends were all lost recovers after a heartbeat', (t) => {
   const c = cluster(3, { inflightMessagesMax: 2 });
   c.campaign(1);
-  for (let i = 0; i < 4; i++) c.node(1).raw.propose(bytes(`p${i}`));
+  for (let i = 0; i < 4; i++) proposeAlone(c, 1, `p${i}`);
   // Every append to node 2 is lost; node 3 keeps the cluster committing.
   run(c, (m) => !(m.type === 'App' && m.to === 2));
   t.is(status(c, 1).progress.get(2)?.inflight, 2);
@@ -368,7 +393,7 @@ test('flow control: a full window whose appends were all lost recovers after a h
 test('flow control: inflightBytesMax bounds the bytes in flight to a follower', (t) => {
   const c = cluster(3, { inflightBytesMax: 200 });
   c.campaign(1);
-  for (let i = 0; i < 4; i++) c.node(1).raw.propose(bytes('x'.repeat(100)));
+  for (let i = 0; i < 4; i++) proposeAlone(c, 1, 'x'.repeat(100));
   const sent = outbox(c, 1);
   const apps = sent.filter((m) => m.type === 'App' && m.to === 2);
   t.is(apps.length, 2, '124 bytes, then 248 >= 200: paused');
@@ -382,7 +407,7 @@ test('flow control: a follower in probe state gets one append at a time', (t) =>
   c.campaign(1);
   c.node(1).raw.reportUnreachable(2);
   t.is(status(c, 1).progress.get(2)?.state, 'probe');
-  for (let i = 0; i < 3; i++) c.node(1).raw.propose(bytes(`p${i}`));
+  for (let i = 0; i < 3; i++) proposeAlone(c, 1, `p${i}`);
   const apps = outbox(c, 1).filter((m) => m.type === 'App' && m.to === 2);
   t.is(apps.length, 1);
   t.is(apps[0]!.entries.length, 1, 'the probe carries what was there when it was sent');
