@@ -6,11 +6,12 @@
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomInt } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ErrorCode, RemoteError, UsageError } from '../errors.js';
+import { ErrorCode, InternalError, RemoteError, UsageError } from '../errors.js';
 import { type NodeConfig, nodeReadyMessage } from '../node/config.js';
 import type { MemberAddresses } from '../node/replica.js';
 
@@ -25,19 +26,53 @@ export function nodeConfigPath(dir: string, id: number): string {
   return path.join(nodeDir(dir, id), 'node.json');
 }
 
-/** freePorts: ask the OS for `count` distinct free loopback ports. */
+/** EPHEMERAL_RANGE_FILE: the kernel's range of local ports for outgoing connections (Linux). */
+const EPHEMERAL_RANGE_FILE = '/proc/sys/net/ipv4/ip_local_port_range';
+/** listenPortsFrom: the lowest port freePorts picks from (below it, well-known and registered services). */
+const listenPortsFrom = 10_000;
+
+/** ephemeralPortRange: [low, high] of the kernel's ephemeral ports (Linux's default when unreadable). */
+export function ephemeralPortRange(file = EPHEMERAL_RANGE_FILE): [number, number] {
+  try {
+    const [low, high] = readFileSync(file, 'utf8').trim().split(/\s+/).map(Number);
+    if (Number.isInteger(low) && Number.isInteger(high) && low! > 0 && high! >= low!) return [low!, high!];
+  } catch {
+    // not Linux, or no procfs: the default below
+  }
+  return [32_768, 60_999];
+}
+
+/**
+ * freePorts: `count` distinct free loopback ports for nodes to listen on, chosen BELOW the
+ * kernel's ephemeral range. A port the OS hands out for port 0 is an ephemeral one: once the node
+ * that listened on it is killed, any process's outgoing connection may take it as its local
+ * port, and the node's restart fails with EADDRINUSE (seen in a clean CI run: a killed node's
+ * admin port taken before its restart). Ports are drawn at random from [10000, ephemeral low)
+ * and bound once to check them; without room below the range, the OS picks (port 0).
+ */
 export async function freePorts(count: number, host = '127.0.0.1'): Promise<number[]> {
+  const [ephemeralLow] = ephemeralPortRange();
+  const below = ephemeralLow - listenPortsFrom;
   const servers: net.Server[] = [];
   const ports: number[] = [];
-  try {
-    for (let i = 0; i < count; i++) {
+  const tryListen = (port: number) =>
+    new Promise<number | undefined>((resolve) => {
       const server = net.createServer();
-      servers.push(server);
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(0, host, () => resolve());
+      server.once('error', () => resolve(undefined));
+      server.listen(port, host, () => {
+        servers.push(server);
+        resolve((server.address() as net.AddressInfo).port);
       });
-      ports.push((server.address() as net.AddressInfo).port);
+    });
+  try {
+    for (let attempts = 0; ports.length < count && attempts < count * 50 && below >= count * 10; attempts++) {
+      const port = await tryListen(listenPortsFrom + randomInt(below));
+      if (port !== undefined && !ports.includes(port)) ports.push(port);
+    }
+    while (ports.length < count) {
+      const port = await tryListen(0);
+      if (port === undefined) throw new InternalError(ErrorCode.Unavailable, `no free port on ${host}`);
+      ports.push(port);
     }
   } finally {
     await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));

@@ -6,7 +6,8 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import test from 'ava';
-import { nodeProcessFlags, nodeProcessV8Flags } from '../../src/cli/processes.js';
+import net from 'node:net';
+import { ephemeralPortRange, freePorts, nodeProcessFlags, nodeProcessV8Flags } from '../../src/cli/processes.js';
 
 const execFileAsync = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -36,4 +37,29 @@ test('NODE_OPTIONS naming a flag wins over nodeProcessV8Flags', (t) => {
   t.deepEqual(nodeProcessFlags({}), [...nodeProcessV8Flags]);
   t.deepEqual(nodeProcessFlags({ NODE_OPTIONS: '--max-semi-space-size=16' }), []);
   t.deepEqual(nodeProcessFlags({ NODE_OPTIONS: '--inspect=0' }), [...nodeProcessV8Flags]);
+});
+
+test('freePorts picks distinct ports below the kernel\'s ephemeral range, so an outgoing connection never takes a stopped node\'s port', async (t) => {
+  const [low] = ephemeralPortRange();
+  const ports = await freePorts(30);
+  t.is(new Set(ports).size, 30);
+  for (const port of ports) t.true(port >= 10_000 && port < low, `port ${port} below the ephemeral range starting at ${low}`);
+  // and each is free: it can be bound again at once
+  const servers = await Promise.all(
+    ports.map(
+      (port) =>
+        new Promise<net.Server>((resolve, reject) => {
+          const s = net.createServer();
+          s.once('error', reject);
+          s.listen(port, '127.0.0.1', () => resolve(s));
+        }),
+    ),
+  );
+  await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+});
+
+test('ephemeralPortRange reads the kernel file, and falls back to Linux\'s default', (t) => {
+  t.deepEqual(ephemeralPortRange('/nonexistent/ip_local_port_range'), [32_768, 60_999]);
+  const [low, high] = ephemeralPortRange();
+  t.true(low > 0 && high >= low);
 });
