@@ -347,7 +347,8 @@ export class Raft {
     for (const entry of entries) bytes += entryBytes(entry);
     this.send(message({ type: MessageType.App, to, index: prevIndex, logTerm: prevTerm, entries, commit: this.log.committed }));
     pr.sentEntries(entries.length, prevIndex + entries.length, bytes);
-    pr.sentCommit = Math.max(pr.sentCommit, this.log.committed);
+    // What the follower can learn from it: it commits no further than the App's last entry.
+    pr.sentCommit = Math.max(pr.sentCommit, Math.min(this.log.committed, prevIndex + entries.length));
     return true;
   }
 
@@ -790,19 +791,25 @@ export class Raft {
   }
 
   /**
-   * flushBroadcast: the appends that proposals and commit advances asked for since the last
-   * Ready, sent once (RawNode calls it before it answers hasReady or builds a Ready). Nothing
-   * leaves the core between two Readys anyway, so deferring changes no message's content, only
-   * their number: the proposals of one event-loop turn travel in one App per follower, and the
-   * commit index advanced by several responses in one broadcast (before, each proposal sent its
-   * own App and each commit advance its own round of empty ones: ~8 messages per write).
+   * flushBroadcast: the appends that proposals and commit advances asked for, sent once: RawNode
+   * calls it before it answers hasReady, builds a Ready, or hands out the messages that may leave
+   * while a Ready's persist is in flight (takeMessagesInFlight) — the only ways messages leave the
+   * core — so deferring changes no message's content, only their number: the proposals of one
+   * event-loop turn travel in as few Apps per follower as appendBytesMax and the in-flight window
+   * allow, and the commit index advanced by several responses in one broadcast (before, each
+   * proposal sent its own App and each commit advance its own round of empty ones: ~8 messages
+   * per write).
    */
   flushBroadcast(): void {
     if (!this.bcastPending) return;
     this.bcastPending = false;
     if (this.role !== Role.Leader) return;
-    // New entries go to everyone; an empty App (the commit index alone) only to a follower not yet sent it.
-    for (const [id, pr] of this.progress) if (id !== this.id) this.maybeSendAppend(id, pr.sentCommit < this.log.committed);
+    // New entries go to everyone, as many Apps as the window allows (a turn's proposals may exceed
+    // appendBytesMax); an empty App (the commit index alone) only to a follower not yet sent it.
+    for (const [id, pr] of this.progress) {
+      if (id === this.id) continue;
+      if (this.maybeSendAppend(id, pr.sentCommit < this.log.committed)) while (this.maybeSendAppend(id, false)) {}
+    }
   }
 
   private handleTransferLeader(transferee: NodeId, pr: Progress): void {

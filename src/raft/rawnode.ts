@@ -337,6 +337,7 @@ export class RawNode {
   takeMessagesInFlight(): Message[] {
     if (this.inFlight === undefined) return [];
     const raft = this.raft;
+    raft.flushBroadcast(); // the appends of proposals made during the persist leave now, not after it
     const leaderEarly = raft.role === 'leader' && raft.term === this.durableTerm;
     const out: Message[] = [];
     const keep: Message[] = [];

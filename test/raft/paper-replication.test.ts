@@ -8,7 +8,7 @@ import { RawNode } from '../../src/raft/rawnode.js';
 import { SeededRandom } from '../../src/raft/random.js';
 import { MemoryStorage } from '../../src/raft/storage.js';
 import { type Entry, EntryType, type Message, type NodeId, message } from '../../src/raft/types.js';
-import { Cluster, type NodeOptions, bytes, cluster, outbox, run, tickRun } from './harness.js';
+import { Cluster, type NodeOptions, bytes, cluster, outbox, run, text, tickRun } from './harness.js';
 
 function entries(terms: number[], firstIndex: number): Entry[] {
   return terms.map((term, i) => ({ term, index: firstIndex + i, type: EntryType.Normal, data: new Uint8Array([term, i]) }));
@@ -337,6 +337,29 @@ test('§5.5 a follower that restarts keeps its durable term, vote and log', (t) 
 });
 
 // ---------------------------------------------------------------- flow control
+
+test('a turn\'s proposals beyond appendBytesMax still all leave at once, in several appends', (t) => {
+  const c = cluster(3, { appendBytesMax: 1000 });
+  c.campaign(1);
+  for (let i = 0; i < 10; i++) c.node(1).raw.propose(bytes(String(i).repeat(400)));
+  const apps = outbox(c, 1).filter((m) => m.type === 'App' && m.to === 2);
+  t.true(apps.length >= 4, `${apps.length} appends`);
+  t.is(apps.reduce((n, m) => n + m.entries.length, 0), 10, 'every entry went out, none waits for an answer');
+  for (const m of apps) t.true(m.entries.length === 1 || m.entries.reduce((n, e) => n + e.data.length, 0) <= 1000);
+});
+
+test('proposals made while a Ready is in flight leave with takeMessagesInFlight, during the leader\'s persist', (t) => {
+  const c = cluster(3);
+  c.campaign(1);
+  const raw = c.node(1).raw;
+  raw.propose(bytes('x'));
+  const rd = raw.ready(); // in flight: its persist has not completed
+  t.true(rd.entries.length > 0);
+  raw.propose(bytes('y'));
+  const early = raw.takeMessagesInFlight().filter((m) => m.type === 'App');
+  t.deepEqual(early.map((m) => m.to).sort(), [2, 3]);
+  for (const m of early) t.true(m.entries.some((e) => text(e.data) === 'y'), 'the append of y left before the persist of x completed');
+});
 
 /** proposeAlone: a proposal in a turn of its own: hasReady() sends the appends it asked for before the next one. */
 function proposeAlone(c: Cluster, id: NodeId, value: string): void {
