@@ -522,8 +522,8 @@ export class BlockStore implements ReplicaStore {
    * Ready.snapshotWanted).
    *
    * 1. The open state.db transaction is committed (BlockStateMachine.commit; a delayed COMMIT
-   *    that failed earlier makes it throw): the applied index A is now in state.db's WAL with exactly its effects, not necessarily on disk
-   *    (synchronous=NORMAL).
+   *    that failed earlier makes it throw): the applied index A is now in state.db's WAL with
+   *    exactly its effects, not necessarily on disk (synchronous=NORMAL).
    * 2. state.db's WAL file is fdatasynced on the thread pool. Then every transaction committed
    *    before it is durable: its frames are either still in the WAL (now on disk) or a checkpoint
    *    already copied them into state.db, and a checkpoint fsyncs state.db before the WAL may be

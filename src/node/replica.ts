@@ -749,11 +749,10 @@ export class Replica {
 
   /**
    * maybeCompact: every compactEveryEntries (or compactEveryLogBytes) applied, compact the log
-   * behind the store's durable state (ReplicaStore.compactLog), one at a time. A leader holds the
-   * compaction at its latest snapshot while a follower receives it (that follower continues from
-   * the entries after the snapshot), and asks the store to keep the log for followers that lag
-   * (retainFor: their match indices; a restarted node then catches up from the log, within the
-   * store's budget). A store without compactLog takes a snapshot instead.
+   * behind the store's durable state (ReplicaStore.compactLog), one at a time. On a leader the
+   * store keeps the log for followers that lag, within its budget (compactionHolds), so that a
+   * restarted node, or one that just installed a snapshot, catches up from the log. A store
+   * without compactLog takes a snapshot instead.
    */
   private maybeCompact(): void {
     if (this.compacting) return;

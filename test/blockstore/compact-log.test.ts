@@ -14,7 +14,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { BlockStore } from '../../src/blockstore/index.js';
+import { BlockStore, type BlockStoreLimits } from '../../src/blockstore/index.js';
 import type { Command } from '../../src/blockstore/commands.js';
 import { Prng, drive, replayEntries, tempDir, transferSnapshot } from './helpers.js';
 
@@ -32,6 +32,19 @@ const holds = (upTo: number, down: number[] = [], active: number[] = []) => () =
   retainFor: [...down.map((match) => ({ match, active: false })), ...active.map((match) => ({ match, active: true }))],
 });
 const all = holds(Number.MAX_SAFE_INTEGER);
+
+/** withStore: a fresh store in a temp directory, bootstrapped with `voters`, closed and removed after `body`. */
+async function withStore(prefix: string, limits: Partial<BlockStoreLimits>, voters: number[], body: (store: BlockStore) => Promise<void>): Promise<void> {
+  const tmp = tempDir(prefix);
+  const store = BlockStore.open(tmp.dir, { limits });
+  try {
+    store.bootstrap(voters);
+    await body(store);
+  } finally {
+    store.close();
+    tmp.cleanup();
+  }
+}
 
 /** neverTimer: the shared state.db transaction stays open until something commits it (here: compactLog). */
 const neverTimer = { after: () => ({ cancel: () => {} }) };
@@ -111,11 +124,8 @@ test('a snapshot made on demand after compactLog reaches the log, and a follower
 });
 
 test('compactLog does nothing while a snapshot copy is in flight', async (t) => {
-  const tmp = tempDir('compact-log-copy');
   const rng = new Prng(9);
-  const store = BlockStore.open(tmp.dir, { limits: { compactionTrailingEntries: 0 } });
-  try {
-    store.bootstrap([1]);
+  await withStore('compact-log-copy', { compactionTrailingEntries: 0 }, [1], async (store) => {
     drive(store, writes(rng, 50));
     let during: Promise<number | undefined> | undefined;
     const metadata = await store.createSnapshotAsync({
@@ -129,19 +139,13 @@ test('compactLog does nothing while a snapshot copy is in flight', async (t) => 
     t.is(store.logStorage.firstIndex(), metadata!.index + 1);
     drive(store, writes(rng, 5, false));
     t.is(await store.compactLog(all), store.appliedIndex(), 'and works again after it');
-  } finally {
-    store.close();
-    tmp.cleanup();
-  }
+  });
 });
 
 test('retainFor keeps the log for a lagging follower within logRetainBytesMax, and not beyond it', async (t) => {
-  const tmp = tempDir('compact-log-retain');
   const rng = new Prng(11);
   // 100 writes of 4 KiB: ~414 KiB of log from index 2 on.
-  const store = BlockStore.open(tmp.dir, { limits: { compactionTrailingEntries: 0, logRetainBytesMax: 256 * KiB } });
-  try {
-    store.bootstrap([1, 2, 3]);
+  await withStore('compact-log-retain', { compactionTrailingEntries: 0, logRetainBytesMax: 256 * KiB }, [1, 2, 3], async (store) => {
     drive(store, writes(rng, 100));
     const applied = store.appliedIndex();
     t.true(store.logStorage.wal.bytesFrom(2) > 400 * KiB);
@@ -152,18 +156,12 @@ test('retainFor keeps the log for a lagging follower within logRetainBytesMax, a
     // Alone over budget: compacted to the applied index.
     drive(store, writes(rng, 100, false));
     t.is(await store.compactLog(holds(Number.MAX_SAFE_INTEGER, [60])), store.appliedIndex());
-  } finally {
-    store.close();
-    tmp.cleanup();
-  }
+  });
 });
 
 test('a follower already behind the log start holds nothing (it needs a snapshot anyway); an active one gets 4x the budget', async (t) => {
-  const tmp = tempDir('compact-log-behind');
   const rng = new Prng(13);
-  const store = BlockStore.open(tmp.dir, { limits: { compactionTrailingEntries: 0, logRetainBytesMax: 256 * KiB } });
-  try {
-    store.bootstrap([1, 2, 3]);
+  await withStore('compact-log-behind', { compactionTrailingEntries: 0, logRetainBytesMax: 256 * KiB }, [1, 2, 3], async (store) => {
     drive(store, writes(rng, 100));
     t.is(await store.compactLog(all), store.appliedIndex());
     const first = store.logStorage.firstIndex();
@@ -181,18 +179,12 @@ test('a follower already behind the log start holds nothing (it needs a snapshot
     t.true(store.logStorage.wal.bytesFrom(behind + 1) > 256 * KiB && store.logStorage.wal.bytesFrom(behind + 1) < 1024 * KiB);
     t.is(await store.compactLog(holds(Number.MAX_SAFE_INTEGER, [], [behind])), undefined, 'kept for the active follower: nothing to compact');
     t.is(await store.compactLog(holds(Number.MAX_SAFE_INTEGER, [behind])), store.appliedIndex(), 'not kept for one that is down');
-  } finally {
-    store.close();
-    tmp.cleanup();
-  }
+  });
 });
 
 test('compactLog asks for the holds again after the fdatasync: a snapshot transfer that began meanwhile is respected', async (t) => {
-  const tmp = tempDir('compact-log-rehold');
   const rng = new Prng(17);
-  const store = BlockStore.open(tmp.dir, { limits: { compactionTrailingEntries: 0 } });
-  try {
-    store.bootstrap([1, 2]);
+  await withStore('compact-log-rehold', { compactionTrailingEntries: 0 }, [1, 2], async (store) => {
     drive(store, writes(rng, 60));
     const applied = store.appliedIndex();
     let asked = 0;
@@ -203,8 +195,5 @@ test('compactLog asks for the holds again after the fdatasync: a snapshot transf
     t.is(asked, 2);
     t.is(point, 30, 'the hold seen after the fdatasync wins');
     t.is(store.logStorage.firstIndex(), 31);
-  } finally {
-    store.close();
-    tmp.cleanup();
-  }
+  });
 });
