@@ -17,7 +17,7 @@ import { encodeEnvelope } from '../../src/transport/codec.js';
 import { encodeControl, encodeFrame, FrameDecoder, FrameKind } from '../../src/transport/framing.js';
 import { serializeEnvelope } from '../../src/transport/proto.js';
 import { StreamTransport } from '../../src/transport/stream-transport.js';
-import type { TransportLimits } from '../../src/transport/transport.js';
+import { defaultTransportLimits, type TransportLimits } from '../../src/transport/transport.js';
 import { json, RawPeer } from './raw-peer.js';
 import { until } from '../helpers/until.js';
 
@@ -531,11 +531,14 @@ test.serial('a flood of snapshot chunks does not delay heartbeats beyond a bound
     const baseline = [...latencies].sort((x, y) => x - y);
     latencies.length = 0;
 
-    // Flood: keep the snapshot lane full (the transport drops what does not fit) for ~2 s.
+    // Flood: keep the snapshot lane full for ~2 s. Each tick offers twice what the lane holds in
+    // one send(), so the lane overflows on every tick however fast the receiver drains it (the
+    // lane is drained in a later turn): the overflow below does not depend on the machine.
     let chunks = 0;
     const started = performance.now();
+    const perTick = 2 * defaultTransportLimits.snapQueueMessagesMax;
     const flood = setInterval(() => {
-      for (let i = 0; i < 4; i++) a.transport.send([snap(chunks++)]);
+      a.transport.send(Array.from({ length: perTick }, () => snap(chunks++)));
     }, 5);
     const beats = setInterval(heartbeat, 20);
     await sleep(2000);
@@ -558,6 +561,7 @@ test.serial('a flood of snapshot chunks does not delay heartbeats beyond a bound
     t.true(at(sorted, 0.5) < 100, `median heartbeat latency ${at(sorted, 0.5)} ms under the flood`);
     t.true(at(sorted, 0.99) < boundMs, `p99 heartbeat latency ${at(sorted, 0.99)} ms under the flood`);
     t.is(b.transport.counts()['transport.frame.rejected'] ?? 0, 0);
+    t.true((a.transport.counts()['transport.send.dropped.overflow'] ?? 0) > 0, 'the snapshot lane overflowed');
     t.true(a.unreachable.length >= 1 && a.unreachable.every((id) => id === 2), 'snapshot-lane overflow reported the peer');
   } finally {
     await a.transport.close();
