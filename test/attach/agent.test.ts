@@ -12,7 +12,7 @@
  */
 
 import test, { type ExecutionContext } from 'ava';
-import { AttachAgent } from '../../src/attach/agent.js';
+import { type AgentLimits, AttachAgent } from '../../src/attach/agent.js';
 import { Command } from '../../src/nbd/protocol.js';
 import { LocalCluster, quantile, retrying } from '../helpers/local-cluster.js';
 import { RawClient } from '../helpers/nbd-raw-client.js';
@@ -91,11 +91,12 @@ async function checkReplicas(t: ExecutionContext, cluster: LocalCluster, writer:
 }
 
 /** startAgent: an agent on a loopback port in front of `cluster`, stopped at teardown. */
-async function startAgent(t: ExecutionContext, cluster: LocalCluster): Promise<AttachAgent> {
+async function startAgent(t: ExecutionContext, cluster: LocalCluster, limits?: Partial<AgentLimits>): Promise<AttachAgent> {
   const agent = await AttachAgent.start({
     cluster: cluster.file.nodes.map((n) => ({ id: n.id, admin: n.admin })),
     volume: 'default',
     listen: { host: '127.0.0.1', port: 0 },
+    ...(limits !== undefined ? { limits } : {}),
   });
   t.teardown(() => agent.close());
   return agent;
@@ -159,12 +160,19 @@ test('a writer through the agent sees no error across 5 leader kills and a 10 s 
 test('a paused leader: the agent finds the new leader by asking the nodes, not by its 2 s call timeout', async (t) => {
   const cluster = await LocalCluster.start({ nodes: 3, volumeSize: '64MiB' });
   t.teardown(() => cluster.stop());
-  const agent = await startAgent(t, cluster);
+  // A call timeout no wait below reaches: only the leader watch can move a write while the leader
+  // is stopped. (With the default 2 s one, on a loaded machine where the election and the poll took
+  // longer, the call timeout moved the writes first and leader_moved missed a round.)
+  const callTimeoutMs = 120_000;
+  const agent = await startAgent(t, cluster, { callTimeoutMs });
   const client = await RawClient.connect('port' in agent.address ? agent.address.port : 0);
   await client.go('default', { structured: false });
   const writer = new Writer(client);
   const running = writer.run(256);
+  // The leader stays stopped for at least pauseMs, and on until the writes resumed (they had to
+  // within pauseMs - 500 ms: an election plus 20 writes on a loaded machine could take longer).
   const pauseMs = 6000;
+  const resumeWaitMsMax = 60_000;
   const paused: number[] = [];
   try {
     const stalls: number[] = [];
@@ -175,7 +183,7 @@ test('a paused leader: the agent finds the new leader by asking the nodes, not b
       cluster.kill(leader, 'SIGSTOP');
       paused.push(leader);
       const before = writer.completions.length;
-      while (writer.completions.length < before + 20 && writer.errors.length === 0 && performance.now() - at < pauseMs - 500) await sleep(20);
+      while (writer.completions.length < before + 20 && writer.errors.length === 0 && performance.now() - at < resumeWaitMsMax) await sleep(20);
       const stall = writer.stallAround(at, performance.now() - at);
       t.true(writer.completions.length >= before + 20, `round ${round}: writes resumed while n${leader} was still stopped`);
       stalls.push(stall);
@@ -218,7 +226,9 @@ test('with the cluster unreachable past the timeout, a request fails with EIO (n
   const reply = await simpleReply(client, 30_000);
   const waited = performance.now() - started;
   t.is(reply.errno, 5, 'EIO');
-  t.true(waited >= 1500 && waited < 10_000, `failed after ${waited.toFixed(0)} ms`);
+  // The upper bound tells a timeout (2 s here) from a hang or the 120 s default; 25 s leaves a
+  // loaded machine room (it was 10 s).
+  t.true(waited >= 1500 && waited < 25_000, `failed after ${waited.toFixed(0)} ms`);
   t.log(`request failed with EIO after ${waited.toFixed(0)} ms (timeout 2000 ms)`);
   client.stream.destroy();
 });

@@ -248,7 +248,7 @@ test('a write on a node whose replica closed after its hand-over ends at once wi
     leaderChange: () => ({ promise: new Promise<void>(() => {}), cancel: () => {} }),
   };
   const forwarder = { submit: () => Promise.reject(new Error('nothing to forward to')) };
-  const service = new LocalVolumeService(replica as unknown as Replica, {} as never, () => new Uint8Array(0), forwarder, systemClock, 'default', { submitTimeoutMs: 3000 });
+  const service = new LocalVolumeService(replica as unknown as Replica, {} as never, () => new Uint8Array(0), forwarder, systemClock, 'default', { submitTimeoutMs: 60_000 });
   const started = performance.now();
   const error = await service.submit({ kind: 'write', volume: 'default', offset: 0, data: Buffer.alloc(4096), session: { id: 's', sequence: 1, ackedBelow: 1 } }).then(
     () => undefined,
@@ -256,5 +256,6 @@ test('a write on a node whose replica closed after its hand-over ends at once wi
   );
   const ms = performance.now() - started;
   t.true(error instanceof RemoteError && error.code === ErrorCode.Closed, `failed with ${String(error)}`);
-  t.true(ms < 1000, `ended after ${ms.toFixed(0)} ms, not after the ${3000} ms submit timeout`);
+  // A submit timeout no loaded machine reaches by itself: ending well before it means the closed replica ended the wait.
+  t.true(ms < 30_000, `ended after ${ms.toFixed(0)} ms, not after the 60000 ms submit timeout`);
 });

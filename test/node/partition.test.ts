@@ -106,7 +106,9 @@ test('a partitioned leader serves nothing stale; after heal it converges', async
 
   await lab.heal();
   let converged = await probe('read', members[String(first)]!.admin, 'v', '0', '4096', '10000');
-  for (let i = 0; i < 50 && !(converged.ok && converged.data?.startsWith('bbbb')); i++) {
+  // Until it converged; the deadline is only for a hang (50 tries of 200 ms could end first on a loaded machine).
+  const convergeDeadline = performance.now() + 60_000;
+  while (!(converged.ok && converged.data?.startsWith('bbbb')) && performance.now() < convergeDeadline) {
     await sleep(200);
     converged = await probe('read', members[String(first)]!.admin, 'v', '0', '4096', '10000');
   }

@@ -13,6 +13,15 @@ import { RawClient } from '../helpers/nbd-raw-client.js';
 const MiB = 1024 * 1024;
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+/** until: waits for `condition`; the deadline is only for a hang. */
+async function until(what: string, condition: () => boolean, timeoutMs = 30_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
 interface LogLine {
   level: string;
   obj: Record<string, unknown>;
@@ -120,21 +129,33 @@ test('optionBytesMax: an oversized option is skipped unread and refused; EXPORT_
 test('inflightRequestsMax and inflightBytesMax: backpressure is counted and logged, every request still answered', async (t) => {
   let active = 0;
   let activeMax = 0;
+  // The backend holds every request until the test opens the gate, once the limit was hit: with a
+  // 20 ms sleep instead, a server that read the requests slowly (a loaded machine) could see the
+  // first ones finish before the later ones arrived and never hit the limit.
+  let open = () => {};
+  let gate = Promise.resolve();
+  const closeGate = () => (gate = new Promise<void>((resolve) => (open = resolve)));
   const backend = new FaultBackend(new MemoryBackend({ exports: [{ name: 'disk', sizeBytes: 8 * MiB }] }), async () => {
     active++;
     activeMax = Math.max(activeMax, active);
-    await sleep(20);
+    await gate;
     active--;
   });
   const { server, connect, limitLines } = await serve({ inflightRequestsMax: 4, inflightBytesMax: 256 * 1024 }, backend);
   const c = await connect();
   await c.go('disk');
+  closeGate();
   for (let i = 0; i < 16; i++) c.request({ type: Command.read, handle: i, offset: i * 4096, lengthBytes: 4096 });
+  await until('the request limit hit', () => server.counters.inflightRequestsLimited >= 1);
+  open();
   for (let i = 0; i < 16; i++) t.is((await c.reply()).errno, 0);
   t.true(activeMax <= 4, `backend saw ${activeMax} at once`);
   t.true(server.counters.inflightRequestsLimited >= 1);
   t.is(limitLines('inflightRequestsLimited').length, 1);
+  closeGate();
   for (let i = 0; i < 8; i++) c.request({ type: Command.write, handle: 100 + i, offset: i * 128 * 1024, payload: Buffer.alloc(128 * 1024, i) });
+  await until('the byte limit hit', () => server.counters.inflightBytesLimited >= 1);
+  open();
   for (let i = 0; i < 8; i++) t.is((await c.reply()).errno, 0);
   t.true(server.counters.inflightBytesLimited >= 1);
   t.is(limitLines('inflightBytesLimited').length, 1);

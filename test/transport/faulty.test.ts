@@ -87,7 +87,9 @@ test('drop and duplicate follow the seeded Random', async (t) => {
     const faults = new Faults(new SeededRandom(seed), { dropProbability: 0.3, duplicateProbability: 0.2 });
     const w = await wire((id) => hub.transport(id), [1, 2], faults);
     for (let i = 1; i <= 1000; i++) w.transports.get(1)!.send([hb(1, 2, i)]);
-    await sleep(20);
+    // The hub delivers everything queued in one setImmediate flush; an immediate queued after it
+    // runs after it (a 20 ms sleep did not always: a loaded machine may run the expired timer first).
+    await afterFlush();
     return { indexes: w.inbox.get(2)!.map((m) => m.index), counts: { ...faults.counts } };
   };
   const first = await run(7);

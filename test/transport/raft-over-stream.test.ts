@@ -49,7 +49,10 @@ test('three Replicas replicate and install a chunked snapshot over the stream tr
       transport,
       scheduler: systemScheduler,
       random: new SeededRandom(100 + id),
-      limits: { tickIntervalMs: 10, electionTimeoutTicks: 10, heartbeatIntervalTicks: 2, snapshotChunkBytes: 256, compactEveryEntries: 50 },
+      // Election timeout 1-2 s (it was 100-200 ms): the three replicas share one process, and on a
+      // loaded machine a stall of that length deposed the leader between propose() and commit,
+      // failing the writes; nothing here is about elections.
+      limits: { tickIntervalMs: 10, electionTimeoutTicks: 100, heartbeatIntervalTicks: 2, snapshotChunkBytes: 256, compactEveryEntries: 50 },
     });
     const node: Node = { id, replica, store, transport, stream, snapshotsInstalled: 0 };
     store.hooks = { installed: () => void node.snapshotsInstalled++ };
