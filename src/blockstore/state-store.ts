@@ -55,10 +55,14 @@ export interface StateStoreLimits {
   commitEntriesMax: number;
   commitRowsMax: number;
   /**
-   * checkpointIntervalMs: with a timer, SQLite's automatic checkpoint (inside a COMMIT, on the
-   * event loop) is off and a worker thread checkpoints the WAL this often (checkpointer.ts).
+   * checkpointWalBytes / checkpointIdleMs / checkpointPollMs: with a timer, SQLite's automatic
+   * checkpoint (inside a COMMIT, on the event loop) is off and a worker thread checkpoints the WAL
+   * once it holds `checkpointWalBytes` not yet copied into state.db, or once it has not grown for
+   * `checkpointIdleMs`; it looks every `checkpointPollMs` (checkpointer.ts: why by size).
    */
-  checkpointIntervalMs: number;
+  checkpointWalBytes: number;
+  checkpointIdleMs: number;
+  checkpointPollMs: number;
 }
 
 /** StateTimer: how the state machine delays a commit (node: its Scheduler; tests: none, so every apply commits). */
@@ -74,7 +78,9 @@ export const defaultStateStoreLimits: StateStoreLimits = {
   commitDelayMs: 50,
   commitEntriesMax: 4096,
   commitRowsMax: 1024,
-  checkpointIntervalMs: 200,
+  checkpointWalBytes: 64 * 1024 * 1024,
+  checkpointIdleMs: 1000,
+  checkpointPollMs: 100,
 };
 
 export interface VolumeRecord {
@@ -311,7 +317,8 @@ export class BlockStateMachine {
     this.s = prepare(this.db);
     this.applyTransaction = this.db.transaction(this.applyBatch);
     if (timer !== undefined) {
-      this.checkpointer = new Checkpointer(file, limits.checkpointIntervalMs, () => {
+      const checkpointLimits = { walBytes: limits.checkpointWalBytes, idleMs: limits.checkpointIdleMs, pollMs: limits.checkpointPollMs };
+      this.checkpointer = new Checkpointer(file, checkpointLimits, () => {
         if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000'); // the worker died: checkpoint in commits again
       });
       this.startCheckpointer();
@@ -348,7 +355,8 @@ export class BlockStateMachine {
   private startCheckpointer(): void {
     if (this.checkpointer === undefined) return;
     this.db.pragma('wal_autocheckpoint = 0');
-    this.db.pragma(`journal_size_limit = ${64 * 1024 * 1024}`); // a reset WAL is cut back to 64 MiB
+    // A reset WAL is cut back to this size (it grows to about checkpointWalBytes between checkpoints).
+    this.db.pragma(`journal_size_limit = ${Math.max(64 * 1024 * 1024, this.limits.checkpointWalBytes)}`);
     this.checkpointer.start();
   }
 

@@ -171,7 +171,14 @@ const renamedFields: Record<string, { name: string; why: string }> = {
     name: 'limits.compactEveryLogBytes',
     why: 'the log is compacted behind the node\'s durable state, and a snapshot is made only when a follower needs one',
   },
+  'store.checkpointIntervalMs': {
+    name: 'store.checkpointWalBytes and store.checkpointIdleMs',
+    why: 'state.db\'s WAL is checkpointed once it holds checkpointWalBytes, or once it was idle for checkpointIdleMs, not on a fixed period',
+  },
 };
+
+/** positiveFields: numbers for which 0 has no meaning (a period, a size that triggers work): at least 1. */
+const positiveFields = new Set(['store.checkpointWalBytes', 'store.checkpointIdleMs', 'store.checkpointPollMs']);
 
 /**
  * validateLimits: every key must be one the defaults have, with the same shape: a non-negative
@@ -192,6 +199,7 @@ function validateLimits(value: unknown, defaults: object, what: string): Record<
     const field = `${what}.${key}`;
     if (typeof d === 'number') {
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw bad(`${field} must be a non-negative integer, got ${JSON.stringify(v)}`);
+      if (positiveFields.has(field) && v < 1) throw bad(`${field} must be at least 1, got ${v}`);
     } else if (key === 'readOnlyOption') {
       const allowed = Object.values(ReadOnlyOption) as string[];
       if (typeof v !== 'string' || !allowed.includes(v)) throw bad(`${field} must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);

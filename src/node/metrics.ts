@@ -104,6 +104,40 @@ export function watchEventLoopDelay(counters: Counters): { close(): void } {
   };
 }
 
+/** stateCheckpointsEveryMs: the period at which the state.db checkpoint figures are copied into the counters. */
+export const stateCheckpointsEveryMs = 1000;
+
+/** CheckpointSource: what watchStateCheckpoints reads (a BlockStateMachine's Checkpointer). */
+export interface CheckpointSource {
+  checkpointsBy(): { size: number; idle: number };
+  pendingBytes(): number;
+}
+
+/**
+ * watchStateCheckpoints: once per `stateCheckpointsEveryMs`, counts the state.db WAL checkpoints
+ * the worker ran since the last look (`store.state_checkpoints.size` / `.idle`,
+ * chard_state_checkpoints_total{trigger}) and sets `store.state_wal_pending_bytes` (bytes of WAL
+ * not yet in state.db). `chard bench` waits for an idle checkpoint after each job, so that the
+ * write amplification it reports includes the checkpoint of that job's writes.
+ */
+export function watchStateCheckpoints(source: CheckpointSource | undefined, counters: Counters): { close(): void } {
+  if (source === undefined) return { close: () => undefined };
+  let seen = { size: 0, idle: 0 };
+  counters.inc('store.state_checkpoints.size', 0);
+  counters.inc('store.state_checkpoints.idle', 0);
+  const sample = () => {
+    const now = source.checkpointsBy();
+    if (now.size > seen.size) counters.inc('store.state_checkpoints.size', now.size - seen.size);
+    if (now.idle > seen.idle) counters.inc('store.state_checkpoints.idle', now.idle - seen.idle);
+    seen = now;
+    counters.set('store.state_wal_pending_bytes', source.pendingBytes());
+  };
+  sample();
+  const timer = setInterval(sample, stateCheckpointsEveryMs);
+  timer.unref();
+  return { close: () => clearInterval(timer) };
+}
+
 // ------------------------------------------------------------------ NBD latency and in-flight
 
 /** nbdCommands: the label values of `command` (NBD_CMD_* in lower case). */
@@ -452,6 +486,9 @@ export class PromExporter implements CounterSink {
       case 'snapshot.failed':
       case 'snapshot.wanted':
         return [countTo(this.counter('chard_snapshots_total', 'snapshots created, installed (received from the leader), failed, and wanted (raft asked for one for a follower behind the compacted log)', ['event']), { event: parts[1]! })];
+      case 'store.state_checkpoints.size':
+      case 'store.state_checkpoints.idle':
+        return [countTo(this.counter('chard_state_checkpoints_total', 'state.db WAL checkpoints run off the event loop, by trigger (the WAL reached its size, or went idle)', ['trigger']), { trigger: parts[2]! })];
       case 'log.compacted':
       case 'log.compact_failed':
         return [countTo(this.counter('chard_log_compactions_total', 'log compactions behind the durable state, done and failed', ['outcome']), { outcome: parts[1] === 'compacted' ? 'done' : 'failed' })];
@@ -497,6 +534,9 @@ export class PromExporter implements CounterSink {
         return;
       case 'nbd.inflight':
         this.pendingInflight = value; // set twice per request; the scrape sees the latest (flush)
+        return;
+      case 'store.state_wal_pending_bytes':
+        this.gauge('chard_state_wal_pending_bytes', 'bytes of the state.db WAL not yet checkpointed into state.db').set(value);
         return;
       default:
         return; // raft indexes are read from the status at scrape time

@@ -24,7 +24,7 @@ import { NodeAdmin } from './admin.js';
 import { type Scheduler, systemScheduler } from './clock.js';
 import { ReapDriver } from './reaper.js';
 import { type NodeConfig, parseHostPort } from './config.js';
-import { Counters, meteredBackend, PromExporter, watchEventLoopDelay } from './metrics.js';
+import { Counters, meteredBackend, PromExporter, watchEventLoopDelay, watchStateCheckpoints } from './metrics.js';
 import { type MetricsServerHandle, startMetricsServer } from './metrics-http.js';
 import { type MemberAddresses, Replica } from './replica.js';
 import { BlockForwarder, encodeBlockCommand, startNodeRpcServer, type RpcServerHandle } from './rpc.js';
@@ -65,6 +65,8 @@ export class ChardNode {
   readonly counters = new Counters();
   /** eventLoopDelay: samples node.event_loop_delay_ms (chard_event_loop_delay_seconds) until stop. */
   private eventLoopDelay: { close(): void } | undefined;
+  /** stateCheckpoints: copies the state.db checkpoint figures into the counters until stop. */
+  private stateCheckpoints: { close(): void } | undefined;
   /** reaper: proposes the empty entries that reap deleted volumes' rows (src/node/reaper.ts). */
   private reaper: ReapDriver | undefined;
   private constructor(
@@ -188,6 +190,7 @@ export class ChardNode {
     const node = new ChardNode(config, store, transport, replica, admin, volumes, rpc, nbd, forwarder, addresses, logger, faultsWatcher, metrics);
     (node as { counters: Counters }).counters = counters;
     node.eventLoopDelay = watchEventLoopDelay(counters);
+    node.stateCheckpoints = watchStateCheckpoints(store.state.checkpointer, counters);
     node.reaper = reaper;
     reaper.kick();
     return node;
@@ -198,6 +201,7 @@ export class ChardNode {
     this.logger.info({ transfer: options.transfer === true }, 'node stopping');
     this.faultsWatcher?.close();
     this.eventLoopDelay?.close();
+    this.stateCheckpoints?.close();
     this.reaper?.close();
     await this.metrics?.close();
     await this.replica.close({ transfer: options.transfer === true });

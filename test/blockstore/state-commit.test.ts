@@ -199,7 +199,8 @@ test('4 KiB writes applied one per Ready: a shared transaction writes fewer byte
 });
 
 test('with a timer, the WAL is checkpointed by the worker thread, never inside a commit on the event loop', async (t) => {
-  const { tmp, file, timer, sm } = sharedStore('commit-checkpoint', { checkpointIntervalMs: 20 });
+  // Far below checkpointWalBytes: the checkpoint that comes is the one for a WAL gone idle.
+  const { tmp, file, timer, sm } = sharedStore('commit-checkpoint', { checkpointIdleMs: 20, checkpointPollMs: 10 });
   try {
     t.is(sm.database().pragma('wal_autocheckpoint', { simple: true }), 0, 'no checkpoint in COMMIT');
     const before = fs.statSync(file).size;
@@ -212,6 +213,7 @@ test('with a timer, the WAL is checkpointed by the worker thread, never inside a
     while (!done() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
     t.true(fs.statSync(file).size >= before + 64 * blockBytes, 'the blocks reached state.db through the worker');
     t.true(sm.checkpointer!.checkpoints() > 0);
+    t.is(sm.checkpointer!.checkpointsBy().size, 0, 'no WAL reached checkpointWalBytes');
     t.deepEqual(Buffer.from(sm.read('v', 63 * blockBytes, blockBytes)[0]!.data!), Buffer.from(block(64)));
   } finally {
     sm.close();

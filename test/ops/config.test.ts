@@ -36,6 +36,9 @@ test('unknown fields are refused at every level, naming the field', (t) => {
   refused(t, { limits: { snapshotEvery: 5 } }, /^limits\.snapshotEvery is not a known field/);
   refused(t, { limits: { snapshotEveryEntries: 5 } }, /^limits\.snapshotEveryEntries was renamed limits\.compactEveryEntries: the log is compacted/);
   refused(t, { store: { cacheEntries: 5 } }, /^store\.cacheEntries is not a known field/);
+  refused(t, { store: { checkpointIntervalMs: 200 } }, /^store\.checkpointIntervalMs was renamed store\.checkpointWalBytes and store\.checkpointIdleMs: /);
+  refused(t, { store: { checkpointPollMs: 0 } }, /^store\.checkpointPollMs must be at least 1, got 0/);
+  refused(t, { store: { checkpointWalBytes: 0 } }, /^store\.checkpointWalBytes must be at least 1/);
   refused(t, { testing: { faults: 'x' } }, /^testing\.faults is not a known field/);
 });
 

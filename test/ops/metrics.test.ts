@@ -30,6 +30,8 @@ const expectedTypes: Record<string, Family['type']> = {
   chard_snapshot_bytes: 'gauge',
   chard_snapshots_total: 'counter',
   chard_log_compactions_total: 'counter',
+  chard_state_checkpoints_total: 'counter',
+  chard_state_wal_pending_bytes: 'gauge',
   chard_log_compact_duration_seconds: 'histogram',
   chard_forwarded_requests_total: 'counter',
   chard_raft_follower_lag_entries: 'gauge',
@@ -98,6 +100,19 @@ test('every node serves Prometheus metrics that move after writes', async (t) =>
   const f1 = (await scrape(cluster.node(follower).metrics!)).families;
   t.true(value(f1, 'chard_forwarded_requests_total')! >= 5, 'the follower forwarded its writes');
   t.true(value(f1, 'chard_nbd_requests_total', { command: 'write' })! >= 5);
+
+  // The writes are far below checkpointWalBytes: once the WAL went idle, the worker checkpoints it
+  // and nothing stays pending (the gauge is copied once a second). Deadline only for a hang.
+  const idleCheckpoints = (f: Map<string, Family>) => value(f, 'chard_state_checkpoints_total', { trigger: 'idle' }) ?? 0;
+  let l2 = (await scrape(cluster.node(leader).metrics!)).families;
+  const checkpointDeadline = performance.now() + 60_000;
+  while (!(idleCheckpoints(l2) > idleCheckpoints(l1) && value(l2, 'chard_state_wal_pending_bytes') === 0) && performance.now() < checkpointDeadline) {
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    l2 = (await scrape(cluster.node(leader).metrics!)).families;
+  }
+  t.true(idleCheckpoints(l2) > idleCheckpoints(l1), 'the leader checkpointed its idle state.db WAL');
+  t.is(value(l2, 'chard_state_wal_pending_bytes'), 0, 'nothing of the WAL left to checkpoint');
+  t.is(value(l2, 'chard_state_checkpoints_total', { trigger: 'size' }), 0, 'no WAL reached checkpointWalBytes');
 
   const notFound = await fetch(`http://${cluster.node(leader).metrics}/other`);
   t.is(notFound.status, 404);
