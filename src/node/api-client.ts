@@ -163,9 +163,12 @@ export class NodeApi {
     return { id: r.node_id, appliedIndex: r.applied_index, hash: Buffer.from(r.state_hash).toString('hex') };
   }
 
-  /** read: a linearizable read of a volume range served by this node; holes come back as zeros. */
-  async read(volume: string, offset: number, length: number): Promise<Buffer> {
-    const r = await this.call<{ chunks: { offset: number; length: number; data: Buffer; zero: boolean }[] }>('block', 'Read', { volume, offset, length });
+  /**
+   * read: a linearizable read of a volume range served by this node; holes come back as zeros.
+   * `local`: from the node's own state only (it fails with CORRUPT rather than ask a peer).
+   */
+  async read(volume: string, offset: number, length: number, options: { local?: boolean } = {}): Promise<Buffer> {
+    const r = await this.call<{ chunks: { offset: number; length: number; data: Buffer; zero: boolean }[] }>('block', 'Read', { volume, offset, length, local: options.local === true });
     const out = Buffer.alloc(length);
     for (const c of r.chunks) {
       if (c.offset < offset || c.offset + c.length > offset + length) throw new RemoteError(ErrorCode.Internal, `${this.address}: read chunk out of range`);

@@ -312,7 +312,7 @@ export class PromExporter implements CounterSink {
       this.histogram('chard_agent_stall_duration_seconds', agentStallHelp, latencyBuckets);
       return;
     }
-    for (const name of ['raft.proposed', 'raft.applied', 'raft.became_leader', 'store.fsync', 'volume.forwarded', 'volume.forward.abandoned']) this.inc(name, 0);
+    for (const name of ['raft.proposed', 'raft.applied', 'raft.became_leader', 'store.fsync', 'volume.forwarded', 'volume.forward.abandoned', 'volume.read_from_peer.served', 'volume.read_from_peer.failed']) this.inc(name, 0);
         this.counter('chard_raft_leader_changes_total', leaderChangesHelp);
     for (const event of ['created', 'installed', 'failed', 'wanted']) this.inc(`snapshot.${event}`, 0);
     for (const name of ['log.compacted', 'log.compact_failed']) this.inc(name, 0);
@@ -492,6 +492,9 @@ export class PromExporter implements CounterSink {
       case 'log.compacted':
       case 'log.compact_failed':
         return [countTo(this.counter('chard_log_compactions_total', 'log compactions behind the durable state, done and failed', ['outcome']), { outcome: parts[1] === 'compacted' ? 'done' : 'failed' })];
+      case 'volume.read_from_peer.served':
+      case 'volume.read_from_peer.failed':
+        return [countTo(this.counter('chard_reads_from_peer_total', 'reads served by a peer because a block failed its checksum here, and those no peer could serve', ['outcome']), { outcome: parts[2]! })];
       case 'volume.forwarded':
         return [countTo(this.counter('chard_forwarded_requests_total', 'writes this follower forwarded to the leader'))];
       case 'volume.forward.abandoned':

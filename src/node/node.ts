@@ -148,7 +148,7 @@ export class ChardNode {
     if (options.logContext !== undefined) options.logContext.term = () => replica.raw.raft.term;
     const admin = new NodeAdmin(replica, store, clock);
     const forwarder = new BlockForwarder((id) => replica.addressOf(id)?.admin, config.clusterId, credentials);
-    volumes = new LocalVolumeService(replica, store, encodeBlockCommand, forwarder, clock, options.defaultVolume ?? 'default', {}, counters);
+    volumes = new LocalVolumeService(replica, store, encodeBlockCommand, forwarder, clock, options.defaultVolume ?? 'default', {}, counters, logger);
     if (config.testing?.unsafeLocalReads === true) {
       volumes.unsafeLocalReads = true;
       logger.warn({}, 'TESTING: reads are served from local state without a linearizable barrier (may be stale)');

@@ -883,6 +883,11 @@ export class Replica {
     return this.store.members().get(id);
   }
 
+  /** peerIds: the other members this node knows an address for (ascending). */
+  peerIds(): NodeId[] {
+    return [...this.store.members().keys()].filter((id) => id !== this.id).sort((a, b) => a - b);
+  }
+
   /** leaderId: the leader this node knows (None once it halted: it no longer follows anyone). */
   leaderId(): NodeId {
     return this.failure !== undefined ? None : this.raw.basicStatus().leader;

@@ -12,7 +12,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { type BlockCommand, type Session, type SessionCommand, commandLimits, encodeCommand } from '../volume/command.js';
 import { checkVolumeName, requestLimits } from '../volume/rules.js';
-import { ChardError, ErrorCode, NotLeaderError, UsageError } from '../errors.js';
+import { ChardError, ErrorCode, NotLeaderError, RemoteError, UsageError } from '../errors.js';
 import type { NodeId } from '../raft/types.js';
 import { NodeApi, defaultClientLimits } from './api-client.js';
 import type { TransportCredentials } from '../transport/transport.js';
@@ -231,7 +231,7 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
     }),
     Read: guarded(async (r) => {
       const { offset, length } = range(r, rpcLimits.readBytesMax);
-      const chunks = await volumes.read(volumeName(r.volume), offset, length);
+      const chunks = await volumes.read(volumeName(r.volume), offset, length, { local: r.local === true });
       return { chunks: chunks.map((c) => ({ offset: c.offset, length: c.length, data: c.data ?? Buffer.alloc(0), zero: c.data === undefined })) };
     }),
     Write: guarded(async (r) => {
@@ -285,7 +285,7 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
   };
 }
 
-/** BlockForwarder: a follower's forwarding of write-like commands to the leader's Block service. */
+/** BlockForwarder: a follower's forwarding of write-like commands to the leader's Block service, and reads of a peer's own state (a block that failed its checksum here). */
 export class BlockForwarder implements LeaderForwarder {
   private readonly apis = new Map<string, NodeApi>();
   constructor(
@@ -297,12 +297,22 @@ export class BlockForwarder implements LeaderForwarder {
   async submit(leader: NodeId, command: SessionCommand): Promise<void> {
     const address = this.adminAddressOf(leader);
     if (address === undefined || address === '') throw new NotLeaderError(leader);
+    await this.api(address).submit(command);
+  }
+
+  async readFrom(peer: NodeId, volume: string, offset: number, length: number): Promise<Uint8Array> {
+    const address = this.adminAddressOf(peer);
+    if (address === undefined || address === '') throw new RemoteError(ErrorCode.Unavailable, `no address known for node ${peer}`);
+    return this.api(address).read(volume, offset, length, { local: true });
+  }
+
+  private api(address: string): NodeApi {
     let api = this.apis.get(address);
     if (api === undefined) {
       api = new NodeApi(address, this.credentials?.client ?? grpc.credentials.createInsecure(), defaultClientLimits, this.clusterId);
       this.apis.set(address, api);
     }
-    await api.submit(command);
+    return api;
   }
 
   close(): void {

@@ -32,8 +32,8 @@ export type SessionStamp = Session;
 export interface VolumeService {
   listVolumes(): Promise<VolumeInfo[]>;
   defaultVolume(): string;
-  /** read: linearizable read of a volume range. */
-  read(volume: string, offset: number, length: number): Promise<ReadChunk[]>;
+  /** read: linearizable read of a volume range (`local`: from this node's own state only, never a peer's). */
+  read(volume: string, offset: number, length: number, options?: { local?: boolean }): Promise<ReadChunk[]>;
   blockStatus(volume: string, offset: number, length: number): Promise<Extent[]>;
   /**
    * submit: resolves once the command is committed and applied (retrying across leader changes).

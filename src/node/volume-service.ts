@@ -22,6 +22,14 @@
  * way, then the local state machine. A node cut off from the quorum never gets the barrier, so it
  * serves nothing (the request fails with UNAVAILABLE after the timeout and the NBD server closes
  * that connection instead of answering stale data).
+ *
+ * A block that fails its checksum here (bit rot in state.db; the store never serves it) is not an
+ * error the client must see while other replicas hold the block: the range is read from a peer
+ * instead (the leader first, then the others), with `local` set so that the peer serves its own
+ * state or fails, never asks a third. The peer's read is linearizable on its own (its barrier),
+ * so the answer is as fresh as a local one. Counted (`volume.read_from_peer.served` / `.failed`)
+ * and logged; the local block stays rotten until a write replaces it. Only when every peer fails
+ * does the client get the local CORRUPT error (EIO).
  */
 
 import { assert } from '../assert.js';
@@ -43,9 +51,16 @@ export interface VolumeStateView {
   listVolumes(): VolumeInfo[];
 }
 
-/** LeaderForwarder: sends a command to the leader's Block service (gRPC). */
+/** LeaderForwarder: sends a command to the leader's Block service (gRPC), and reads from a peer's. */
 export interface LeaderForwarder {
   submit(leader: NodeId, command: SessionCommand): Promise<void>;
+  /** readFrom: a linearizable read of `peer`'s own state (it never asks another node); holes as zeros. */
+  readFrom(peer: NodeId, volume: string, offset: number, length: number): Promise<Uint8Array>;
+}
+
+/** PeerReadLogger: where a read served by a peer is reported (pino's warn). */
+export interface PeerReadLogger {
+  warn(o: object, m?: string): void;
 }
 
 export interface VolumeServiceLimits {
@@ -150,6 +165,7 @@ export class LocalVolumeService implements VolumeService {
     private readonly defaultVolumeName: string,
     limits: Partial<VolumeServiceLimits> = {},
     private readonly counters?: Counters,
+    private readonly logger?: PeerReadLogger,
   ) {
     this.limits = { ...defaultVolumeServiceLimits, ...limits };
     this.gate = new InflightGate(this.limits.inflightBytesMax, this.limits.inflightCommandsMax, this.limits.gateWaitersMax);
@@ -169,9 +185,36 @@ export class LocalVolumeService implements VolumeService {
     return this.state.listVolumes();
   }
 
-  async read(volume: string, offset: number, length: number): Promise<ReadChunk[]> {
+  /** read: see the module comment; `local`: never from a peer (a peer asking for a healthy copy). */
+  async read(volume: string, offset: number, length: number, options: { local?: boolean } = {}): Promise<ReadChunk[]> {
     await this.barrier();
-    return this.state.read(volume, offset, length);
+    try {
+      return this.state.read(volume, offset, length);
+    } catch (error) {
+      if (options.local === true || !(error instanceof ChardError) || error.code !== ErrorCode.Corrupt) throw error;
+      return this.readFromPeer(volume, offset, length, error);
+    }
+  }
+
+  private async readFromPeer(volume: string, offset: number, length: number, corrupt: ChardError): Promise<ReadChunk[]> {
+    const leader = this.replica.leaderId();
+    const peers = this.replica.peerIds();
+    const order = peers.includes(leader) ? [leader, ...peers.filter((id) => id !== leader)] : peers;
+    const failures: string[] = [];
+    for (const peer of order) {
+      try {
+        const data = await this.forwarder.readFrom(peer, volume, offset, length);
+        if (data.length !== length) throw new RemoteError(ErrorCode.Internal, `node ${peer} answered ${data.length} bytes for ${length}`);
+        this.counters?.inc('volume.read_from_peer.served');
+        this.logger?.warn({ volume, offset, length, peer, corrupt: corrupt.message }, 'a block failed its checksum here: the read was served by a peer (the local copy stays rotten until it is written again)');
+        return [{ offset, length, data }];
+      } catch (error) {
+        failures.push(`node ${peer}: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    }
+    this.counters?.inc('volume.read_from_peer.failed');
+    this.logger?.warn({ volume, offset, length, corrupt: corrupt.message, failures }, 'a block failed its checksum here and no peer could serve the read');
+    throw corrupt;
   }
 
   async blockStatus(volume: string, offset: number, length: number): Promise<Extent[]> {

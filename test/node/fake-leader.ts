@@ -131,7 +131,7 @@ export async function startFakeNode(
     blockStatus: (volume: string, offset: number, length: number) => state.blockStatus(volume, offset, length),
     listVolumes: () => state.listVolumes().map((v) => ({ name: v.name, sizeBytes: v.sizeBytes })),
   };
-  const forwarder = { submit: () => Promise.reject(new Error('the fake leader never forwards')) };
+  const forwarder = { submit: () => Promise.reject(new Error('the fake leader never forwards')), readFrom: () => Promise.reject(new Error('no peer reads here')) };
   const service = new LocalVolumeService(leader as unknown as Replica, view, encodeBlockCommand, forwarder, systemClock, 'v', options.service ?? {});
   const server = new NbdServer({ backend: new VolumeBackend(service), limits: options.nbd ?? {} });
   const address = await server.listen({ host: '127.0.0.1', port: 0 });

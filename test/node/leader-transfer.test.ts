@@ -247,7 +247,7 @@ test('a write on a node whose replica closed after its hand-over ends at once wi
     readBarrier: () => Promise.reject(new RemoteError(ErrorCode.Closed, 'node is shutting down')),
     leaderChange: () => ({ promise: new Promise<void>(() => {}), cancel: () => {} }),
   };
-  const forwarder = { submit: () => Promise.reject(new Error('nothing to forward to')) };
+  const forwarder = { submit: () => Promise.reject(new Error('nothing to forward to')), readFrom: () => Promise.reject(new Error('no peer reads here')) };
   const service = new LocalVolumeService(replica as unknown as Replica, {} as never, () => new Uint8Array(0), forwarder, systemClock, 'default', { submitTimeoutMs: 60_000 });
   const started = performance.now();
   const error = await service.submit({ kind: 'write', volume: 'default', offset: 0, data: Buffer.alloc(4096), session: { id: 's', sequence: 1, ackedBelow: 1 } }).then(

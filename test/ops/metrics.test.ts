@@ -31,6 +31,7 @@ const expectedTypes: Record<string, Family['type']> = {
   chard_snapshots_total: 'counter',
   chard_log_compactions_total: 'counter',
   chard_state_checkpoints_total: 'counter',
+  chard_reads_from_peer_total: 'counter',
   chard_state_wal_pending_bytes: 'gauge',
   chard_log_compact_duration_seconds: 'histogram',
   chard_forwarded_requests_total: 'counter',
