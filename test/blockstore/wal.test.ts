@@ -96,6 +96,26 @@ test('appends in flight share fdatasyncs and the event loop keeps turning while 
   await wal.close();
 });
 
+test('a crash part-way through the unlinks of a compaction leaves segments that open() reads and the COMPACT record drops', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
+  for (let i = 0; i < 50; i++) await appendEntries(wal, i * 4 + 1, 4, 1, 1000);
+  const saved = new Map(wal.segmentFiles().map((file) => [path.basename(file), readFileSync(file)]));
+  await wal.compact(101);
+  const kept = new Set(wal.segmentFiles().map((file) => path.basename(file)));
+  const deleted = [...saved.keys()].filter((name) => !kept.has(name)).sort();
+  t.true(deleted.length >= 3, `${deleted.length} segments deleted`);
+  t.deepEqual(readdirSync(dir).sort(), [...kept].sort(), 'the files are gone once compact() resolved');
+  await wal.close();
+  // Unlinked oldest first: a crash part-way leaves the newest of them, a contiguous run before the kept ones.
+  for (const name of deleted.slice(-2)) writeFileSync(path.join(dir, name), saved.get(name)!);
+  const again = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
+  t.is(again.firstIndex(), 101);
+  t.is(again.lastIndex(), 200);
+  t.is(again.entries(101, 201, Infinity).length, 100);
+  await again.close();
+});
+
 test('segments rotate; compaction deletes only segments wholly below the compaction point', async (t) => {
   const dir = tempDir(t);
   const wal = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
