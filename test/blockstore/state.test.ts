@@ -353,10 +353,12 @@ test('sessions: 5,000 connect/write/close cycles keep the table small and the ap
       apply({ kind: 'closeSession', session: { ...session, sequence: 2, ackedBelow: 2 } });
       ms.push(performance.now() - started);
     }
-    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-    const first = mean(ms.slice(0, 500));
-    const last = mean(ms.slice(-500));
-    t.log(`write+close of one session: first 500 ${first.toFixed(2)} ms, last 500 ${last.toFixed(2)} ms; live ${store.state.sessions().size()}, retired ${store.state.sessions().evictedIds().length}`);
+    // The 10th percentile of each window: a growing table slows every apply, and so this figure,
+    // while a burst of load from other processes (which slows some of them) does not move it.
+    const p10 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 10)]!;
+    const first = p10(ms.slice(0, 500));
+    const last = p10(ms.slice(-500));
+    t.log(`write+close of one session, 10th percentile: first 500 ${first.toFixed(2)} ms, last 500 ${last.toFixed(2)} ms; live ${store.state.sessions().size()}, retired ${store.state.sessions().evictedIds().length}`);
     t.is(store.state.sessions().size(), 0, 'every closed session left the table');
     t.true(store.state.sessions().evictedIds().length <= retiredMax, 'the retired ids are bounded');
     const rows = store.state.database().prepare<[], { c: number }>('SELECT COUNT(*) AS c FROM retired_sessions').get()!.c;
