@@ -33,9 +33,13 @@ function parseLabels(text: string): Record<string, string> {
 }
 
 function parseValue(text: string): number {
-  if (text === '+Inf') return Infinity;
-  if (text === '-Inf') return -Infinity;
-  if (text === 'NaN') return NaN;
+  // As Prometheus parses values (Go's strconv.ParseFloat): Inf and NaN in any case. prom-client
+  // writes NaN as "Nan" (nodejs_eventloop_lag_mean_seconds between two scrapes closer than its
+  // sampling, for one).
+  const lower = text.toLowerCase();
+  if (lower === '+inf' || lower === 'inf') return Infinity;
+  if (lower === '-inf') return -Infinity;
+  if (lower === 'nan') return NaN;
   const v = Number(text);
   if (text.length === 0 || Number.isNaN(v)) throw new Error(`bad value "${text}"`);
   return v;
@@ -77,7 +81,13 @@ export function parsePromText(text: string): Map<string, Family> {
     if (m === null) throw new Error(`bad sample line: ${line}`);
     const f = familyOf(m[1]!);
     if (f === undefined) throw new Error(`sample ${m[1]} has no # TYPE`);
-    f.samples.push({ name: m[1]!, labels: parseLabels(m[2] ?? ''), value: parseValue(m[3]!) });
+    let value: number;
+    try {
+      value = parseValue(m[3]!);
+    } catch (error) {
+      throw new Error(`${(error as Error).message} in: ${line}`);
+    }
+    f.samples.push({ name: m[1]!, labels: parseLabels(m[2] ?? ''), value });
   }
   return families;
 }
