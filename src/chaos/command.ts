@@ -18,7 +18,7 @@
  * the recorded verdict; 1 for FAIL, UNKNOWN or disagreement; 2 for bad options.
  */
 
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseIntOption } from '../cli/cluster-file.js';
 import { mainScript } from '../cli/processes.js';
@@ -80,6 +80,11 @@ function parse(options: ChaosCommandOptions): Parsed {
   if (!Number.isSafeInteger(seed) || seed < 0) throw new UsageError(ErrorCode.InvalidArgument, `--seed must be a non-negative integer, got "${options.seed}"`);
   if (!['auto', 'netns', 'local'].includes(options.mode)) throw new UsageError(ErrorCode.InvalidArgument, `--mode must be auto, netns or local`);
   const outDir = path.resolve(options.out ?? `chaos-${seed}`);
+  // A previous run's node directories would be started again (an old cluster's log and members:
+  // seen as "no leader elected"), and its history mixed into this one's.
+  if (existsSync(outDir) && readdirSync(outDir).length > 0) {
+    throw new UsageError(ErrorCode.AlreadyExists, `--out ${outDir} is not empty (it holds a previous run); choose another directory or remove it`);
+  }
   return {
     nodes: parseIntOption(options.nodes, '--nodes', 1, chaosNodesMax),
     durationMs: parseDuration(options.duration),

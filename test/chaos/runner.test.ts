@@ -81,6 +81,19 @@ test('the same seed draws the same schedule; steps heal in between and end befor
   t.throws(() => parseFaults('kill,meteor'), { message: /unknown fault "meteor"/ });
 });
 
+test('--out naming a directory that holds a previous run is refused before anything starts', async (t) => {
+  const out = mkdtempSync(path.join(tmpdir(), 'chard-chaos-reused-'));
+  try {
+    mkdirSync(path.join(out, 'n1'));
+    const run = await chard(['chaos', '--mode', 'local', '--nodes', '3', '--duration', '5s', '--out', out], 60_000);
+    t.is(run.code, 2, run.stderr);
+    t.regex(run.stderr, /ALREADY_EXISTS: --out .* is not empty \(it holds a previous run\)/);
+    t.false(existsSync(path.join(out, 'history.jsonl')), 'nothing ran');
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
+});
+
 test('a run-level failure (runaway node) overrides a passing report banner, escaped', (t) => {
   const events = parseHistory(
     '{"type":"invoke","process":0,"opId":0,"f":"write","key":"v/0","value":"a","time":1}\n{"type":"ok","process":0,"opId":0,"f":"write","key":"v/0","value":"a","time":2}\n',
