@@ -81,8 +81,9 @@ function parse(options: ChaosCommandOptions): Parsed {
   if (!['auto', 'netns', 'local'].includes(options.mode)) throw new UsageError(ErrorCode.InvalidArgument, `--mode must be auto, netns or local`);
   const outDir = path.resolve(options.out ?? `chaos-${seed}`);
   // A previous run's node directories would be started again (an old cluster's log and members:
-  // seen as "no leader elected"), and its history mixed into this one's.
-  if (existsSync(outDir) && readdirSync(outDir).length > 0) {
+  // seen as "no leader elected"), and its history mixed into this one's. (The run re-executed
+  // inside the lab finds the lab.json its outer run wrote there: that is this run.)
+  if (options.insideLab === undefined && existsSync(outDir) && readdirSync(outDir).length > 0) {
     throw new UsageError(ErrorCode.AlreadyExists, `--out ${outDir} is not empty (it holds a previous run); choose another directory or remove it`);
   }
   return {
