@@ -96,6 +96,38 @@ test('appends in flight share fdatasyncs and the event loop keeps turning while 
   await wal.close();
 });
 
+test.serial('compacted segments are unlinked oldest first, across overlapping compactions', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
+  for (let i = 0; i < 50; i++) await appendEntries(wal, i * 4 + 1, 4, 1, 1000);
+  const order: string[] = [];
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const real = SegmentedLog.unlinkFile;
+  SegmentedLog.unlinkFile = async (file) => {
+    order.push(`start ${path.basename(file)}`);
+    await gate; // the first compaction's unlinks stay in flight while the second one runs
+    await real(file);
+    order.push(`end ${path.basename(file)}`);
+  };
+  try {
+    const first = wal.compact(61);
+    while (order.length === 0) await new Promise((resolve) => setImmediate(resolve));
+    const second = wal.compact(151);
+    for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
+    release();
+    await Promise.all([first, second]);
+  } finally {
+    SegmentedLog.unlinkFile = real;
+  }
+  const starts = order.filter((e) => e.startsWith('start')).map((e) => e.slice(6));
+  t.true(starts.length >= 4, `${starts.length} segments unlinked`);
+  t.deepEqual(starts, [...starts].sort(), 'oldest first');
+  for (let i = 1; i < order.length; i += 2) t.is(order[i], `end ${order[i - 1]!.slice(6)}`, 'one at a time: each ends before the next starts');
+  t.deepEqual(readdirSync(dir).sort(), wal.segmentFiles().map((f) => path.basename(f)).sort());
+  await wal.close();
+});
+
 test('a crash part-way through the unlinks of a compaction leaves segments that open() reads and the COMPACT record drops', async (t) => {
   const dir = tempDir(t);
   const wal = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
@@ -107,7 +139,8 @@ test('a crash part-way through the unlinks of a compaction leaves segments that 
   t.true(deleted.length >= 3, `${deleted.length} segments deleted`);
   t.deepEqual(readdirSync(dir).sort(), [...kept].sort(), 'the files are gone once compact() resolved');
   await wal.close();
-  // Unlinked oldest first: a crash part-way leaves the newest of them, a contiguous run before the kept ones.
+  // What a crash part-way through the (oldest-first) unlinks leaves: the newest of them, a
+  // contiguous run before the kept ones. (The order itself is the test above.)
   for (const name of deleted.slice(-2)) writeFileSync(path.join(dir, name), saved.get(name)!);
   const again = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
   t.is(again.firstIndex(), 101);
