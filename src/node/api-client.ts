@@ -167,8 +167,8 @@ export class NodeApi {
    * read: a linearizable read of a volume range served by this node; holes come back as zeros.
    * `local`: from the node's own state only (it fails with CORRUPT rather than ask a peer).
    */
-  async read(volume: string, offset: number, length: number, options: { local?: boolean } = {}): Promise<Buffer> {
-    const r = await this.call<{ chunks: { offset: number; length: number; data: Buffer; zero: boolean }[] }>('block', 'Read', { volume, offset, length, local: options.local === true });
+  async read(volume: string, offset: number, length: number, options: { local?: boolean; timeoutMs?: number } = {}): Promise<Buffer> {
+    const r = await this.call<{ chunks: { offset: number; length: number; data: Buffer; zero: boolean }[] }>('block', 'Read', { volume, offset, length, local: options.local === true }, options.timeoutMs);
     const out = Buffer.alloc(length);
     for (const c of r.chunks) {
       if (c.offset < offset || c.offset + c.length > offset + length) throw new RemoteError(ErrorCode.Internal, `${this.address}: read chunk out of range`);

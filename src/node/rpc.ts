@@ -300,10 +300,10 @@ export class BlockForwarder implements LeaderForwarder {
     await this.api(address).submit(command);
   }
 
-  async readFrom(peer: NodeId, volume: string, offset: number, length: number): Promise<Uint8Array> {
+  async readFrom(peer: NodeId, volume: string, offset: number, length: number, timeoutMs: number): Promise<Uint8Array> {
     const address = this.adminAddressOf(peer);
     if (address === undefined || address === '') throw new RemoteError(ErrorCode.Unavailable, `no address known for node ${peer}`);
-    return this.api(address).read(volume, offset, length, { local: true });
+    return this.api(address).read(volume, offset, length, { local: true, timeoutMs });
   }
 
   private api(address: string): NodeApi {

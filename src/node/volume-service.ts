@@ -35,8 +35,8 @@
 import { assert } from '../assert.js';
 import { ChardError, ErrorCode, RemoteError, UsageError } from '../errors.js';
 import { type SessionCommand, renewableIfFirst } from '../volume/command.js';
-import type { Extent, ReadChunk } from '../volume/ranges.js';
-import type { VolumeInfo } from '../volume/rules.js';
+import { type Extent, type ReadChunk, splitRange } from '../volume/ranges.js';
+import { requestLimits, type VolumeInfo } from '../volume/rules.js';
 import { None, type NodeId } from '../raft/types.js';
 import type { Clock } from './clock.js';
 import type { Counters } from './metrics.js';
@@ -54,8 +54,11 @@ export interface VolumeStateView {
 /** LeaderForwarder: sends a command to the leader's Block service (gRPC), and reads from a peer's. */
 export interface LeaderForwarder {
   submit(leader: NodeId, command: SessionCommand): Promise<void>;
-  /** readFrom: a linearizable read of `peer`'s own state (it never asks another node); holes as zeros. */
-  readFrom(peer: NodeId, volume: string, offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * readFrom: a linearizable read of at most requestLimits.readPieceBytes of `peer`'s own state
+   * (it never asks another node), within `timeoutMs`; holes as zeros.
+   */
+  readFrom(peer: NodeId, volume: string, offset: number, length: number, timeoutMs: number): Promise<Uint8Array>;
 }
 
 /** PeerReadLogger: where a read served by a peer is reported (pino's warn). */
@@ -68,6 +71,10 @@ export interface VolumeServiceLimits {
   submitTimeoutMs: number;
   /** readTimeoutMs: how long a read waits for a linearizable barrier. */
   readTimeoutMs: number;
+  /** peerReadTimeoutMs: how long one peer may take to serve a piece whose local copy is rotten, before the next is asked. */
+  peerReadTimeoutMs: number;
+  /** peerReadLogEveryMs: at most one warn line per this period about reads served by peers (the rest are counted in it). */
+  peerReadLogEveryMs: number;
   /** retryBackoffMs / retryBackoffMaxMs: pause between attempts (doubling). */
   retryBackoffMs: number;
   retryBackoffMaxMs: number;
@@ -82,6 +89,8 @@ export interface VolumeServiceLimits {
 export const defaultVolumeServiceLimits: VolumeServiceLimits = {
   submitTimeoutMs: 30_000,
   readTimeoutMs: 30_000,
+  peerReadTimeoutMs: 5_000,
+  peerReadLogEveryMs: 10_000,
   retryBackoffMs: 10,
   retryBackoffMaxMs: 100,
   // Half of the core's uncommittedBytesMax (64 MiB), so that the leader's own traffic and what
@@ -156,6 +165,8 @@ export class LocalVolumeService implements VolumeService {
   /** gate: the in-flight budget of the commands through this node (see the module comment). */
   readonly gate: InflightGate;
   private sessions = 0;
+  private peerReadLoggedAt = -Infinity;
+  private peerReadLogSuppressed = 0;
   constructor(
     private readonly replica: Replica,
     private readonly state: VolumeStateView,
@@ -192,29 +203,61 @@ export class LocalVolumeService implements VolumeService {
       return this.state.read(volume, offset, length);
     } catch (error) {
       if (options.local === true || !(error instanceof ChardError) || error.code !== ErrorCode.Corrupt) throw error;
-      return this.readFromPeer(volume, offset, length, error);
+      return this.readFromPeer(volume, offset, length);
     }
   }
 
-  private async readFromPeer(volume: string, offset: number, length: number, corrupt: ChardError): Promise<ReadChunk[]> {
+  /**
+   * readFromPeer: the range again, piece by piece (readPieceBytes, what a Block.Read serves): a
+   * piece that reads locally is served from here; one that fails its checksum is read from a
+   * peer, the leader first, each within peerReadTimeoutMs. A peer's usage error (the volume was
+   * deleted or shrunk meanwhile: its read is linearizable, so that is the answer) is the answer;
+   * when no peer serves a piece, the client gets the local CORRUPT.
+   */
+  private async readFromPeer(volume: string, offset: number, length: number): Promise<ReadChunk[]> {
     const leader = this.replica.leaderId();
     const peers = this.replica.peerIds();
     const order = peers.includes(leader) ? [leader, ...peers.filter((id) => id !== leader)] : peers;
-    const failures: string[] = [];
-    for (const peer of order) {
-      try {
-        const data = await this.forwarder.readFrom(peer, volume, offset, length);
-        if (data.length !== length) throw new RemoteError(ErrorCode.Internal, `node ${peer} answered ${data.length} bytes for ${length}`);
-        this.counters?.inc('volume.read_from_peer.served');
-        this.logger?.warn({ volume, offset, length, peer, corrupt: corrupt.message }, 'a block failed its checksum here: the read was served by a peer (the local copy stays rotten until it is written again)');
-        return [{ offset, length, data }];
-      } catch (error) {
-        failures.push(`node ${peer}: ${error instanceof Error ? error.message : String(error)}`);
-      }
+    const pieces = await Promise.all(
+      splitRange(offset, length, requestLimits.readPieceBytes).map(async (piece): Promise<ReadChunk[]> => {
+        let local: ChardError;
+        try {
+          return this.state.read(volume, piece.offset, piece.length);
+        } catch (error) {
+          if (!(error instanceof ChardError) || error.code !== ErrorCode.Corrupt) throw error;
+          local = error;
+        }
+        const failures: string[] = [];
+        for (const peer of order) {
+          try {
+            const data = await this.forwarder.readFrom(peer, volume, piece.offset, piece.length, this.limits.peerReadTimeoutMs);
+            if (data.length !== piece.length) throw new RemoteError(ErrorCode.Internal, `node ${peer} answered ${data.length} bytes for ${piece.length}`);
+            this.counters?.inc('volume.read_from_peer.served');
+            this.logPeerRead({ volume, offset: piece.offset, length: piece.length, peer, corrupt: local.message }, 'a block failed its checksum here: the read was served by a peer (the local copy stays rotten until it is written again)');
+            return [{ offset: piece.offset, length: piece.length, data }];
+          } catch (error) {
+            if (error instanceof UsageError) throw error;
+            failures.push(`node ${peer}: ${error instanceof Error ? error.message : String(error)}`);
+          }
+        }
+        this.counters?.inc('volume.read_from_peer.failed');
+        this.logPeerRead({ volume, offset: piece.offset, length: piece.length, corrupt: local.message, failures }, 'a block failed its checksum here and no peer could serve the read');
+        throw local;
+      }),
+    );
+    return pieces.flat();
+  }
+
+  /** logPeerRead: a warn line, at most one per peerReadLogEveryMs (the count of those left out goes with the next). */
+  private logPeerRead(fields: object, message: string): void {
+    const now = this.clock.now();
+    if (now - this.peerReadLoggedAt < this.limits.peerReadLogEveryMs) {
+      this.peerReadLogSuppressed++;
+      return;
     }
-    this.counters?.inc('volume.read_from_peer.failed');
-    this.logger?.warn({ volume, offset, length, corrupt: corrupt.message, failures }, 'a block failed its checksum here and no peer could serve the read');
-    throw corrupt;
+    this.logger?.warn({ ...fields, suppressedSinceLast: this.peerReadLogSuppressed }, message);
+    this.peerReadLoggedAt = now;
+    this.peerReadLogSuppressed = 0;
   }
 
   async blockStatus(volume: string, offset: number, length: number): Promise<Extent[]> {

@@ -23,7 +23,7 @@ import { encodeBlockCommand } from '../../src/node/rpc.js';
 import { LocalCluster } from '../helpers/local-cluster.js';
 import { RawClient } from '../helpers/nbd-raw-client.js';
 
-function service(read: VolumeStateView['read'], readFrom: (peer: NodeId, volume: string, offset: number, length: number) => Promise<Uint8Array>) {
+function service(read: VolumeStateView['read'], readFrom: (peer: NodeId, volume: string, offset: number, length: number, timeoutMs: number) => Promise<Uint8Array>) {
   const replica = { id: 1, readBarrier: () => Promise.resolve(), leaderId: () => 3, peerIds: () => [2, 3], closing: false };
   const view: VolumeStateView = { read, blockStatus: () => [], listVolumes: () => [] };
   const counters = new Counters();
@@ -50,6 +50,33 @@ test('a rotten block is read from the leader first, then the other peers; the cl
   t.deepEqual(Buffer.from(chunks[0]!.data!), Buffer.alloc(8192, 0xab));
   t.is(counters.snapshot().counts['volume.read_from_peer.served'], 1);
   t.is(warnings.length, 1);
+});
+
+test('a large read: only the rotten piece is read from a peer, in pieces a Block.Read serves; a peer usage error is the answer', async (t) => {
+  const MiB = 1024 * 1024;
+  const asked: { peer: NodeId; offset: number; length: number; timeoutMs: number }[] = [];
+  const rottenAt = 5 * MiB + 7 * 4096;
+  const { volumes, counters, warnings } = service(
+    (_volume, offset, length) => {
+      if (offset <= rottenAt && rottenAt < offset + length) rotten();
+      return [{ offset, length, data: new Uint8Array(length).fill(1) }];
+    },
+    async (peer, _volume, offset, length, timeoutMs) => {
+      asked.push({ peer, offset, length, timeoutMs });
+      return Buffer.alloc(length, 2);
+    },
+  );
+  const chunks = await volumes.read('v', 0, 10 * MiB);
+  t.deepEqual(asked, [{ peer: 3, offset: 4 * MiB, length: 4 * MiB, timeoutMs: 5_000 }], 'one peer read, of the 4 MiB piece that holds the rotten block');
+  t.deepEqual(chunks.map((c) => [c.offset, c.length, c.data![0]]), [[0, 4 * MiB, 1], [4 * MiB, 4 * MiB, 2], [8 * MiB, 2 * MiB, 1]]);
+  t.is(counters.snapshot().counts['volume.read_from_peer.served'], 1);
+  await volumes.read('v', 0, 10 * MiB);
+  t.is(warnings.length, 1, 'one warn line per peerReadLogEveryMs, the rest counted');
+
+  const deleted = service(rotten, async () => {
+    throw new UsageError(ErrorCode.NotFound, 'no volume v');
+  });
+  await t.throwsAsync(deleted.volumes.read('v', 0, 4096), { instanceOf: UsageError, message: /no volume v/ }, "the peer's linearizable answer: the volume is gone");
 });
 
 test('a local read, another error, or peers that all fail: nothing is served from elsewhere', async (t) => {
@@ -113,6 +140,13 @@ test('a block rotted in a follower state.db is served intact through that follow
     const reply = await reader.simpleReply(4 * 4096);
     t.is(reply.errno, 0, 'no EIO');
     t.deepEqual(reply.data, Buffer.concat(blocks), 'the intact blocks, from a peer');
+    // A read larger than one Block.Read (4 MiB) across the rotten block: only its piece comes from a peer.
+    const big = 8 * 1024 * 1024;
+    reader.request({ type: Command.read, handle: 2, offset: 0, lengthBytes: big });
+    const bigReply = await reader.simpleReply(big);
+    t.is(bigReply.errno, 0, 'no EIO for 8 MiB either');
+    t.deepEqual(bigReply.data.subarray(0, 4 * 4096), Buffer.concat(blocks));
+    t.true(bigReply.data.subarray(4 * 4096).every((b) => b === 0), 'the rest reads as zeros');
     const counts = (await cluster.api(follower.id).metrics()).counts;
     t.true((counts['volume.read_from_peer.served'] ?? 0) >= 1, 'counted');
 
