@@ -71,12 +71,18 @@ try {
       stop();
       return;
     }
-    const why = planner.decide(look(), performance.now());
-    if (why === undefined) return;
-    db!.pragma('wal_checkpoint(PASSIVE)');
-    planner.checkpointed(performance.now());
-    look();
-    Atomics.add(state, why === 'size' ? stateSizeCheckpoints : stateIdleCheckpoints, 1);
+    try {
+      const why = planner.decide(look(), performance.now());
+      if (why === undefined) return;
+      db!.pragma('wal_checkpoint(PASSIVE)');
+      planner.checkpointed(performance.now(), look());
+      Atomics.add(state, why === 'size' ? stateSizeCheckpoints : stateIdleCheckpoints, 1);
+    } catch (error) {
+      // Close the connection and the -shm descriptor (a thread's descriptors are the process's),
+      // then let the worker die: the main thread checkpoints in its commits again (onLost).
+      stop();
+      throw error;
+    }
   }, data.limits.pollMs);
   port.on('message', (message: { kind: 'stop' }) => {
     if (message.kind === 'stop') stop();

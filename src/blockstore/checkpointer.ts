@@ -109,6 +109,8 @@ export class CheckpointPlanner {
   private lastFrames = -1;
   private changedAt: number;
   private checkpointedAt: number;
+  /** heldAt: the frames copied after the last checkpoint when it could not copy them all (a reader held it back). */
+  private heldAt: number | undefined;
 
   constructor(
     private readonly limits: CheckpointLimits,
@@ -126,14 +128,19 @@ export class CheckpointPlanner {
     }
     const pending = walPendingBytes(header);
     if (pending === 0) return undefined;
-    if (pending >= this.limits.walBytes) return 'size';
-    // A PASSIVE checkpoint that a reader held back leaves frames pending: not again before idleMs.
+    // A PASSIVE checkpoint that a reader held back (a snapshot copy's long read) leaves frames
+    // pending, and the next one can copy no more until that reader moves on: nothing is tried
+    // again within idleMs while nothing more was copied, whatever the trigger.
+    const held = this.heldAt !== undefined && header.backfilled === this.heldAt && now - this.checkpointedAt < this.limits.idleMs;
+    if (pending >= this.limits.walBytes) return held ? undefined : 'size';
     if (now - this.changedAt >= this.limits.idleMs && now - this.checkpointedAt >= this.limits.idleMs) return 'idle';
     return undefined;
   }
 
-  checkpointed(now: number): void {
+  /** checkpointed: a checkpoint ended at `now`; `after`: the header it left (undefined: unknown). */
+  checkpointed(now: number, after?: WalIndexHeader): void {
     this.checkpointedAt = now;
+    this.heldAt = after !== undefined && after.backfilled < after.frames ? after.backfilled : undefined;
   }
 }
 
@@ -192,10 +199,9 @@ export class Checkpointer {
   }
 
   private addTotals(): void {
-    this.totals.size += Atomics.load(this.state, stateSizeCheckpoints);
-    this.totals.idle += Atomics.load(this.state, stateIdleCheckpoints);
-    Atomics.store(this.state, stateSizeCheckpoints, 0);
-    Atomics.store(this.state, stateIdleCheckpoints, 0);
+    // exchange: a worker that outlived stop()'s wait may still count; nothing is lost or counted twice.
+    this.totals.size += Atomics.exchange(this.state, stateSizeCheckpoints, 0);
+    this.totals.idle += Atomics.exchange(this.state, stateIdleCheckpoints, 0);
   }
 
   /** checkpoints: PASSIVE checkpoints run so far, by trigger (metrics, the bench, tests). */
@@ -213,8 +219,8 @@ export class Checkpointer {
     return by.size + by.idle;
   }
 
-  /** pendingBytes: WAL bytes not yet copied into state.db when the worker last looked (0 without a worker). */
-  pendingBytes(): number {
-    return this.worker === undefined ? 0 : Atomics.load(this.state, statePendingKiB) * 1024;
+  /** pendingBytes: WAL bytes not yet copied into state.db when the worker last looked (undefined without a worker: unknown). */
+  pendingBytes(): number | undefined {
+    return this.worker === undefined ? undefined : Atomics.load(this.state, statePendingKiB) * 1024;
   }
 }

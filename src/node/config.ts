@@ -179,6 +179,8 @@ const renamedFields: Record<string, { name: string; why: string }> = {
 
 /** positiveFields: numbers for which 0 has no meaning (a period, a size that triggers work): at least 1. */
 const positiveFields = new Set(['store.checkpointWalBytes', 'store.checkpointIdleMs', 'store.checkpointPollMs']);
+/** fieldMaxima: upper bounds (a timer period above 2^31 - 1 ms would fire every millisecond). */
+const fieldMaxima: Record<string, number> = { 'store.checkpointPollMs': 60_000, 'store.checkpointIdleMs': 3_600_000 };
 
 /**
  * validateLimits: every key must be one the defaults have, with the same shape: a non-negative
@@ -200,6 +202,8 @@ function validateLimits(value: unknown, defaults: object, what: string): Record<
     if (typeof d === 'number') {
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw bad(`${field} must be a non-negative integer, got ${JSON.stringify(v)}`);
       if (positiveFields.has(field) && v < 1) throw bad(`${field} must be at least 1, got ${v}`);
+      const max = fieldMaxima[field];
+      if (max !== undefined && v > max) throw bad(`${field} must be at most ${max}, got ${v}`);
     } else if (key === 'readOnlyOption') {
       const allowed = Object.values(ReadOnlyOption) as string[];
       if (typeof v !== 'string' || !allowed.includes(v)) throw bad(`${field} must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);

@@ -110,7 +110,8 @@ export const stateCheckpointsEveryMs = 1000;
 /** CheckpointSource: what watchStateCheckpoints reads (a BlockStateMachine's Checkpointer). */
 export interface CheckpointSource {
   checkpointsBy(): { size: number; idle: number };
-  pendingBytes(): number;
+  /** pendingBytes: undefined while no worker runs (unknown: the gauge keeps its last value). */
+  pendingBytes(): number | undefined;
 }
 
 /**
@@ -130,7 +131,8 @@ export function watchStateCheckpoints(source: CheckpointSource | undefined, coun
     if (now.size > seen.size) counters.inc('store.state_checkpoints.size', now.size - seen.size);
     if (now.idle > seen.idle) counters.inc('store.state_checkpoints.idle', now.idle - seen.idle);
     seen = now;
-    counters.set('store.state_wal_pending_bytes', source.pendingBytes());
+    const pending = source.pendingBytes();
+    if (pending !== undefined) counters.set('store.state_wal_pending_bytes', pending);
   };
   sample();
   const timer = setInterval(sample, stateCheckpointsEveryMs);

@@ -78,6 +78,16 @@ test('CheckpointPlanner: by size, when idle, not again for a held-back WAL, and 
   p.checkpointed(2600);
   t.is(p.decide(header(300, 110), 2700), 'size', 'a burst past walBytes does not wait for idleMs');
 
+  // A reader (a snapshot copy) holds the checkpoint back: by size, not again until idleMs or progress.
+  const held = new CheckpointPlanner(limits, 0);
+  t.is(held.decide(header(150), 100), 'size');
+  held.checkpointed(100, header(150, 40));
+  t.is(held.decide(header(160, 40), 200), undefined, 'nothing more could be copied: not again at once');
+  t.is(held.decide(header(170, 40), 1000), undefined);
+  t.is(held.decide(header(180, 40), 1100), 'size', 'idleMs after the held-back one');
+  held.checkpointed(1100, header(180, 120));
+  t.is(held.decide(header(250, 125), 1200), 'size', 'the reader moved on (more was copied): by size again at once');
+
   const blind = new CheckpointPlanner(limits, 0);
   t.is(blind.decide(undefined, 999), undefined);
   t.is(blind.decide(undefined, 1000), 'idle', 'no readable header: every idleMs');

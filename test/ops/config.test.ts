@@ -39,6 +39,7 @@ test('unknown fields are refused at every level, naming the field', (t) => {
   refused(t, { store: { checkpointIntervalMs: 200 } }, /^store\.checkpointIntervalMs was renamed store\.checkpointWalBytes and store\.checkpointIdleMs: /);
   refused(t, { store: { checkpointPollMs: 0 } }, /^store\.checkpointPollMs must be at least 1, got 0/);
   refused(t, { store: { checkpointWalBytes: 0 } }, /^store\.checkpointWalBytes must be at least 1/);
+  refused(t, { store: { checkpointPollMs: 2 ** 31 } }, /^store\.checkpointPollMs must be at most 60000, got 2147483648/);
   refused(t, { testing: { faults: 'x' } }, /^testing\.faults is not a known field/);
 });
 
