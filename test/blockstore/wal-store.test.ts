@@ -22,6 +22,7 @@ import { BlockStateMachine } from '../../src/blockstore/state-store.js';
 import { bootstrapConfState, bootstrapEntry, nextConfState } from '../../src/raft/confchange.js';
 import { type Entry, EntryType, type HardState } from '../../src/raft/types.js';
 import { Prng, applyCommitted, drive, readAll, readyOf, seedFromEnv, tempDir } from './helpers.js';
+import { until } from '../helpers/until.js';
 
 const KiB = 1024;
 
@@ -224,12 +225,10 @@ test('compaction behind a snapshot moves the first index at once and deletes who
     t.true(segmentsBefore > 5, `${segmentsBefore} segments`);
     const metadata = store.createSnapshot()!;
     t.is(store.logStorage.firstIndex(), metadata.index - 5 + 1, 'compacted at once, keeping compactionTrailingEntries');
-    const deadline = Date.now() + 30_000;
     // The segments leave the log at once and their files a moment later (unlinked on the thread pool, oldest first).
     const onDisk = () => fs.readdirSync(path.join(tmp.dir, WAL_DIR)).length;
-    while ((store.logStorage.wal.segmentFiles().length >= segmentsBefore || onDisk() !== store.logStorage.wal.segmentFiles().length) && Date.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, 5));
-    }
+    const files = () => store.logStorage.wal.segmentFiles().length;
+    await until(t, 'the compacted segments gone from the log and the disk', () => files() < segmentsBefore && onDisk() === files());
     const segmentsAfter = store.logStorage.wal.segmentFiles();
     t.true(segmentsAfter.length < segmentsBefore, `${segmentsBefore} -> ${segmentsAfter.length} segments`);
     t.is(fs.readdirSync(path.join(tmp.dir, WAL_DIR)).length, segmentsAfter.length, 'the files are gone');

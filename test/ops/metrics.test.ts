@@ -12,6 +12,7 @@ import { Command } from '../../src/nbd/protocol.js';
 import { LocalCluster } from '../helpers/local-cluster.js';
 import { RawClient } from '../helpers/nbd-raw-client.js';
 import { type Family, scrape, value } from './prom-text.js';
+import { until } from '../helpers/until.js';
 
 const expectedTypes: Record<string, Family['type']> = {
   chard_raft_term: 'gauge',
@@ -105,12 +106,11 @@ test('every node serves Prometheus metrics that move after writes', async (t) =>
   // The writes are far below checkpointWalBytes: once the WAL went idle, the worker checkpoints it
   // and nothing stays pending (the gauge is copied once a second). Deadline only for a hang.
   const idleCheckpoints = (f: Map<string, Family>) => value(f, 'chard_state_checkpoints_total', { trigger: 'idle' }) ?? 0;
-  let l2 = (await scrape(cluster.node(leader).metrics!)).families;
-  const checkpointDeadline = performance.now() + 60_000;
-  while (!(idleCheckpoints(l2) > idleCheckpoints(l1) && value(l2, 'chard_state_wal_pending_bytes') === 0) && performance.now() < checkpointDeadline) {
-    await new Promise((resolve) => setTimeout(resolve, 200));
+  let l2 = l1;
+  await until(t, 'an idle checkpoint on the leader with nothing pending', async () => {
     l2 = (await scrape(cluster.node(leader).metrics!)).families;
-  }
+    return idleCheckpoints(l2) > idleCheckpoints(l1) && value(l2, 'chard_state_wal_pending_bytes') === 0;
+  }, 60_000);
   t.true(idleCheckpoints(l2) > idleCheckpoints(l1), 'the leader checkpointed its idle state.db WAL');
   t.is(value(l2, 'chard_state_wal_pending_bytes'), 0, 'nothing of the WAL left to checkpoint');
   t.is(value(l2, 'chard_state_checkpoints_total', { trigger: 'size' }), 0, 'no WAL reached checkpointWalBytes');

@@ -9,18 +9,10 @@ import { Command, Option, OptionReply } from '../../src/nbd/protocol.js';
 import type { BlockBackend } from '../../src/nbd/backend.js';
 import { NbdServer, type NbdLimits, type NbdLogger } from '../../src/nbd/server.js';
 import { RawClient } from '../helpers/nbd-raw-client.js';
+import { until } from '../helpers/until.js';
 
 const MiB = 1024 * 1024;
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** until: waits for `condition`; the deadline is only for a hang. */
-async function until(what: string, condition: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 interface LogLine {
   level: string;
@@ -146,7 +138,7 @@ test('inflightRequestsMax and inflightBytesMax: backpressure is counted and logg
   await c.go('disk');
   closeGate();
   for (let i = 0; i < 16; i++) c.request({ type: Command.read, handle: i, offset: i * 4096, lengthBytes: 4096 });
-  await until('the request limit hit', () => server.counters.inflightRequestsLimited >= 1);
+  await until(t, 'the request limit hit', () => server.counters.inflightRequestsLimited >= 1);
   open();
   for (let i = 0; i < 16; i++) t.is((await c.reply()).errno, 0);
   t.true(activeMax <= 4, `backend saw ${activeMax} at once`);
@@ -154,7 +146,7 @@ test('inflightRequestsMax and inflightBytesMax: backpressure is counted and logg
   t.is(limitLines('inflightRequestsLimited').length, 1);
   closeGate();
   for (let i = 0; i < 8; i++) c.request({ type: Command.write, handle: 100 + i, offset: i * 128 * 1024, payload: Buffer.alloc(128 * 1024, i) });
-  await until('the byte limit hit', () => server.counters.inflightBytesLimited >= 1);
+  await until(t, 'the byte limit hit', () => server.counters.inflightBytesLimited >= 1);
   open();
   for (let i = 0; i < 8; i++) t.is((await c.reply()).errno, 0);
   t.true(server.counters.inflightBytesLimited >= 1);

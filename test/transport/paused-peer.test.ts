@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { type Message, message } from '../../src/raft/types.js';
 import { StreamTransport } from '../../src/transport/stream-transport.js';
+import { until } from '../helpers/until.js';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const childScript = fileURLToPath(new URL('./paused-peer-child.js', import.meta.url));
@@ -60,8 +61,7 @@ for (const pauseMs of [3000, 6000]) {
 
     // Wait for traffic (a fixed 1.5 s had to be enough for the child to connect back on a loaded
     // machine); the deadline is only for a hang.
-    const flowDeadline = performance.now() + 60_000;
-    while (received.length <= 100 && performance.now() < flowDeadline) await sleep(20);
+    await until(t, 'traffic before the pause', () => received.length > 100, 60_000);
     const beforePause = received.length;
     t.true(beforePause > 100, `traffic flows before the pause (${beforePause} answers)`);
     const pid = child.pid!;
