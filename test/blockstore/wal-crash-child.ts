@@ -2,7 +2,8 @@
  * wal-crash-child: the writer of wal.test.ts's crash test. Opens the SegmentedLog in argv[2] and
  * keeps appending batches of entries (several appends in flight at once, some replacing the last
  * entries as a new leader's would), printing `durable <index> <term>` whenever an append RESOLVED,
- * until the parent kills it with SIGKILL. Entry data is derived from (index, term), so the parent
+ * until the parent kills it with SIGKILL. argv[3], if given, is inlineWriteBytesMax (0: every write
+ * on the thread pool). Entry data is derived from (index, term), so the parent
  * can check every byte after reopening.
  */
 import { SegmentedLog, WalRecordType } from '../../src/blockstore/wal.js';
@@ -16,7 +17,7 @@ export function entryData(index: number, term: number): Uint8Array {
 }
 
 if (process.argv[2] !== undefined) {
-  const wal = SegmentedLog.open(process.argv[2], { segmentBytesMax: 256 * 1024 });
+  const wal = SegmentedLog.open(process.argv[2], { segmentBytesMax: 256 * 1024, ...(process.argv[3] !== undefined ? { inlineWriteBytesMax: Number(process.argv[3]) } : {}) });
   let term = wal.hardState().term + 1;
   let inFlight = 0;
   const inFlightMax = 8;

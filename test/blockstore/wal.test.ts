@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { crc32 } from 'node:zlib';
-import { SegmentedLog, type WalRecord, WalRecordType, encodeRecord, encodeRecordParts } from '../../src/blockstore/wal.js';
+import { SegmentedLog, type WalRecord, WalRecordType, defaultWalLimits, encodeRecord, encodeRecordParts } from '../../src/blockstore/wal.js';
 import { CorruptError } from '../../src/errors.js';
 import { type Entry, EntryType } from '../../src/raft/types.js';
 import { entryData } from './wal-crash-child.js';
@@ -228,10 +228,10 @@ test('a bad checksum in a segment before the last is corruption: open refuses', 
   t.regex(error!.message, /checksum mismatch/);
 });
 
-test('SIGKILL while appends are in flight loses no append that resolved', async (t) => {
+for (const [name, inlineWriteBytesMax] of [['written on the calling thread', defaultWalLimits.inlineWriteBytesMax], ['written on the thread pool', 0]] as const) test(`SIGKILL while appends are in flight loses no append that resolved (${name})`, async (t) => {
   const dir = tempDir(t);
   for (let round = 0; round < 3; round++) {
-    const proc = spawn(process.execPath, [child, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const proc = spawn(process.execPath, [child, dir, String(inlineWriteBytesMax)], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     let reported = 0;
     await new Promise<void>((resolve) => {
