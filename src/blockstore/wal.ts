@@ -6,9 +6,10 @@
  * `append(records)` encodes the records, updates the in-memory index at once (so `entries()` and
  * `term()` see them, as etcd's MemoryStorage does on its storage thread) and returns a promise that
  * resolves when they are durable. Any number of appends may be in flight; one writer loop takes
- * everything queued, writes it with one `writev` and one `fdatasync` through libuv's thread pool, and
- * resolves every append of that batch (group commit across event-loop turns). Raft must count an
- * entry as persisted only when its append resolved: `durableIndex()` says how far that is.
+ * everything queued, writes it with one `writev` (on this thread when small: inlineWriteBytesMax)
+ * and one `fdatasync` through libuv's thread pool, and resolves every append of that batch (group
+ * commit across event-loop turns). Raft must count an entry as persisted only when its append
+ * resolved: `durableIndex()` says how far that is.
  *
  * On disk: files `wal-SEQUENCE.log` (16 decimal digits) in one directory, each at most
  * `segmentBytesMax` (a record never spans two files). A record is
