@@ -32,7 +32,7 @@ import { type ApplyOutcome, type CompactionHolds, type CorruptionRecord, type Me
 import { bootstrapConfState, bootstrapEntry } from '../raft/confchange.js';
 import { type ConfChange, type ConfState, type Entry, EntryType, type NodeId, type Ready, type SnapshotMetadata } from '../raft/types.js';
 import { type LogStoreLimits, SNAPSHOT_DIR, defaultLogStoreLimits, fsyncDirectory } from './log-store.js';
-import { WalLogStorage } from './wal-storage.js';
+import { WAL_DIR, WalLogStorage } from './wal-storage.js';
 import { type WalLimits, defaultWalLimits } from './wal.js';
 import { type SnapshotCopy, copyStateSnapshot } from './snapshot-copy.js';
 import type { SnapshotWorkerData, SnapshotWorkerMessage, SnapshotWorkerResult } from './snapshot-worker.js';
@@ -56,6 +56,12 @@ export interface BlockStoreLimits extends LogStoreLimits, WalLimits, StateStoreL
    * the log is compacted anyway and the follower needs a snapshot (a full copy of the state).
    */
   logRetainBytesMax: number;
+  /**
+   * relocateBytesPerTurn: block data compactLog moves per event-loop turn out of the log stretch it
+   * is about to drop into state.db rows (blocks that still point into it; "Blocks in the log" in
+   * docs/blockstore.md). 4 MiB: the size of one full apply commit (commitRowsMax rows).
+   */
+  relocateBytesPerTurn: number;
 }
 
 export const defaultBlockStoreLimits: BlockStoreLimits = {
@@ -64,6 +70,7 @@ export const defaultBlockStoreLimits: BlockStoreLimits = {
   ...defaultStateStoreLimits,
   compactionTrailingEntries: 1024,
   logRetainBytesMax: 1024 * 1024 * 1024,
+  relocateBytesPerTurn: 4 * 1024 * 1024,
 };
 
 export const STATE_DB_FILE = 'state.db';
@@ -95,6 +102,10 @@ export class BlockStore implements ReplicaStore {
   private snapshotInFlight: Promise<SnapshotMetadata | undefined> | undefined;
   /** snapshotSequence: numbers the temp files of async snapshots (unique within this process's store). */
   private snapshotSequence = 0;
+  /** timer: the node's scheduler (compactLog yields the event loop through it between relocation turns); undefined in tests and tools. */
+  private readonly timer: StateTimer | undefined;
+  /** compacting: a compactLog is running (at most one at a time). */
+  private compacting = false;
   /** mirror: state.db.incoming being filled with the staged snapshot's bytes (advanceMirror). */
   private mirror: IncomingMirror | undefined;
   /** stateGeneration: counts the replacements of state.db (restoreState); a copy that overlapped one is discarded. */
@@ -123,6 +134,10 @@ export class BlockStore implements ReplicaStore {
       this.state.close();
       throw error;
     }
+    this.timer = timer;
+    // Blocks of applied writes point into the log's durable records (BlockLocator).
+    const wal = this.logStorage.wal;
+    this.state.setLocator({ locate: (index) => wal.locate(index), read: (segment, offset, length) => wal.readAt(segment, offset, length) });
     try {
       this.corruption = readCorruptionMarker(dir);
       if (this.corruption !== undefined) this.repair(this.corruption);
@@ -435,9 +450,39 @@ export class BlockStore implements ReplicaStore {
     if (applied <= this.logStorage.snapshot().index) return undefined;
     this.state.commit(); // the copy reads state.db through its own connection: committed state only
     const temp = this.logStorage.snapshotTempPath(applied);
-    const copy = copyStateSnapshot(this.state.file, temp);
+    const copy = copyStateSnapshot(this.state.file, temp, undefined, this.walDir());
     assert(copy.index === applied, 'a synchronous copy is at the applied index');
-    return this.adoptSnapshot(temp, copy);
+    const metadata = this.adoptSnapshot(temp, copy);
+    if (metadata !== undefined) this.compactBehindSnapshotSync(metadata.index - this.limits.compactionTrailingEntries);
+    return metadata;
+  }
+
+  /**
+   * compactBehindSnapshotSync: createSnapshot's compaction, all on the calling thread (tests and
+   * tools): the blocks that still point into [first, compactIndex] move into their rows, state.db's
+   * WAL is fdatasynced (so no durable row points into a dropped segment), then the log is compacted.
+   */
+  private compactBehindSnapshotSync(compactIndex: number): void {
+    const log = this.logStorage;
+    if (compactIndex < log.firstIndex()) return;
+    for (let lo = log.firstIndex(); lo <= compactIndex; ) {
+      const entries = log.entries(lo, compactIndex + 1, this.limits.relocateBytesPerTurn);
+      this.state.relocate(entries);
+      lo += entries.length;
+    }
+    this.state.commit();
+    const fd = fs.openSync(`${this.state.file}-wal`, 'r');
+    try {
+      fs.fdatasyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    void log.compact(compactIndex);
+  }
+
+  /** walDir: the log's segment directory (a snapshot copy reads pointer rows' bytes there). */
+  private walDir(): string {
+    return path.join(this.dir, WAL_DIR);
   }
 
   /**
@@ -467,7 +512,7 @@ export class BlockStore implements ReplicaStore {
     this.state.commit(); // the worker reads state.db through its own connection: committed state only
     this.snapshotSequence += 1;
     const temp = path.join(this.dir, SNAPSHOT_DIR, `snap-async-${this.snapshotSequence}.tmp`);
-    const workerData: SnapshotWorkerData = { source: this.state.file, target: temp };
+    const workerData: SnapshotWorkerData = { source: this.state.file, target: temp, walDir: this.walDir() };
     const generation = this.stateGeneration;
     const running = new Promise<SnapshotMetadata | undefined>((resolve, reject) => {
       let result: SnapshotWorkerResult | undefined;
@@ -523,14 +568,18 @@ export class BlockStore implements ReplicaStore {
    *
    * 1. The open state.db transaction is committed (BlockStateMachine.commit; a delayed COMMIT
    *    that failed earlier makes it throw): the applied index A is now in state.db's WAL with
-   *    exactly its effects, not necessarily on disk (synchronous=NORMAL).
+   *    exactly its effects, not necessarily on disk (synchronous=NORMAL). Then the blocks that
+   *    still point into the log stretch to be dropped, [first, point], get their bytes into their
+   *    rows (BlockStateMachine.relocate), relocateBytesPerTurn of entries per event-loop turn, each
+   *    turn its own committed transaction; applies go on in between (they point only at newer
+   *    entries). A turn that finds the store closed, corrupt, replaced or snapshotting stops it all.
    * 2. state.db's WAL file is fdatasynced on the thread pool. Then every transaction committed
    *    before it is durable: its frames are either still in the WAL (now on disk) or a checkpoint
    *    already copied them into state.db, and a checkpoint fsyncs state.db before the WAL may be
    *    restarted over those frames (SQLite, synchronous=NORMAL: "the WAL is synced before each
    *    checkpoint and the database after each completed one"; the checkpoint worker runs NORMAL).
-   * 3. The log is compacted to compactionPoint (replica-store.ts) of the holds asked again now:
-   *    min(upTo, A - compactionTrailingEntries), or lower for a lagging follower whose catch-up
+   * 3. The log is compacted to compactionPoint (replica-store.ts) of the holds asked again now
+   *    (never beyond what step 1 relocated): min(upTo, A - compactionTrailingEntries), or lower for a lagging follower whose catch-up
    *    keeps at most logRetainBytesMax of log (4x that for an active one), with A as the durable
    *    state index (WalLogStorage.compact). Recovery then always finds applied >= first index - 1.
    *
@@ -540,23 +589,47 @@ export class BlockStore implements ReplicaStore {
    * rejects and compacts nothing.
    */
   async compactLog(holds: () => CompactionHolds): Promise<number | undefined> {
-    if (this.closed || this.corruption !== undefined || this.snapshotInFlight !== undefined) return undefined;
+    if (this.closed || this.corruption !== undefined || this.snapshotInFlight !== undefined || this.compacting) return undefined;
+    this.compacting = true;
+    try {
+      return await this.compactLogOnce(holds);
+    } finally {
+      this.compacting = false;
+    }
+  }
+
+  private async compactLogOnce(holds: () => CompactionHolds): Promise<number | undefined> {
     this.state.commit();
     this.state.checkCommitted(); // a delayed COMMIT that failed: memory is ahead of the file
     const applied = this.state.appliedIndex();
-    const point = () => compactionPoint(holds(), applied, this.limits.compactionTrailingEntries, this.logStorage.firstIndex(), (i) => this.logStorage.wal.bytesFrom(i), this.limits.logRetainBytesMax);
-    if (Math.min(point(), this.logStorage.lastIndex()) < this.logStorage.firstIndex()) return undefined;
+    const log = this.logStorage;
+    const point = () => compactionPoint(holds(), applied, this.limits.compactionTrailingEntries, log.firstIndex(), (i) => log.wal.bytesFrom(i), this.limits.logRetainBytesMax);
+    const target = Math.min(point(), log.lastIndex());
+    if (target < log.firstIndex()) return undefined;
     const generation = this.stateGeneration;
+    const stale = () => this.closed || this.corruption !== undefined || this.snapshotInFlight !== undefined || generation !== this.stateGeneration;
+    // 1. Blocks that point into [first, target] get their bytes into their rows, a turn at a time.
+    let relocatedThrough = log.firstIndex() - 1;
+    while (relocatedThrough < target) {
+      const entries = log.entries(relocatedThrough + 1, target + 1, this.limits.relocateBytesPerTurn);
+      this.state.relocate(entries);
+      relocatedThrough += entries.length;
+      if (relocatedThrough < target && this.timer !== undefined) {
+        await new Promise<void>((resolve) => this.timer!.after(0, resolve));
+        if (stale()) return undefined;
+      }
+    }
+    this.state.commit();
+    // 2. state.db's WAL is fdatasynced: the applied index, and every relocation, are durable.
     const wal = await fs.promises.open(`${this.state.file}-wal`, 'r');
     try {
       await wal.datasync();
     } finally {
       await wal.close();
     }
-    if (this.closed || this.corruption !== undefined || this.snapshotInFlight !== undefined || generation !== this.stateGeneration) return undefined;
-    // The holds again: a snapshot transfer may have begun during the fdatasync.
-    const log = this.logStorage;
-    const compactIndex = Math.min(point(), log.lastIndex());
+    if (stale()) return undefined;
+    // 3. The holds again (a snapshot transfer may have begun meanwhile), never past what was relocated.
+    const compactIndex = Math.min(point(), log.lastIndex(), relocatedThrough);
     if (compactIndex < log.firstIndex()) return undefined;
     void log.compact(compactIndex, applied);
     return compactIndex;
@@ -577,8 +650,8 @@ export class BlockStore implements ReplicaStore {
       }
       const metadata = log.recordSnapshotFile(copy.index, copy.confState, temp);
       assert(metadata.sizeBytes === copy.sizeBytes, 'the recorded file is the copy');
-      const compactIndex = copy.index - this.limits.compactionTrailingEntries;
-      if (compactIndex >= log.firstIndex()) void log.compact(compactIndex);
+      // No compaction here: blocks may still point into the log behind the snapshot, and moving
+      // them out is work for compactLog's turns, not for this one (createSnapshot does it inline).
       return metadata;
     } catch (error) {
       fs.rmSync(temp, { force: true });

@@ -14,6 +14,8 @@ import { type SnapshotCopy, copyStateSnapshot } from './snapshot-copy.js';
 export interface SnapshotWorkerData {
   source: string;
   target: string;
+  /** walDir: the log directory whose segments hold the bytes of pointer rows (materializePointers). */
+  walDir?: string;
 }
 
 /** SnapshotWorkerResult: the last message the worker posts. */
@@ -28,7 +30,7 @@ const data = workerData as SnapshotWorkerData;
 let result: SnapshotWorkerResult;
 try {
   const copying: SnapshotWorkerMessage = { kind: 'copying' };
-  result = { kind: 'result', ok: true, copy: copyStateSnapshot(data.source, data.target, () => port.postMessage(copying)) };
+  result = { kind: 'result', ok: true, copy: copyStateSnapshot(data.source, data.target, () => port.postMessage(copying), data.walDir) };
 } catch (error) {
   const e = error as { message?: unknown; code?: unknown };
   result = { kind: 'result', ok: false, message: String(e?.message ?? error), ...(typeof e?.code === 'string' ? { code: e.code } : {}) };

@@ -96,7 +96,32 @@ export interface ApplyCounts {
   blocksDeleted: number;
 }
 
-const STATE_FORMAT = 1;
+/**
+ * STATE_FORMAT: 2 added `blocks.seg` / `blocks.off` (a block kept as a pointer into the log). A
+ * format-1 file is upgraded on open (two ALTER TABLEs; its rows all hold their data). An older
+ * binary refuses a format-2 file by its format number instead of misreading a pointer row.
+ */
+const STATE_FORMAT = 2;
+
+/**
+ * BlockLocator: the node's raft log as the home of block data (BlockStore passes its WAL). A block
+ * that is a whole, aligned 4 KiB piece of an applied write is stored as a pointer (segment, file
+ * offset) to its bytes inside the entry's durable log record instead of a copy: written once,
+ * not three times (docs/blockstore.md, "Blocks in the log"). Before the log drops a segment,
+ * BlockStore.compactLog moves the blocks still pointing into it into their rows (relocate()).
+ */
+export interface BlockLocator {
+  /** locate: the segment and file offset of entry `index`'s data, if it is in the log and durable there. */
+  locate(index: number): { segment: number; dataOffset: number; length: number } | undefined;
+  /** read: `length` bytes of segment `segment` at file offset `offset`; CorruptError if they are gone. */
+  read(segment: number, offset: number, length: number): Uint8Array;
+}
+
+/** BlockRef: where a pointer row's bytes are (segment sequence, file offset). */
+interface BlockRef {
+  segment: number;
+  offset: number;
+}
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (
@@ -115,6 +140,8 @@ CREATE TABLE IF NOT EXISTS blocks (
   block INTEGER NOT NULL,
   data BLOB NOT NULL,
   crc INTEGER NOT NULL,
+  seg INTEGER,
+  off INTEGER,
   PRIMARY KEY (volume_id, block)
 );
 CREATE TABLE IF NOT EXISTS sessions (
@@ -169,10 +196,13 @@ function fail(code: ErrorCode, message: string): ApplyOutcome {
   return { ok: false, code, message };
 }
 
+/** BlockRow: a stored block; `seg` / `off` not null: a pointer row, its bytes are in the log (data is empty). */
 interface BlockRow {
   block: number;
   data: Buffer;
   crc: number;
+  seg: number | null;
+  off: number | null;
 }
 
 interface SerializedSession {
@@ -206,16 +236,25 @@ function deserializeSession(sessionId: string, text: string): SessionRecord {
   };
 }
 
+/**
+ * statePageBytes: the page size of a NEW state.db (an existing file keeps its own). 512: most block
+ * rows are pointers into the log (~30 bytes), and a commit writes every page it changed into the
+ * WAL — with 4096-byte pages a random 4 KiB write rewrote a 4 KiB leaf for a 30-byte row, ~1x the
+ * payload again; with 512 it is ~0.13x (measured, docs/blockstore.md). A block kept in its row
+ * (a partial write, a relocated or received block) spans a leaf cell and 8 overflow pages.
+ */
+export const statePageBytes = 512;
+
 function openDatabase(file: string): Database.Database {
   const db = new Database(file);
-  // page_size stays 4096: a block row keeps ~490 bytes in its leaf and the rest in one overflow
-  // page (~1.15 pages per block). Measured for 64 MiB of blocks: 4096 -> 72 MiB file and the fastest
-  // random overwrites; 8192 -> 128 MiB (one row per page); 16384 -> 86 MiB; 32768 -> 73 MiB.
-  db.pragma('page_size = 4096');
+  db.pragma(`page_size = ${statePageBytes}`); // only takes effect on a file without pages
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');
   db.pragma('cache_size = -8192'); // page cache 8 MiB (better-sqlite3's build default is 16 MiB, full and resident after any large workload); interior pages of a 1 GiB volume fit
   db.exec(SCHEMA);
+  // A format-1 file: the pointer columns (load() then records format 2).
+  const columns = new Set((db.pragma('table_info(blocks)') as Array<{ name: string }>).map((c) => c.name));
+  if (!columns.has('seg')) db.exec('ALTER TABLE blocks ADD COLUMN seg INTEGER; ALTER TABLE blocks ADD COLUMN off INTEGER;');
   return db;
 }
 
@@ -229,14 +268,21 @@ function prepare(db: Database.Database) {
     insertVolume: db.prepare('INSERT INTO volumes (name, size_bytes, created_index) VALUES (?, ?, ?)'),
     resizeVolume: db.prepare('UPDATE volumes SET size_bytes = ? WHERE name = ?'),
     deleteVolume: db.prepare('DELETE FROM volumes WHERE name = ?'),
-    block: db.prepare<[number, number], { data: Buffer; crc: number }>('SELECT data, crc FROM blocks WHERE volume_id = ? AND block = ?'),
+    block: db.prepare<[number, number], { data: Buffer; crc: number; seg: number | null; off: number | null }>('SELECT data, crc, seg, off FROM blocks WHERE volume_id = ? AND block = ?'),
     blockRange: db.prepare<[number, number, number], BlockRow>(
-      'SELECT block, data, crc FROM blocks WHERE volume_id = ? AND block >= ? AND block <= ? ORDER BY block',
+      'SELECT block, data, crc, seg, off FROM blocks WHERE volume_id = ? AND block >= ? AND block <= ? ORDER BY block',
     ),
     allocatedRange: db.prepare<[number, number, number, number], { block: number }>(
       'SELECT block FROM blocks WHERE volume_id = ? AND block >= ? AND block <= ? ORDER BY block LIMIT ?',
     ),
-    putBlock: db.prepare('INSERT OR REPLACE INTO blocks (volume_id, block, data, crc) VALUES (?, ?, ?, ?)'),
+    // An upsert, not INSERT OR REPLACE: an overwrite keeps the row's rowid, so the primary-key
+    // index is not written again (REPLACE deletes the row and inserts it under a new rowid).
+    putBlock: db.prepare(
+      'INSERT INTO blocks (volume_id, block, data, crc, seg, off) VALUES (?, ?, ?, ?, NULL, NULL) ON CONFLICT (volume_id, block) DO UPDATE SET data = excluded.data, crc = excluded.crc, seg = NULL, off = NULL',
+    ),
+    putRef: db.prepare(
+      "INSERT INTO blocks (volume_id, block, data, crc, seg, off) VALUES (?, ?, X'', ?, ?, ?) ON CONFLICT (volume_id, block) DO UPDATE SET data = X'', crc = excluded.crc, seg = excluded.seg, off = excluded.off",
+    ),
     deleteBlock: db.prepare('DELETE FROM blocks WHERE volume_id = ? AND block = ?'),
     deleteBlocks: db.prepare('DELETE FROM blocks WHERE volume_id = ? AND block >= ? AND block <= ?'),
     deleteBlocksFrom: db.prepare('DELETE FROM blocks WHERE volume_id = ? AND block >= ?'),
@@ -249,9 +295,10 @@ function prepare(db: Database.Database) {
     reapBlocks: db.prepare(
       'DELETE FROM blocks WHERE rowid IN (SELECT rowid FROM blocks WHERE volume_id = ? AND block >= ? ORDER BY block LIMIT ?)',
     ),
-    hashBlocks: db.prepare<[], { name: string; block: number; data: Buffer; crc: number }>(
-      'SELECT v.name AS name, b.block AS block, b.data AS data, b.crc AS crc FROM blocks b JOIN volumes v ON v.created_index = b.volume_id ORDER BY v.name, b.block',
+    hashBlocks: db.prepare<[], { name: string; block: number; data: Buffer; crc: number; seg: number | null; off: number | null }>(
+      'SELECT v.name AS name, b.block AS block, b.data AS data, b.crc AS crc, b.seg AS seg, b.off AS off FROM blocks b JOIN volumes v ON v.created_index = b.volume_id ORDER BY v.name, b.block',
     ),
+    refCount: db.prepare<[], { c: number }>('SELECT COUNT(*) AS c FROM blocks WHERE seg IS NOT NULL'),
     orphanBlocks: db.prepare<[], { c: number }>(
       'SELECT COUNT(*) AS c FROM blocks WHERE volume_id NOT IN (SELECT created_index FROM volumes) AND volume_id NOT IN (SELECT volume_id FROM reap_ranges)',
     ),
@@ -308,6 +355,12 @@ export class BlockStateMachine {
   private commitFailure: Error | undefined;
   /** checkpointer: checkpoints the WAL off the event loop (with a timer only; see checkpointer.ts). */
   readonly checkpointer: Checkpointer | undefined;
+  /** locator: the log that holds pointer rows' bytes (setLocator); undefined: every block is stored in its row. */
+  private locator: BlockLocator | undefined;
+  /** applying: the entry apply() is executing now (where its write's data lies in the log). */
+  private applying: Entry | undefined;
+  /** refStats: blocks stored as pointers into the log, and pointer rows moved into their rows (relocate). */
+  readonly refStats = { refsStored: 0, relocated: 0 };
 
   private constructor(file: string, limits: StateStoreLimits, timer: StateTimer | undefined) {
     this.file = file;
@@ -378,7 +431,8 @@ export class BlockStateMachine {
       this.applied = 0;
       this.conf = emptyConfState();
     } else {
-      if (meta.format !== STATE_FORMAT) throw new CorruptError(`state.db format ${meta.format}, expected ${STATE_FORMAT}`);
+      if (meta.format === 1) this.s.setMeta.run(STATE_FORMAT, meta.applied_index, meta.conf_state); // openDatabase added the columns
+      else if (meta.format !== STATE_FORMAT) throw new CorruptError(`state.db format ${meta.format}, expected ${STATE_FORMAT}`);
       this.applied = meta.applied_index;
       this.conf = JSON.parse(meta.conf_state) as ConfState;
     }
@@ -407,6 +461,20 @@ export class BlockStateMachine {
 
   appliedIndex(): number {
     return this.applied;
+  }
+
+  /**
+   * setLocator: the log whose durable records hold pointer rows' bytes. With one, apply() stores a
+   * whole aligned block of a write as a pointer into the entry's record; without one (tests,
+   * tools) every block is a copy in its row, and a pointer row met on read is CorruptError.
+   */
+  setLocator(locator: BlockLocator | undefined): void {
+    this.locator = locator;
+  }
+
+  /** pointerRows: how many block rows point into the log now (status, tests). */
+  pointerRows(): number {
+    return this.s.refCount.get()!.c;
   }
 
   confState(): ConfState {
@@ -554,6 +622,15 @@ export class BlockStateMachine {
   }
 
   private applyNormal(entry: Entry, touchedSessions: Set<string>): ApplyOutcome {
+    this.applying = entry;
+    try {
+      return this.applyCommand(entry, touchedSessions);
+    } finally {
+      this.applying = undefined;
+    }
+  }
+
+  private applyCommand(entry: Entry, touchedSessions: Set<string>): ApplyOutcome {
     let command: Command;
     try {
       command = decodeCommand(entry.data);
@@ -607,7 +684,7 @@ export class BlockStateMachine {
       case 'write': {
         const volume = this.targetRange(command.volume, command.offset, command.data.length);
         if (!('createdIndex' in volume)) return volume;
-        this.writeRange(volume.createdIndex, command.offset, command.data);
+        this.writeRange(volume.createdIndex, command.offset, command.data, this.dataLocation(command.data.length));
         return ok;
       }
       case 'trim':
@@ -662,27 +739,71 @@ export class BlockStateMachine {
     }
   }
 
+  /**
+   * dataLocation: where the data of the write being applied (its last `dataBytes` bytes: the
+   * codec puts the data last, commands.ts) lies in the log, or undefined when it is not in a
+   * durable record there (no locator, an entry no longer or not yet durable in the log).
+   */
+  private dataLocation(dataBytes: number): BlockRef | undefined {
+    const entry = this.applying;
+    if (this.locator === undefined || entry === undefined || dataBytes === 0) return undefined;
+    const at = this.locator.locate(entry.index);
+    if (at === undefined || at.length !== entry.data.length) return undefined;
+    assert(dataBytes <= at.length, 'a write carries its data inside its entry');
+    return { segment: at.segment, offset: at.dataOffset + at.length - dataBytes };
+  }
+
+  /** blockData: the verified bytes of a stored row — its own, or for a pointer row those in the log. */
+  private blockData(row: { data: Buffer; crc: number; seg: number | null; off: number | null }, block: number, volumeOffset: number): Uint8Array {
+    if (row.seg === null) return verified(row.data, row.crc, block, volumeOffset);
+    if (this.locator === undefined) {
+      const error = new CorruptError(`block ${block} points into the log (segment ${row.seg}) but no log is attached; not served`);
+      Object.assign(error, { offset: volumeOffset });
+      throw error;
+    }
+    let data: Uint8Array;
+    try {
+      data = this.locator.read(row.seg, row.off!, blockBytes);
+    } catch (error) {
+      if (error instanceof CorruptError) Object.assign(error, { offset: volumeOffset });
+      throw error;
+    }
+    return verified(Buffer.from(data.buffer, data.byteOffset, data.length), row.crc, block, volumeOffset);
+  }
+
   /** loadBlock: the verified data of one block, or undefined for a hole. */
   private loadBlock(volumeId: number, block: number, volumeOffset: number): Uint8Array | undefined {
     const row = this.s.block.get(volumeId, block);
     if (row === undefined) return undefined;
-    return verified(row.data, row.crc, block, volumeOffset);
+    return this.blockData(row, block, volumeOffset);
   }
 
-  private storeBlock(volumeId: number, block: number, data: Uint8Array): void {
+  /** storeBlock: a zero block is deleted; else stored as a pointer to `ref` (its bytes in the log) or in its row. */
+  private storeBlock(volumeId: number, block: number, data: Uint8Array, ref?: BlockRef): void {
     if (isZero(data)) this.counts.blocksDeleted += this.s.deleteBlock.run(volumeId, block).changes;
     else {
-      this.s.putBlock.run(volumeId, block, data, crc32(data));
+      if (ref === undefined) this.s.putBlock.run(volumeId, block, data, crc32(data));
+      else {
+        this.s.putRef.run(volumeId, block, crc32(data), ref.segment, ref.offset);
+        this.refStats.refsStored++;
+      }
       this.counts.blocksStored++;
     }
   }
 
-  /** writeRange: read-modify-write of every block [offset, offset+data.length) touches. */
-  private writeRange(volumeId: number, offset: number, data: Uint8Array): void {
+  /**
+   * writeRange: read-modify-write of every block [offset, offset+data.length) touches. With `at`
+   * (where `data` lies in the log), a whole block becomes a pointer to its bytes there.
+   */
+  private writeRange(volumeId: number, offset: number, data: Uint8Array, at?: BlockRef): void {
     for (const p of blockPieces(offset, data.length, blockBytes)) {
       let next: Uint8Array;
       if (p.to - p.from === blockBytes) {
         next = data.subarray(p.from - offset, p.to - offset);
+        if (at !== undefined) {
+          this.storeBlock(volumeId, p.block, next, { segment: at.segment, offset: at.offset + (p.from - offset) });
+          continue;
+        }
       } else {
         next = new Uint8Array(blockBytes);
         const old = this.loadBlock(volumeId, p.block, p.blockStart);
@@ -691,6 +812,55 @@ export class BlockStateMachine {
       }
       this.storeBlock(volumeId, p.block, next);
     }
+  }
+
+  /**
+   * relocate: the pointer rows that still point into the records of `entries` (a stretch of the
+   * log about to be compacted away; BlockStore.compactLog) get their bytes back into their rows,
+   * in one transaction of their own, committed on return (durable only once state.db's WAL is
+   * synced: the caller does that before the log drops a segment). Returns the rows moved. A row
+   * written again since (another pointer, or a block in its row) is left alone, and so are the
+   * rows of a volume deleted since (nothing can read them; they wait to be reaped).
+   */
+  relocate(entries: Entry[]): number {
+    assert(!this.inApply, 'no relocation during apply');
+    this.checkCommitted();
+    const locator = this.locator;
+    if (locator === undefined || entries.length === 0) return 0;
+    this.commit();
+    let moved = 0;
+    this.db.transaction(() => {
+      for (const entry of entries) {
+        if (entry.type !== EntryType.Normal || entry.data.length === 0 || entry.index > this.applied) continue;
+        let command: Command;
+        try {
+          command = decodeCommand(entry.data);
+        } catch {
+          continue; // applied as INVALID_ARGUMENT: it stored nothing
+        }
+        if (command.kind !== 'write' || command.data.length === 0) continue;
+        const volume = this.volume(command.volume);
+        if (volume === undefined || volume.createdIndex >= entry.index) continue;
+        const at = locator.locate(entry.index);
+        if (at === undefined || at.length !== entry.data.length) continue;
+        const base = at.dataOffset + at.length - command.data.length;
+        for (const p of blockPieces(command.offset, command.data.length, blockBytes)) {
+          if (p.to - p.from !== blockBytes) continue;
+          const row = this.s.block.get(volume.createdIndex, p.block);
+          if (row === undefined || row.seg !== at.segment || row.off !== base + (p.from - command.offset)) continue;
+          const data = command.data.subarray(p.from - command.offset, p.to - command.offset);
+          if (crc32(data) !== row.crc) {
+            const error = new CorruptError(`block ${p.block}: its bytes in log entry ${entry.index} fail the row's checksum; not relocated`);
+            Object.assign(error, { offset: p.blockStart, index: entry.index });
+            throw error;
+          }
+          this.s.putBlock.run(volume.createdIndex, p.block, data, row.crc);
+          moved++;
+        }
+      }
+    })();
+    this.refStats.relocated += moved;
+    return moved;
   }
 
   /** addReapRange: rows of `volumeId` at `fromBlock` and beyond are to be reaped (merged with a pending range). */
@@ -806,12 +976,12 @@ export class BlockStateMachine {
     let rows: BlockRow[];
     if (first === last) {
       const row = this.s.block.get(volume.createdIndex, first);
-      rows = row === undefined ? [] : [{ block: first, data: row.data, crc: row.crc }];
+      rows = row === undefined ? [] : [{ block: first, data: row.data, crc: row.crc, seg: row.seg, off: row.off }];
     } else rows = this.s.blockRange.all(volume.createdIndex, first, last);
     for (const row of rows) {
       const blockStart = row.block * blockBytes;
       runs.hole(blockStart);
-      const data = verified(row.data, row.crc, row.block, Math.max(offset, blockStart));
+      const data = this.blockData(row, row.block, Math.max(offset, blockStart));
       const from = Math.max(offset, blockStart);
       const to = Math.min(end, blockStart + blockBytes);
       runs.data(data.subarray(from - blockStart, to - blockStart));
@@ -869,7 +1039,7 @@ export class BlockStateMachine {
     for (const row of this.s.hashBlocks.iterate()) {
       str(row.name);
       u64(row.block);
-      hash.update(verified(row.data, row.crc, row.block, row.block * blockBytes));
+      hash.update(this.blockData(row, row.block, row.block * blockBytes));
     }
     hash.update('sessions\0');
     const sessions = this.sessionTable.entries().slice().sort((a, b) => (a.sessionId < b.sessionId ? -1 : a.sessionId > b.sessionId ? 1 : 0));
@@ -888,7 +1058,12 @@ export class BlockStateMachine {
     let corrupt = 0;
     for (const row of this.s.hashBlocks.iterate()) {
       blocks++;
-      if (row.data.length !== blockBytes || crc32(row.data) !== row.crc) corrupt++;
+      try {
+        this.blockData(row, row.block, row.block * blockBytes);
+      } catch (error) {
+        if (!(error instanceof CorruptError)) throw error;
+        corrupt++;
+      }
     }
     return { blocks, corrupt, orphans: this.s.orphanBlocks.get()!.c };
   }

@@ -127,7 +127,8 @@ function syncFile(file: string): void {
   }
 }
 
-function segmentName(sequence: number): string {
+/** segmentName: the file name of segment `sequence` (a block row that points into the log names its segment by sequence). */
+export function segmentName(sequence: number): string {
   return `wal-${String(sequence).padStart(16, '0')}.log`;
 }
 
@@ -512,6 +513,34 @@ export class SegmentedLog {
       out.push({ index: e.index, term: e.term, type: e.type, data: e.data ?? this.readData(e) });
     }
     return out;
+  }
+
+  /**
+   * locate: where the data of entry `index` lies on disk — its segment's sequence and the file
+   * offset of its first byte — if the entry is in the log and durable (its append resolved);
+   * otherwise undefined. BlockStateMachine keeps a block that is a whole piece of a durable write
+   * as a pointer to these bytes instead of a copy (docs/blockstore.md, "Blocks in the log").
+   */
+  locate(index: number): { segment: number; dataOffset: number; length: number } | undefined {
+    if (index < this.first || index > this.durableIndex()) return undefined;
+    const e = this.log[index - this.first]!;
+    return { segment: e.segment, dataOffset: e.dataOffset, length: e.length };
+  }
+
+  /**
+   * readAt: `length` bytes at `offset` of segment `sequence` (the bytes a block row points at).
+   * A segment that is no longer part of the log, or bytes cut short, are CorruptError: a pointer
+   * is only ever made into a durable record and moved out before its segment is deleted.
+   */
+  readAt(sequence: number, offset: number, length: number): Buffer {
+    const segment = this.segments.find((s) => s.sequence === sequence);
+    if (segment === undefined) throw new CorruptError(`wal: segment ${sequence} is not part of the log (a block points into it)`);
+    if (offset < 0 || offset + length > segment.bytes) throw new CorruptError(`wal ${segment.file}: ${length} bytes at ${offset} lie beyond its ${segment.bytes} bytes`);
+    segment.readFd ??= openSync(segment.file, 'r');
+    const data = Buffer.allocUnsafe(length);
+    const read = readSync(segment.readFd, data, 0, length, offset);
+    if (read !== length) throw new CorruptError(`wal ${segment.file}: ${length} bytes at ${offset} cut short`);
+    return data;
   }
 
   private readData(e: IndexedEntry): Uint8Array {

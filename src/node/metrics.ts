@@ -114,19 +114,37 @@ export interface CheckpointSource {
   pendingBytes(): number | undefined;
 }
 
+/** BlockPlacementSource: block rows made pointers into the log, and pointer rows moved into their rows (BlockStateMachine.refStats). */
+export interface BlockPlacementSource {
+  readonly refStats: { refsStored: number; relocated: number };
+}
+
 /**
  * watchStateCheckpoints: once per `stateCheckpointsEveryMs`, counts the state.db WAL checkpoints
  * the worker ran since the last look (`store.state_checkpoints.size` / `.idle`,
  * chard_state_checkpoints_total{trigger}) and sets `store.state_wal_pending_bytes` (bytes of WAL
  * not yet in state.db). `chard bench` waits for an idle checkpoint after each job, so that the
- * write amplification it reports includes the checkpoint of that job's writes.
+ * write amplification it reports includes the checkpoint of that job's writes. With `blocks`, also
+ * the blocks stored as pointers into the log and those relocated into their rows since the last
+ * look (`store.blocks.in_log` / `.relocated`, chard_state_blocks_placed_total{where}).
  */
-export function watchStateCheckpoints(source: CheckpointSource | undefined, counters: Counters): { close(): void } {
+export function watchStateCheckpoints(source: CheckpointSource | undefined, counters: Counters, blocks?: BlockPlacementSource): { close(): void } {
   if (source === undefined) return { close: () => undefined };
   let seen = { size: 0, idle: 0 };
+  let seenBlocks = { refsStored: 0, relocated: 0 };
   counters.inc('store.state_checkpoints.size', 0);
   counters.inc('store.state_checkpoints.idle', 0);
+  if (blocks !== undefined) {
+    counters.inc('store.blocks.in_log', 0);
+    counters.inc('store.blocks.relocated', 0);
+  }
   const sample = () => {
+    if (blocks !== undefined) {
+      const now = { ...blocks.refStats };
+      if (now.refsStored > seenBlocks.refsStored) counters.inc('store.blocks.in_log', now.refsStored - seenBlocks.refsStored);
+      if (now.relocated > seenBlocks.relocated) counters.inc('store.blocks.relocated', now.relocated - seenBlocks.relocated);
+      seenBlocks = now;
+    }
     const now = source.checkpointsBy();
     if (now.size > seen.size) counters.inc('store.state_checkpoints.size', now.size - seen.size);
     if (now.idle > seen.idle) counters.inc('store.state_checkpoints.idle', now.idle - seen.idle);
@@ -491,6 +509,14 @@ export class PromExporter implements CounterSink {
       case 'store.state_checkpoints.size':
       case 'store.state_checkpoints.idle':
         return [countTo(this.counter('chard_state_checkpoints_total', 'state.db WAL checkpoints run off the event loop, by trigger (the WAL reached its size, or went idle)', ['trigger']), { trigger: parts[2]! })];
+      case 'store.blocks.in_log':
+      case 'store.blocks.relocated':
+        return [
+          countTo(
+            this.counter('chard_state_blocks_placed_total', 'blocks stored as pointers into their raft log records (in_log), and blocks copied from the log into state.db rows before a compaction dropped their records (relocated)', ['where']),
+            { where: parts[2]! },
+          ),
+        ];
       case 'log.compacted':
       case 'log.compact_failed':
         return [countTo(this.counter('chard_log_compactions_total', 'log compactions behind the durable state, done and failed', ['outcome']), { outcome: parts[1] === 'compacted' ? 'done' : 'failed' })];

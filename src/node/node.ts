@@ -190,7 +190,7 @@ export class ChardNode {
     const node = new ChardNode(config, store, transport, replica, admin, volumes, rpc, nbd, forwarder, addresses, logger, faultsWatcher, metrics);
     (node as { counters: Counters }).counters = counters;
     node.eventLoopDelay = watchEventLoopDelay(counters);
-    node.stateCheckpoints = watchStateCheckpoints(store.state.checkpointer, counters);
+    node.stateCheckpoints = watchStateCheckpoints(store.state.checkpointer, counters, store.state);
     node.reaper = reaper;
     reaper.kick();
     return node;

@@ -135,8 +135,8 @@ test('compactLog does nothing while a snapshot copy is in flight', async (t) => 
     });
     t.truthy(metadata);
     t.is(await during, undefined, 'refused during the copy');
-    // (the snapshot itself compacted behind it, keeping compactionTrailingEntries = 0)
-    t.is(store.logStorage.firstIndex(), metadata!.index + 1);
+    // An async snapshot compacts nothing itself (blocks may point into the log behind it): compactLog does that.
+    t.is(store.logStorage.firstIndex(), 1);
     drive(store, writes(rng, 5, false));
     t.is(await store.compactLog(all), store.appliedIndex(), 'and works again after it');
   });

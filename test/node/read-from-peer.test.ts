@@ -4,15 +4,17 @@
  * not EIO, while another replica holds it.
  *  - with fakes: the leader is asked first, then the others; `local` never asks a peer; other
  *    errors are not retried elsewhere; when every peer fails the client gets the local CORRUPT;
- *  - with real processes: a block rotted in a follower's state.db (its bytes changed, its crc
+ *  - with real processes: a block rotted on a follower (its bytes in the log segment changed, its crc
  *    not) is refused by a `local` read there (the checker: that is what a client got before), is
  *    served intact through the follower's NBD export, and is healed by the next write.
  */
 
+import fs from 'node:fs';
 import Database from 'better-sqlite3';
 import path from 'node:path';
 import test from 'ava';
 import { CorruptError, ErrorCode, RemoteError, UsageError } from '../../src/errors.js';
+import { segmentName } from '../../src/blockstore/wal.js';
 import { Command } from '../../src/nbd/protocol.js';
 import type { NodeId } from '../../src/raft/types.js';
 import { systemClock } from '../../src/node/clock.js';
@@ -102,7 +104,7 @@ test('a local read, another error, or peers that all fail: nothing is served fro
   t.is(asked, 2, 'a usage error is not a reason to ask a peer');
 });
 
-test('a block rotted in a follower state.db is served intact through that follower, and a write heals it', async (t) => {
+test('a block rotted on a follower (its bytes in the log) is served intact through that follower, and a write heals it', async (t) => {
   const cluster = await LocalCluster.start({ nodes: 3, volumeSize: '16MiB' });
   t.teardown(() => cluster.stop());
   const leader = await cluster.leader();
@@ -120,15 +122,25 @@ test('a block rotted in a follower state.db is served intact through that follow
   // A local read on the follower is linearizable: it has applied the writes once it answers.
   t.deepEqual(await cluster.api(follower.id).read('default', 0, 4 * 4096, { local: true }), Buffer.concat(blocks));
 
-  // Rot block 2 in the follower's state.db: other bytes under the same crc. The node's connection
-  // may hold its shared transaction open for a moment; wait for the lock.
+  // Rot block 2 on the follower: other bytes under the same crc. Its row points into the log (a
+  // whole block of a durable write: docs/blockstore.md, Blocks in the log), so the bytes rot in
+  // the log segment the row names. The node's connection may hold its shared transaction open
+  // for a moment; wait for the lock.
   const db = new Database(path.join(follower.data, 'state.db'));
+  let row: { seg: number | null; off: number | null };
   try {
     db.pragma('busy_timeout = 30000');
-    const changed = db.prepare('UPDATE blocks SET data = ? WHERE block = 2').run(Buffer.alloc(4096, 0xee)).changes;
-    t.is(changed, 1);
+    row = db.prepare('SELECT seg, off FROM blocks WHERE block = 2').get() as typeof row;
   } finally {
     db.close();
+  }
+  t.not(row.seg, null, 'the block is kept in the log');
+  const segment = path.join(follower.data, 'wal', segmentName(row.seg!));
+  const fd = fs.openSync(segment, 'r+');
+  try {
+    t.is(fs.writeSync(fd, Buffer.alloc(4096, 0xee), 0, 4096, row.off!), 4096);
+  } finally {
+    fs.closeSync(fd);
   }
   const local = await t.throwsAsync(cluster.api(follower.id).read('default', 2 * 4096, 4096, { local: true }));
   t.regex(String(local?.message), /failed its checksum/, 'the follower itself refuses the rotten block (what a client got before)');
