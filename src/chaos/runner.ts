@@ -51,7 +51,7 @@ export interface ChaosOptions {
   lab?: NetLab;
   /** unsafeLocalReads: start every node with the deliberately broken read path (harness test). */
   unsafeLocalReads?: boolean;
-  /** compactEveryEntries: the nodes' log compaction interval (0: the node default, 20,000). */
+  /** compactEveryEntries: the nodes' log compaction interval (0: the node default, 65,536). */
   compactEveryEntries?: number;
   /** agent: route client 0 through an AttachAgent (default true). */
   agent?: boolean;

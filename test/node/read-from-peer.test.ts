@@ -125,15 +125,19 @@ test('a block rotted on a follower (its bytes in the log) is served intact throu
   // Rot block 2 on the follower: other bytes under the same crc. Its row points into the log (a
   // whole block of a durable write: docs/blockstore.md, Blocks in the log), so the bytes rot in
   // the log segment the row names. The node's connection may hold its shared transaction open
-  // for a moment; wait for the lock.
+  // for a moment (another connection sees only committed rows): BEGIN IMMEDIATE waits for its lock,
+  // so the row is committed when it is read.
   const db = new Database(path.join(follower.data, 'state.db'));
   let row: { seg: number | null; off: number | null };
   try {
     db.pragma('busy_timeout = 30000');
+    db.exec('BEGIN IMMEDIATE');
     row = db.prepare('SELECT seg, off FROM blocks WHERE block = 2').get() as typeof row;
+    db.exec('ROLLBACK');
   } finally {
     db.close();
   }
+  t.not(row, undefined, 'block 2 has a committed row');
   t.not(row.seg, null, 'the block is kept in the log');
   const segment = path.join(follower.data, 'wal', segmentName(row.seg!));
   const fd = fs.openSync(segment, 'r+');
