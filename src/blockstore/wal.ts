@@ -363,6 +363,14 @@ export class SegmentedLog {
       if (this.compactPending !== undefined) {
         if (firstIndex < this.compactPending) bad(`compaction to ${firstIndex} does not cover the deleted segments (log starts at ${this.compactPending})`);
         this.compactPending = undefined;
+        if (firstIndex === this.first) {
+          // The compaction point is exactly where the kept segments begin: the entry before it went
+          // with the deleted segments, so its term is this record's (not a conflict to discard the
+          // log for). Before, this refused to open (found by test/blockstore/pointer-crash; a
+          // compaction point on a segment's first entry: 1 in 64 with 1 MiB writes).
+          this.termBeforeFirst = termBefore;
+          return;
+        }
       }
       this.dropBefore(firstIndex, termBefore);
     } else if (type === WalRecordType.Entries) {
@@ -746,12 +754,17 @@ export class SegmentedLog {
     // durable without them, and segments are deleted only once it is durable.
     assert(snapshotTerm !== undefined || firstIndex <= this.lastIndex() + 1, `wal: compact to ${firstIndex} beyond last index ${this.lastIndex()}`);
     const termBefore = snapshotTerm ?? this.term(firstIndex - 1);
-    await this.append([
+    const appended = this.append([
       { type: WalRecordType.HardState, hardState: this.hard },
       { type: WalRecordType.Compact, firstIndex, termBefore },
     ]);
-    const current = this.segments[this.segments.length - 1]!;
-    const gone = this.segments.filter((segment) => segment !== current && segment.lastIndex < firstIndex);
+    // The segment the COMPACT record went to (append picks it at once). Only segments before it
+    // may go: appends while it became durable may have moved the log on to newer segments, and a
+    // segment holding nothing but older entries and this record would otherwise go with it — the
+    // record that says why the log starts where it does (found by test/blockstore/pointer-crash).
+    const holding = this.segments[this.segments.length - 1]!;
+    await appended;
+    const gone = this.segments.filter((segment) => segment.sequence < holding.sequence && segment.lastIndex < firstIndex);
     for (const segment of gone) {
       if (segment.readFd !== undefined) closeSync(segment.readFd);
       this.segments.splice(this.segments.indexOf(segment), 1);

@@ -169,6 +169,39 @@ test('segments rotate; compaction deletes only segments wholly below the compact
   await again.close();
 });
 
+test('a compaction never deletes the segment its own COMPACT record went to, even when the log moved on meanwhile', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
+  for (let i = 0; i < 20; i++) await appendEntries(wal, i * 4 + 1, 4, 1, 1000);
+  // Compact everything (the COMPACT record lands in the current segment, beside entries all below
+  // the point), and before it is durable append an entry that does not fit: the log rotates.
+  const compacted = wal.compact(81);
+  const next = appendEntries(wal, 81, 1, 1, 15 * 1024);
+  await Promise.all([compacted, next]);
+  await wal.close();
+  const again = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
+  t.is(again.firstIndex(), 81);
+  t.is(again.lastIndex(), 81);
+  t.is(again.term(80), 1);
+  await again.close();
+});
+
+test('a compaction point on the first entry of the oldest kept segment reopens (its COMPACT record names the term before it)', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
+  // One 12 KiB entry per segment: every entry starts a segment.
+  for (let i = 1; i <= 6; i++) await appendEntries(wal, i, 1, 1, 12 * 1024);
+  t.is(wal.segmentFiles().length, 6);
+  await wal.compact(4); // segments of entries 1-3 go; the oldest kept one starts exactly at 4
+  await wal.close();
+  const again = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
+  t.is(again.firstIndex(), 4);
+  t.is(again.lastIndex(), 6);
+  t.is(again.term(3), 1);
+  t.is(again.entries(4, 7, Infinity).length, 3);
+  await again.close();
+});
+
 test('a received snapshot beyond the log resets it to the snapshot position', async (t) => {
   const dir = tempDir(t);
   const wal = SegmentedLog.open(dir);

@@ -1,0 +1,61 @@
+/**
+ * pointer-crash-child: the writer of pointer-crash.test.ts. Opens the block store in argv[2] with
+ * a real timer (applies share delayed transactions, compactLog yields between relocation turns),
+ * re-applies its committed log beyond the applied index (as raft does after a restart), then
+ * continues the deterministic batches of seed argv[3]: each batch is persisted, awaited (durable),
+ * applied (whole blocks become pointers into the log), and reported `ok <j>`; every
+ * `compactEveryBatches` batches a compactLog runs alongside (relocating, then compacting with no
+ * entries kept), never awaited, reported `compacted <index>` when it compacted — until the parent
+ * kills it with SIGKILL.
+ */
+
+import { BlockStore } from '../../src/blockstore/index.js';
+import { encodeCommand } from '../../src/blockstore/commands.js';
+import { type Entry, EntryType } from '../../src/raft/types.js';
+import { applyCommitted, readyOf } from './helpers.js';
+import { batchCommands, crashLimits, headerEntries, volumeBytes } from './pointer-crash-model.js';
+
+const dir = process.argv[2]!;
+const seed = Number(process.argv[3]);
+const compactEveryBatches = 4;
+const timer = {
+  after(ms: number, fn: () => void) {
+    const handle = setTimeout(fn, ms);
+    return { cancel: () => clearTimeout(handle) };
+  },
+};
+const store = BlockStore.open(dir, { limits: crashLimits, timer });
+
+async function append(commands: ReturnType<typeof batchCommands>): Promise<void> {
+  const start = store.logStorage.lastIndex() + 1;
+  const entries: Entry[] = commands.map((c, i) => ({ index: start + i, term: 1, type: EntryType.Normal, data: encodeCommand(c) }));
+  await store.persist({ ...readyOf(), entries, hardState: { term: 1, vote: 0, commit: start + entries.length - 1 } });
+  applyCommitted(store, entries);
+}
+
+if (store.logStorage.lastIndex() === 0) {
+  store.bootstrap([1]);
+  await append([{ kind: 'createVolume', name: 'v', sizeBytes: volumeBytes }]);
+}
+applyCommitted(store);
+const perBatch = batchCommands(seed, 1).length;
+let j = (store.logStorage.lastIndex() - headerEntries) / perBatch;
+if (!Number.isInteger(j)) throw new Error(`log holds a partial batch: last index ${store.logStorage.lastIndex()}`);
+process.stdout.write(`start ${j}\n`);
+const all = () => ({ upTo: Number.MAX_SAFE_INTEGER, retainFor: [] });
+for (;;) {
+  j++;
+  await append(batchCommands(seed, j));
+  if (j % compactEveryBatches === 0) {
+    store.compactLog(all).then(
+      (index) => {
+        if (index !== undefined) process.stdout.write(`compacted ${index}\n`);
+      },
+      (error: unknown) => {
+        process.stdout.write(`compact failed ${String(error)}\n`);
+        process.exit(1);
+      },
+    );
+  }
+  process.stdout.write(`ok ${j}\n`);
+}
