@@ -202,6 +202,20 @@ test('a compaction point on the first entry of the oldest kept segment reopens (
   await again.close();
 });
 
+test('an older COMPACT record among the kept entries, superseded by a later one, does not stop the log from opening', async (t) => {
+  const dir = tempDir(t);
+  const wal = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
+  for (let i = 1; i <= 6; i++) await appendEntries(wal, i, 1, 1, 12 * 1024); // one entry per segment
+  await wal.compact(2); // its record goes beside entry 6 (as a compaction that relocated while the log grew)
+  await wal.compact(6); // deletes the segments of entries 2-5: entry 6's segment, with both records, is the oldest kept
+  await wal.close();
+  const again = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
+  t.is(again.firstIndex(), 6);
+  t.is(again.lastIndex(), 6);
+  t.is(again.term(5), 1);
+  await again.close();
+});
+
 test('a received snapshot beyond the log resets it to the snapshot position', async (t) => {
   const dir = tempDir(t);
   const wal = SegmentedLog.open(dir);
