@@ -5,8 +5,9 @@
  * continues the deterministic batches of seed argv[3]: each batch is persisted, awaited (durable),
  * applied (whole blocks become pointers into the log), and reported `ok <j>`; every
  * `compactEveryBatches` batches a compactLog runs alongside (relocating, then compacting with no
- * entries kept), never awaited, reported `compacted <index>` when it compacted — until the parent
- * kills it with SIGKILL.
+ * entries kept), never awaited, reported `compacted <index> relocated <blocks so far>` when it compacted (its
+ * COMPACT record is then queued: any batch appended after this line is durable only after it) —
+ * until the parent kills it with SIGKILL.
  */
 
 import { BlockStore } from '../../src/blockstore/index.js';
@@ -49,7 +50,7 @@ for (;;) {
   if (j % compactEveryBatches === 0) {
     store.compactLog(all).then(
       (index) => {
-        if (index !== undefined) process.stdout.write(`compacted ${index}\n`);
+        if (index !== undefined) process.stdout.write(`compacted ${index} relocated ${store.state.refStats.relocated}\n`);
       },
       (error: unknown) => {
         process.stdout.write(`compact failed ${String(error)}\n`);
