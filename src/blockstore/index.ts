@@ -465,11 +465,7 @@ export class BlockStore implements ReplicaStore {
   private compactBehindSnapshotSync(compactIndex: number): void {
     const log = this.logStorage;
     if (compactIndex < log.firstIndex()) return;
-    for (let lo = log.firstIndex(); lo <= compactIndex; ) {
-      const entries = log.entries(lo, compactIndex + 1, this.limits.relocateBytesPerTurn);
-      this.state.relocate(entries);
-      lo += entries.length;
-    }
+    for (let through = log.firstIndex() - 1; through < compactIndex; ) through = this.relocateTurn(through, compactIndex);
     this.state.commit();
     const fd = fs.openSync(`${this.state.file}-wal`, 'r');
     try {
@@ -478,6 +474,17 @@ export class BlockStore implements ReplicaStore {
       fs.closeSync(fd);
     }
     void log.compact(compactIndex);
+  }
+
+  /**
+   * relocateTurn: one turn of relocation — the entries after `through` up to `target`, at most
+   * relocateBytesPerTurn of them (at least one) — moved out of the log (BlockStateMachine.relocate);
+   * returns the last index relocated.
+   */
+  private relocateTurn(through: number, target: number): number {
+    const entries = this.logStorage.entries(through + 1, target + 1, this.limits.relocateBytesPerTurn);
+    this.state.relocate(entries);
+    return through + entries.length;
   }
 
   /** walDir: the log's segment directory (a snapshot copy reads pointer rows' bytes there). */
@@ -611,9 +618,7 @@ export class BlockStore implements ReplicaStore {
     // 1. Blocks that point into [first, target] get their bytes into their rows, a turn at a time.
     let relocatedThrough = log.firstIndex() - 1;
     while (relocatedThrough < target) {
-      const entries = log.entries(relocatedThrough + 1, target + 1, this.limits.relocateBytesPerTurn);
-      this.state.relocate(entries);
-      relocatedThrough += entries.length;
+      relocatedThrough = this.relocateTurn(relocatedThrough, target);
       if (relocatedThrough < target && this.timer !== undefined) {
         await new Promise<void>((resolve) => this.timer!.after(0, resolve));
         if (stale()) return undefined;

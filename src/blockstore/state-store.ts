@@ -114,7 +114,7 @@ export interface BlockLocator {
   /** locate: the segment and file offset of entry `index`'s data, if it is in the log and durable there. */
   locate(index: number): { segment: number; dataOffset: number; length: number } | undefined;
   /** read: `length` bytes of segment `segment` at file offset `offset`; CorruptError if they are gone. */
-  read(segment: number, offset: number, length: number): Uint8Array;
+  read(segment: number, offset: number, length: number): Buffer;
 }
 
 /** BlockRef: where a pointer row's bytes are (segment sequence, file offset). */
@@ -196,13 +196,16 @@ function fail(code: ErrorCode, message: string): ApplyOutcome {
   return { ok: false, code, message };
 }
 
-/** BlockRow: a stored block; `seg` / `off` not null: a pointer row, its bytes are in the log (data is empty). */
-interface BlockRow {
-  block: number;
+/** StoredBlock: a block row; `seg` / `off` not null: a pointer row, its bytes are in the log (data is empty). */
+interface StoredBlock {
   data: Buffer;
   crc: number;
   seg: number | null;
   off: number | null;
+}
+
+interface BlockRow extends StoredBlock {
+  block: number;
 }
 
 interface SerializedSession {
@@ -268,7 +271,7 @@ function prepare(db: Database.Database) {
     insertVolume: db.prepare('INSERT INTO volumes (name, size_bytes, created_index) VALUES (?, ?, ?)'),
     resizeVolume: db.prepare('UPDATE volumes SET size_bytes = ? WHERE name = ?'),
     deleteVolume: db.prepare('DELETE FROM volumes WHERE name = ?'),
-    block: db.prepare<[number, number], { data: Buffer; crc: number; seg: number | null; off: number | null }>('SELECT data, crc, seg, off FROM blocks WHERE volume_id = ? AND block = ?'),
+    block: db.prepare<[number, number], StoredBlock>('SELECT data, crc, seg, off FROM blocks WHERE volume_id = ? AND block = ?'),
     blockRange: db.prepare<[number, number, number], BlockRow>(
       'SELECT block, data, crc, seg, off FROM blocks WHERE volume_id = ? AND block >= ? AND block <= ? ORDER BY block',
     ),
@@ -295,7 +298,7 @@ function prepare(db: Database.Database) {
     reapBlocks: db.prepare(
       'DELETE FROM blocks WHERE rowid IN (SELECT rowid FROM blocks WHERE volume_id = ? AND block >= ? ORDER BY block LIMIT ?)',
     ),
-    hashBlocks: db.prepare<[], { name: string; block: number; data: Buffer; crc: number; seg: number | null; off: number | null }>(
+    hashBlocks: db.prepare<[], BlockRow & { name: string }>(
       'SELECT v.name AS name, b.block AS block, b.data AS data, b.crc AS crc, b.seg AS seg, b.off AS off FROM blocks b JOIN volumes v ON v.created_index = b.volume_id ORDER BY v.name, b.block',
     ),
     refCount: db.prepare<[], { c: number }>('SELECT COUNT(*) AS c FROM blocks WHERE seg IS NOT NULL'),
@@ -357,8 +360,6 @@ export class BlockStateMachine {
   readonly checkpointer: Checkpointer | undefined;
   /** locator: the log that holds pointer rows' bytes (setLocator); undefined: every block is stored in its row. */
   private locator: BlockLocator | undefined;
-  /** applying: the entry apply() is executing now (where its write's data lies in the log). */
-  private applying: Entry | undefined;
   /** refStats: blocks stored as pointers into the log, and pointer rows moved into their rows (relocate). */
   readonly refStats = { refsStored: 0, relocated: 0 };
 
@@ -622,15 +623,6 @@ export class BlockStateMachine {
   }
 
   private applyNormal(entry: Entry, touchedSessions: Set<string>): ApplyOutcome {
-    this.applying = entry;
-    try {
-      return this.applyCommand(entry, touchedSessions);
-    } finally {
-      this.applying = undefined;
-    }
-  }
-
-  private applyCommand(entry: Entry, touchedSessions: Set<string>): ApplyOutcome {
     let command: Command;
     try {
       command = decodeCommand(entry.data);
@@ -639,7 +631,7 @@ export class BlockStateMachine {
       throw error;
     }
     const session = command.session;
-    if (session === undefined) return this.execute(command, entry.index);
+    if (session === undefined) return this.execute(command, entry);
     if (command.kind === 'closeSession') {
       this.sessionTable.close(session.id);
       touchedSessions.add(session.id);
@@ -654,7 +646,7 @@ export class BlockStateMachine {
       case SessionVerdict.Expired:
         return fail(ErrorCode.SessionExpired, `session ${session.id} expired; open a new session`);
       case SessionVerdict.Apply: {
-        const outcome = this.execute(command, entry.index);
+        const outcome = this.execute(command, entry);
         this.sessionTable.record(session.id, session.sequence, entry.index, encodeOutcome(outcome), session.ackedBelow);
         touchedSessions.add(session.id);
         return outcome;
@@ -676,7 +668,8 @@ export class BlockStateMachine {
     return problem === undefined ? volume : fail(problem.code, `${name}: ${problem.message}`);
   }
 
-  private execute(command: Command, index: number): ApplyOutcome {
+  private execute(command: Command, entry: Entry): ApplyOutcome {
+    const index = entry.index;
     switch (command.kind) {
       case 'noop':
       case 'closeSession':
@@ -684,7 +677,7 @@ export class BlockStateMachine {
       case 'write': {
         const volume = this.targetRange(command.volume, command.offset, command.data.length);
         if (!('createdIndex' in volume)) return volume;
-        this.writeRange(volume.createdIndex, command.offset, command.data, this.dataLocation(command.data.length));
+        this.writeRange(volume.createdIndex, command.offset, command.data, this.dataRef(entry, command.data.length));
         return ok;
       }
       case 'trim':
@@ -740,13 +733,12 @@ export class BlockStateMachine {
   }
 
   /**
-   * dataLocation: where the data of the write being applied (its last `dataBytes` bytes: the
-   * codec puts the data last, commands.ts) lies in the log, or undefined when it is not in a
-   * durable record there (no locator, an entry no longer or not yet durable in the log).
+   * dataRef: where the data of write `entry` (its last `dataBytes` bytes: the codec puts the data
+   * last, commands.ts) lies in the log, or undefined when it is not in a durable record there (no
+   * locator, an entry no longer or not yet durable in the log).
    */
-  private dataLocation(dataBytes: number): BlockRef | undefined {
-    const entry = this.applying;
-    if (this.locator === undefined || entry === undefined || dataBytes === 0) return undefined;
+  private dataRef(entry: Entry, dataBytes: number): BlockRef | undefined {
+    if (this.locator === undefined || dataBytes === 0) return undefined;
     const at = this.locator.locate(entry.index);
     if (at === undefined || at.length !== entry.data.length) return undefined;
     assert(dataBytes <= at.length, 'a write carries its data inside its entry');
@@ -754,21 +746,17 @@ export class BlockStateMachine {
   }
 
   /** blockData: the verified bytes of a stored row — its own, or for a pointer row those in the log. */
-  private blockData(row: { data: Buffer; crc: number; seg: number | null; off: number | null }, block: number, volumeOffset: number): Uint8Array {
+  private blockData(row: StoredBlock, block: number, volumeOffset: number): Uint8Array {
     if (row.seg === null) return verified(row.data, row.crc, block, volumeOffset);
-    if (this.locator === undefined) {
-      const error = new CorruptError(`block ${block} points into the log (segment ${row.seg}) but no log is attached; not served`);
-      Object.assign(error, { offset: volumeOffset });
-      throw error;
-    }
-    let data: Uint8Array;
+    if (this.locator === undefined) throw corruptBlock(`block ${block} points into the log (segment ${row.seg}) but no log is attached; not served`, volumeOffset);
+    let data: Buffer;
     try {
       data = this.locator.read(row.seg, row.off!, blockBytes);
     } catch (error) {
       if (error instanceof CorruptError) Object.assign(error, { offset: volumeOffset });
       throw error;
     }
-    return verified(Buffer.from(data.buffer, data.byteOffset, data.length), row.crc, block, volumeOffset);
+    return verified(data, row.crc, block, volumeOffset);
   }
 
   /** loadBlock: the verified data of one block, or undefined for a hole. */
@@ -825,8 +813,7 @@ export class BlockStateMachine {
   relocate(entries: Entry[]): number {
     assert(!this.inApply, 'no relocation during apply');
     this.checkCommitted();
-    const locator = this.locator;
-    if (locator === undefined || entries.length === 0) return 0;
+    if (this.locator === undefined || entries.length === 0) return 0;
     this.commit();
     let moved = 0;
     this.db.transaction(() => {
@@ -841,18 +828,15 @@ export class BlockStateMachine {
         if (command.kind !== 'write' || command.data.length === 0) continue;
         const volume = this.volume(command.volume);
         if (volume === undefined || volume.createdIndex >= entry.index) continue;
-        const at = locator.locate(entry.index);
-        if (at === undefined || at.length !== entry.data.length) continue;
-        const base = at.dataOffset + at.length - command.data.length;
+        const ref = this.dataRef(entry, command.data.length);
+        if (ref === undefined) continue;
         for (const p of blockPieces(command.offset, command.data.length, blockBytes)) {
           if (p.to - p.from !== blockBytes) continue;
           const row = this.s.block.get(volume.createdIndex, p.block);
-          if (row === undefined || row.seg !== at.segment || row.off !== base + (p.from - command.offset)) continue;
+          if (row === undefined || row.seg !== ref.segment || row.off !== ref.offset + (p.from - command.offset)) continue;
           const data = command.data.subarray(p.from - command.offset, p.to - command.offset);
           if (crc32(data) !== row.crc) {
-            const error = new CorruptError(`block ${p.block}: its bytes in log entry ${entry.index} fail the row's checksum; not relocated`);
-            Object.assign(error, { offset: p.blockStart, index: entry.index });
-            throw error;
+            throw Object.assign(corruptBlock(`block ${p.block}: its bytes in log entry ${entry.index} fail the row's checksum; not relocated`, p.blockStart), { index: entry.index });
           }
           this.s.putBlock.run(volume.createdIndex, p.block, data, row.crc);
           moved++;
@@ -976,7 +960,7 @@ export class BlockStateMachine {
     let rows: BlockRow[];
     if (first === last) {
       const row = this.s.block.get(volume.createdIndex, first);
-      rows = row === undefined ? [] : [{ block: first, data: row.data, crc: row.crc, seg: row.seg, off: row.off }];
+      rows = row === undefined ? [] : [{ block: first, ...row }];
     } else rows = this.s.blockRange.all(volume.createdIndex, first, last);
     for (const row of rows) {
       const blockStart = row.block * blockBytes;
@@ -1140,11 +1124,12 @@ export class BlockStateMachine {
   }
 }
 
+/** corruptBlock: a CorruptError about the block at `volumeOffset` (BlockStore's corruption record and the read path name it). */
+function corruptBlock(message: string, volumeOffset: number): CorruptError {
+  return Object.assign(new CorruptError(message), { offset: volumeOffset });
+}
+
 function verified(data: Buffer, crc: number, block: number, volumeOffset: number): Uint8Array {
-  if (data.length !== blockBytes || crc32(data) !== crc) {
-    const error = new CorruptError(`block ${block} failed its checksum (stored crc ${crc >>> 0}); not served`);
-    Object.assign(error, { offset: volumeOffset });
-    throw error;
-  }
+  if (data.length !== blockBytes || crc32(data) !== crc) throw corruptBlock(`block ${block} failed its checksum (stored crc ${crc >>> 0}); not served`, volumeOffset);
   return new Uint8Array(data.buffer, data.byteOffset, data.length);
 }

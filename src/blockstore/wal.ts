@@ -557,13 +557,7 @@ export class SegmentedLog {
   }
 
   private readData(e: IndexedEntry): Uint8Array {
-    const segment = this.segments.find((s) => s.sequence === e.segment);
-    assert(segment !== undefined, `wal: segment ${e.segment} of entry ${e.index} is gone`);
-    segment.readFd ??= openSync(segment.file, 'r');
-    const data = Buffer.allocUnsafe(e.length);
-    const read = readSync(segment.readFd, data, 0, e.length, e.dataOffset);
-    if (read !== e.length) throw new CorruptError(`wal ${segment.file}: entry ${e.index} cut short`);
-    return data;
+    return this.readAt(e.segment, e.dataOffset, e.length);
   }
 
   // ---------------------------------------------------------------- writes (asynchronous)

@@ -11,6 +11,7 @@
  */
 
 import { BlockStore } from '../../src/blockstore/index.js';
+import { systemScheduler } from '../../src/node/clock.js';
 import { encodeCommand } from '../../src/blockstore/commands.js';
 import { type Entry, EntryType } from '../../src/raft/types.js';
 import { applyCommitted, readyOf } from './helpers.js';
@@ -19,13 +20,8 @@ import { batchCommands, crashLimits, headerEntries, volumeBytes } from './pointe
 const dir = process.argv[2]!;
 const seed = Number(process.argv[3]);
 const compactEveryBatches = 4;
-const timer = {
-  after(ms: number, fn: () => void) {
-    const handle = setTimeout(fn, ms);
-    return { cancel: () => clearTimeout(handle) };
-  },
-};
-const store = BlockStore.open(dir, { limits: crashLimits, timer });
+// The node's own scheduler (its unref'd timers: the write loop below keeps the process alive).
+const store = BlockStore.open(dir, { limits: crashLimits, timer: systemScheduler });
 
 async function append(commands: ReturnType<typeof batchCommands>): Promise<void> {
   const start = store.logStorage.lastIndex() + 1;

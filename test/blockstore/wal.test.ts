@@ -7,7 +7,7 @@
  * append that had resolved. (SIGKILL keeps the page cache, so the kill test checks recovery of torn
  * and replaced records, not fdatasync itself; no test here can pull the power.)
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import os from 'node:os';
@@ -169,6 +169,16 @@ test('segments rotate; compaction deletes only segments wholly below the compact
   await again.close();
 });
 
+/** reopensAs: the log in `dir` opens with these first and last indexes and the term before its first entry. */
+async function reopensAs(t: ExecutionContext, dir: string, first: number, last: number, termBefore: number): Promise<void> {
+  const again = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
+  t.is(again.firstIndex(), first);
+  t.is(again.lastIndex(), last);
+  t.is(again.term(first - 1), termBefore);
+  if (last >= first) t.is(again.entries(first, last + 1, Infinity).length, last - first + 1);
+  await again.close();
+}
+
 test('a compaction never deletes the segment its own COMPACT record went to, even when the log moved on meanwhile', async (t) => {
   const dir = tempDir(t);
   const wal = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
@@ -179,11 +189,7 @@ test('a compaction never deletes the segment its own COMPACT record went to, eve
   const next = appendEntries(wal, 81, 1, 1, 15 * 1024);
   await Promise.all([compacted, next]);
   await wal.close();
-  const again = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
-  t.is(again.firstIndex(), 81);
-  t.is(again.lastIndex(), 81);
-  t.is(again.term(80), 1);
-  await again.close();
+  await reopensAs(t, dir, 81, 81, 1);
 });
 
 test('a compaction point on the first entry of the oldest kept segment reopens (its COMPACT record names the term before it)', async (t) => {
@@ -194,12 +200,7 @@ test('a compaction point on the first entry of the oldest kept segment reopens (
   t.is(wal.segmentFiles().length, 6);
   await wal.compact(4); // segments of entries 1-3 go; the oldest kept one starts exactly at 4
   await wal.close();
-  const again = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
-  t.is(again.firstIndex(), 4);
-  t.is(again.lastIndex(), 6);
-  t.is(again.term(3), 1);
-  t.is(again.entries(4, 7, Infinity).length, 3);
-  await again.close();
+  await reopensAs(t, dir, 4, 6, 1);
 });
 
 test('an older COMPACT record among the kept entries, superseded by a later one, does not stop the log from opening', async (t) => {
@@ -209,11 +210,7 @@ test('an older COMPACT record among the kept entries, superseded by a later one,
   await wal.compact(2); // its record goes beside entry 6 (as a compaction that relocated while the log grew)
   await wal.compact(6); // deletes the segments of entries 2-5: entry 6's segment, with both records, is the oldest kept
   await wal.close();
-  const again = SegmentedLog.open(dir, { segmentBytesMax: 16 * 1024 });
-  t.is(again.firstIndex(), 6);
-  t.is(again.lastIndex(), 6);
-  t.is(again.term(5), 1);
-  await again.close();
+  await reopensAs(t, dir, 6, 6, 1);
 });
 
 test('a received snapshot beyond the log resets it to the snapshot position', async (t) => {
