@@ -46,7 +46,19 @@ export interface NodeFigures {
   writeAmplification: Record<string, number>;
   /** cpuSecondsPer1000Writes: job name → CPU seconds of the process per 1,000 fio writes. */
   cpuSecondsPer1000Writes: Record<string, number>;
+  /**
+   * mainThreadCpuSecondsPer1000Writes: the same for the main thread alone (the event loop, which
+   * runs raft, the NBD server and the peer transport); the rest is libuv's pool, V8's GC helpers
+   * and the checkpoint and snapshot workers.
+   */
+  mainThreadCpuSecondsPer1000Writes: Record<string, number>;
   rssMiB: number;
+  /**
+   * memoryMiB: what the resident set is made of after the run: the main isolate's JS heap (used of
+   * reserved), memory JS objects hold outside it (external, Buffers among it), and the rest
+   * (native: SQLite's caches, the worker threads' isolates, the binary's pages, malloc's arenas).
+   */
+  memoryMiB: { heapUsed: number; heapTotal: number; external: number; arrayBuffers: number; native: number };
 }
 
 export interface BenchResult {
@@ -103,6 +115,7 @@ export function fdatasyncP50Micros(dir: string, count: number): number {
 interface ProcSample {
   writeBytes: number;
   cpuSeconds: number;
+  mainThreadCpuSeconds: number;
 }
 
 const clockTicksPerSecond = 100; // Linux USER_HZ on every architecture Node runs on here
@@ -111,10 +124,13 @@ function procSample(pid: number): ProcSample {
   const io = readFileSync(`/proc/${pid}/io`, 'utf8');
   const writeBytes = Number(/^write_bytes:\s*(\d+)/m.exec(io)?.[1] ?? 0);
   // /proc/PID/stat: the command may hold spaces and parentheses; fields are counted after the last ')'.
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const cpuSeconds = (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
-  return { writeBytes, cpuSeconds };
+  const cpu = (file: string) => {
+    const stat = readFileSync(file, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
+  };
+  // The main thread's task id is the process id.
+  return { writeBytes, cpuSeconds: cpu(`/proc/${pid}/stat`), mainThreadCpuSeconds: cpu(`/proc/${pid}/task/${pid}/stat`) };
 }
 
 const round = (x: number, digits: number) => Math.round(x * 10 ** digits) / 10 ** digits;
@@ -164,7 +180,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
       const leaderId = await client.waitForLeader(30_000);
       const leader = cluster.nodes.find((n) => n.id === leaderId)!;
       const follower = cluster.nodes.find((n) => n.id !== leaderId)!;
-      for (const n of cluster.nodes) result.nodes[`node${n.id}`] = { writeAmplification: {}, cpuSecondsPer1000Writes: {}, rssMiB: 0 };
+      for (const n of cluster.nodes) result.nodes[`node${n.id}`] = { writeAmplification: {}, cpuSecondsPer1000Writes: {}, mainThreadCpuSecondsPer1000Writes: {}, rssMiB: 0, memoryMiB: { heapUsed: 0, heapTotal: 0, external: 0, arrayBuffers: 0, native: 0 } };
       // Per node and write job: /proc counters before and after, against the payload fio wrote.
       const samples = new Map<number, ProcSample>();
       const onJob = async (job: FioJob, phase: 'before' | 'after') => {
@@ -173,10 +189,10 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
         for (const n of cluster!.nodes) {
           const now = procSample(n.pid);
           if (phase === 'before') samples.set(n.id, now);
-          else pending.push({ node: n.id, job: job.name, write: now.writeBytes - samples.get(n.id)!.writeBytes, cpu: now.cpuSeconds - samples.get(n.id)!.cpuSeconds });
+          else pending.push({ node: n.id, job: job.name, write: now.writeBytes - samples.get(n.id)!.writeBytes, cpu: now.cpuSeconds - samples.get(n.id)!.cpuSeconds, mainCpu: now.mainThreadCpuSeconds - samples.get(n.id)!.mainThreadCpuSeconds });
         }
       };
-      const pending: { node: number; job: string; write: number; cpu: number }[] = [];
+      const pending: { node: number; job: string; write: number; cpu: number; mainCpu: number }[] = [];
       const before = await client.api(leader.admin).metrics();
       const started = performance.now();
       fio['chard-leader'] = await fioFigures(`nbd://${leader.nbd}/default`, { runtimeSeconds, regionBytes, onJob });
@@ -199,11 +215,18 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
         const node = result.nodes[`node${p.node}`]!;
         node.writeAmplification[p.job] = figure.ioBytes === 0 ? 0 : round(p.write / figure.ioBytes, 2);
         node.cpuSecondsPer1000Writes[p.job] = writes === 0 ? 0 : round((p.cpu / writes) * 1000, 3);
+        node.mainThreadCpuSecondsPer1000Writes[p.job] = writes === 0 ? 0 : round((p.mainCpu / writes) * 1000, 3);
       }
       log(`  chard through the leader (node ${leaderId}) done`);
       fio['chard-follower'] = await fioFigures(`nbd://${follower.nbd}/default`, { runtimeSeconds, regionBytes });
       log(`  chard through a follower (node ${follower.id}) done`);
-      for (const n of cluster.nodes) result.nodes[`node${n.id}`]!.rssMiB = round((await client.api(n.admin).metrics()).rssBytes / MiB, 1);
+      for (const n of cluster.nodes) {
+        const m = (await client.api(n.admin).metrics()).memory;
+        const node = result.nodes[`node${n.id}`]!;
+        node.rssMiB = round(m.rssBytes / MiB, 1);
+        // The heap is resident only as far as it is reserved; external memory outside it is counted once.
+        node.memoryMiB = { heapUsed: round(m.heapUsedBytes / MiB, 1), heapTotal: round(m.heapTotalBytes / MiB, 1), external: round(m.externalBytes / MiB, 1), arrayBuffers: round(m.arrayBuffersBytes / MiB, 1), native: round(Math.max(0, m.rssBytes - m.heapTotalBytes - m.externalBytes) / MiB, 1) };
+      }
     } finally {
       client.close();
     }
@@ -301,10 +324,10 @@ export function formatBench(result: BenchResult): string {
     `  ${'job'.padEnd(20)}${labels.map((l) => l.padStart(17)).join('')}`,
     ...jobs.map((job) => `  ${job.padEnd(20)}${labels.map((l) => cell(l, job).padStart(17)).join('')}`),
     '',
-    `per node (chard write jobs through the leader): write amplification, CPU s per 1,000 writes, RSS after the run`,
+    `per node (chard write jobs through the leader): write amplification, CPU s per 1,000 writes (of it the main thread's), RSS after the run (JS heap used/reserved, external, native)`,
     ...Object.entries(result.nodes).map(
       ([name, n]) =>
-        `  ${name.padEnd(8)} amp ${Object.entries(n.writeAmplification).map(([j, v]) => `${j} ${v}x`).join(', ')}; cpu ${Object.entries(n.cpuSecondsPer1000Writes).map(([j, v]) => `${j} ${v}`).join(', ')}; rss ${n.rssMiB} MiB`,
+        `  ${name.padEnd(8)} amp ${Object.entries(n.writeAmplification).map(([j, v]) => `${j} ${v}x`).join(', ')}; cpu ${Object.entries(n.cpuSecondsPer1000Writes).map(([j, v]) => `${j} ${v} (${n.mainThreadCpuSecondsPer1000Writes[j] ?? '-'})`).join(', ')}; rss ${n.rssMiB} MiB (heap ${n.memoryMiB.heapUsed}/${n.memoryMiB.heapTotal}, external ${n.memoryMiB.external}, native ${n.memoryMiB.native})`,
     ),
     `group commit on the leader: ${result.group.proposalsPerSecond} proposals/s, ${result.group.entriesPerFsync} entries per fsync (${result.group.entries} entries, ${result.group.fsyncs} fsyncs); raft messages sent + received per proposal ${result.group.messagesPerProposal}, in ${result.group.framesPerProposal} frames`,
     '',

@@ -13,6 +13,15 @@ import type { VolumeInfo } from '../volume/rules.js';
 import { clientChannelOptions, statusToError } from '../transport/grpc-server.js';
 import { clientConstructor } from '../transport/proto.js';
 
+/** ProcessMemory: a node process's resident set and the parts of it its main isolate can name. */
+export interface ProcessMemory {
+  rssBytes: number;
+  heapUsedBytes: number;
+  heapTotalBytes: number;
+  externalBytes: number;
+  arrayBuffersBytes: number;
+}
+
 export interface ClientLimits {
   /** callTimeoutMs: deadline of one RPC. */
   callTimeoutMs: number;
@@ -152,10 +161,10 @@ export class NodeApi {
     await this.call('admin', 'LeaderTransfer', { to });
   }
 
-  async metrics(): Promise<{ counts: Record<string, number>; gauges: Record<string, number>; quantiles: Record<string, { p50: number; p99: number; max: number; count: number }>; rssBytes: number }> {
-    const r = await this.call<{ json: string; rss_bytes: number }>('admin', 'Metrics', {});
+  async metrics(): Promise<{ counts: Record<string, number>; gauges: Record<string, number>; quantiles: Record<string, { p50: number; p99: number; max: number; count: number }>; rssBytes: number; memory: ProcessMemory }> {
+    const r = await this.call<{ json: string; rss_bytes: number; heap_used_bytes: number; heap_total_bytes: number; external_bytes: number; array_buffers_bytes: number }>('admin', 'Metrics', {});
     const parsed = JSON.parse(r.json || '{}') as { counts?: Record<string, number>; gauges?: Record<string, number>; quantiles?: Record<string, { p50: number; p99: number; max: number; count: number }> };
-    return { counts: parsed.counts ?? {}, gauges: parsed.gauges ?? {}, quantiles: parsed.quantiles ?? {}, rssBytes: r.rss_bytes };
+    return { counts: parsed.counts ?? {}, gauges: parsed.gauges ?? {}, quantiles: parsed.quantiles ?? {}, rssBytes: r.rss_bytes, memory: { rssBytes: Number(r.rss_bytes), heapUsedBytes: Number(r.heap_used_bytes ?? 0), heapTotalBytes: Number(r.heap_total_bytes ?? 0), externalBytes: Number(r.external_bytes ?? 0), arrayBuffersBytes: Number(r.array_buffers_bytes ?? 0) } };
   }
 
   async verify(): Promise<VerifyReport> {

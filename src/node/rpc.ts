@@ -209,7 +209,10 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
       await admin.leaderTransfer(uint(r.to, 'to'));
       return { leader_id: admin.leaderHint() };
     }),
-    Metrics: guarded(() => ({ json: JSON.stringify(options.counters?.snapshot() ?? {}), rss_bytes: process.memoryUsage().rss })),
+    Metrics: guarded(() => {
+      const m = process.memoryUsage();
+      return { json: JSON.stringify(options.counters?.snapshot() ?? {}), rss_bytes: m.rss, heap_used_bytes: m.heapUsed, heap_total_bytes: m.heapTotal, external_bytes: m.external, array_buffers_bytes: m.arrayBuffers };
+    }),
     Verify: guarded(() => {
       const v = admin.verify();
       return { node_id: v.id, applied_index: v.appliedIndex, state_hash: Buffer.from(v.hash, 'hex') };

@@ -32,6 +32,10 @@ test('chard bench --quick measures every baseline, both chard paths, per-node co
       // Every node writes at least the payload it stores (its copy of each block): amplification >= 1.
       t.true((n.writeAmplification['randwrite-4k-qd32'] ?? 0) >= 1, `${name} wrote its copy`);
       t.true(n.rssMiB > 0);
+      // The main thread is one of the process's threads: its CPU is part of the process's.
+      const main = n.mainThreadCpuSecondsPer1000Writes['randwrite-4k-qd32'];
+      t.true(main !== undefined && main > 0 && main <= n.cpuSecondsPer1000Writes['randwrite-4k-qd32']!, `${name} main-thread CPU ${main}`);
+      t.true(n.memoryMiB.heapUsed > 0 && n.memoryMiB.heapUsed <= n.memoryMiB.heapTotal && n.memoryMiB.heapTotal < n.rssMiB, `${name} memory ${JSON.stringify(n.memoryMiB)}`);
     }
     t.true(printed.group.entriesPerFsync > 0 && printed.group.messagesPerProposal > 0 && printed.group.framesPerProposal > 0, "the leader counted its fsyncs, messages and frames");
     t.is(printed.targets.length, 8);
