@@ -36,6 +36,7 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { assert } from '../assert.js';
 import { CorruptError, ErrorCode, InternalError } from '../errors.js';
+import { blockSlab } from '../slab.js';
 import { type Entry, type EntryType, type HardState, emptyHardState, entryBytes, indexMax, nodeIdMax, termMax } from '../raft/types.js';
 
 export interface WalLimits {
@@ -550,7 +551,7 @@ export class SegmentedLog {
     if (segment === undefined) throw new CorruptError(`wal: segment ${sequence} is not part of the log (a block points into it)`);
     if (offset < 0 || offset + length > segment.bytes) throw new CorruptError(`wal ${segment.file}: ${length} bytes at ${offset} lie beyond its ${segment.bytes} bytes`);
     segment.readFd ??= openSync(segment.file, 'r');
-    const data = Buffer.allocUnsafe(length);
+    const data = blockSlab.take(length); // a block read's bytes live until its reply is written
     const read = readSync(segment.readFd, data, 0, length, offset);
     if (read !== length) throw new CorruptError(`wal ${segment.file}: ${length} bytes at ${offset} cut short`);
     return data;

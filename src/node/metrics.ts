@@ -28,7 +28,8 @@ export interface CounterSink {
 export class Counters {
   private readonly counts = new Map<string, number>();
   private readonly gauges = new Map<string, number>();
-  private readonly histograms = new Map<string, number[]>();
+  /** histograms: the most recent samplesMax samples of each name, a ring once full (`next`: the oldest). */
+  private readonly histograms = new Map<string, { samples: number[]; next: number }>();
   private readonly sinks: CounterSink[] = [];
   /** samplesMax: bounded memory per histogram (a ring of the most recent samples). */
   constructor(readonly samplesMax = 4096) {}
@@ -44,13 +45,17 @@ export class Counters {
   }
 
   observe(name: string, value: number): void {
-    let samples = this.histograms.get(name);
-    if (samples === undefined) {
-      samples = [];
-      this.histograms.set(name, samples);
+    let ring = this.histograms.get(name);
+    if (ring === undefined) {
+      ring = { samples: [], next: 0 };
+      this.histograms.set(name, ring);
     }
-    if (samples.length >= this.samplesMax) samples.shift();
-    samples.push(value);
+    // A ring, not push + shift: shift moves all samplesMax samples, once per observation.
+    if (ring.samples.length < this.samplesMax) ring.samples.push(value);
+    else {
+      ring.samples[ring.next] = value;
+      ring.next = (ring.next + 1) % this.samplesMax;
+    }
     for (const sink of this.sinks) sink.observe(name, value);
   }
 
@@ -66,7 +71,7 @@ export class Counters {
 
   snapshot(): { counts: Record<string, number>; gauges: Record<string, number>; quantiles: Record<string, { p50: number; p99: number; max: number; count: number }> } {
     const quantiles: Record<string, { p50: number; p99: number; max: number; count: number }> = {};
-    for (const [name, samples] of this.histograms) {
+    for (const [name, { samples }] of this.histograms) {
       const sorted = [...samples].sort((a, b) => a - b);
       const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
       quantiles[name] = { p50: at(0.5), p99: at(0.99), max: sorted[sorted.length - 1] ?? 0, count: sorted.length };

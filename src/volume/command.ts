@@ -27,6 +27,7 @@
  */
 
 import { type ChardError, ErrorCode, UsageError } from '../errors.js';
+import { blockSlab } from '../slab.js';
 import { blockBytes, isValidVolumeName, reapBlocksPerEntry, volumeNameBytesMax } from './rules.js';
 
 export const CommandKind = {
@@ -163,44 +164,49 @@ const kindCode = {
   closeSession: CommandKind.CloseSession,
 } as const;
 
+/** twoTo32: splits a safe integer into the two 32-bit halves of its u64 field (no BigInt on the write path). */
+const twoTo32 = 2 ** 32;
+/** u64HighMax: the high half of Number.MAX_SAFE_INTEGER (2^53 - 1): a larger one is beyond 2^53. */
+const u64HighMax = 0x1f_ffff;
+
 /** encodeCommand: the bytes of `command`; throws UsageError(InvalidArgument) for out-of-bounds fields. */
 export function encodeCommand(command: Command): Uint8Array {
   const name = command.kind === 'write' || command.kind === 'trim' || command.kind === 'writeZeroes' ? command.volume : command.kind === 'noop' || command.kind === 'closeSession' ? undefined : command.name;
   if (command.kind === 'closeSession' && command.session === undefined) throw bad('closeSession needs its session stamp');
   if (name !== undefined && !isValidVolumeName(name)) throw bad(`invalid volume name ${JSON.stringify(name)}`);
-  let sessionId: Buffer | undefined;
+  let sessionIdBytes: number | undefined;
   if (command.session !== undefined) {
-    sessionId = Buffer.from(command.session.id, 'utf8');
-    if (sessionId.length < 1 || sessionId.length > commandLimits.sessionIdBytesMax) throw bad('session id must be 1..64 bytes');
+    sessionIdBytes = Buffer.byteLength(command.session.id, 'utf8');
+    if (sessionIdBytes < 1 || sessionIdBytes > commandLimits.sessionIdBytesMax) throw bad('session id must be 1..64 bytes');
     if (!Number.isSafeInteger(command.session.sequence) || command.session.sequence < 1) throw bad('session sequence must be a positive safe integer');
     const ackedBelow = command.session.ackedBelow;
     if (!Number.isSafeInteger(ackedBelow) || ackedBelow < 0 || ackedBelow > command.session.sequence) throw bad('session ackedBelow must be in 0..sequence');
   }
   if (command.kind === 'write' && command.data.length > commandLimits.writeBytesMax) throw bad(`write of ${command.data.length} bytes exceeds writeBytesMax`);
-  const size = 3 + (sessionId === undefined ? 0 : 1 + sessionId.length + 16) + commandBody(command);
+  const size = 3 + (sessionIdBytes === undefined ? 0 : 1 + sessionIdBytes + 16) + commandBody(command);
   if (size > commandLimits.commandBytesMax) throw bad('command exceeds commandBytesMax');
-  const out = Buffer.alloc(size);
+  // Not zero-filled: every byte is written below, and the size check at the end proves it. From
+  // the block slab: an entry's data leaves the raft log's caches in index order (src/slab.ts).
+  const out = blockSlab.take(size);
   let at = 0;
+  const putU64 = (value: number, what: string) => {
+    checkUint(value, what);
+    out.writeUInt32BE(Math.floor(value / twoTo32), at);
+    out.writeUInt32BE(value >>> 0, at + 4);
+    at += 8;
+  };
   out[at++] = VERSION;
   out[at++] = kindCode[command.kind];
-  out[at++] = sessionId === undefined ? 0 : FLAG_SESSION;
-  if (sessionId !== undefined) {
-    out[at++] = sessionId.length;
-    sessionId.copy(out, at);
-    at += sessionId.length;
-    out.writeBigUInt64BE(BigInt(command.session!.sequence), at);
-    at += 8;
-    out.writeBigUInt64BE(BigInt(command.session!.ackedBelow), at);
-    at += 8;
+  out[at++] = sessionIdBytes === undefined ? 0 : FLAG_SESSION;
+  if (sessionIdBytes !== undefined) {
+    out[at++] = sessionIdBytes;
+    at += out.write(command.session!.id, at, sessionIdBytes, 'utf8');
+    putU64(command.session!.sequence, 'session sequence');
+    putU64(command.session!.ackedBelow, 'session ackedBelow');
   }
   const putName = (n: string) => {
     out[at++] = n.length;
     at += out.write(n, at, 'latin1');
-  };
-  const putU64 = (value: number, what: string) => {
-    checkUint(value, what);
-    out.writeBigUInt64BE(BigInt(value), at);
-    at += 8;
   };
   switch (command.kind) {
     case 'write':
@@ -233,89 +239,122 @@ export function encodeCommand(command: Command): Uint8Array {
   return new Uint8Array(out.buffer, out.byteOffset, out.length);
 }
 
+/**
+ * Cursor: decodeCommand's position in the bytes it parses. Every read checks the length first, so
+ * a truncated command is an InvalidArgument, never an out-of-range read. One object per decode
+ * instead of a closure per field: decodeCommand runs for every entry a node applies.
+ */
+class Cursor {
+  at = 0;
+  constructor(readonly buf: Buffer) {}
+
+  need(n: number, what: string): void {
+    if (this.at + n > this.buf.length) throw bad(`truncated ${what}`);
+  }
+
+  u8(what: string): number {
+    this.need(1, what);
+    return this.buf[this.at++]!;
+  }
+
+  u32(what: string): number {
+    this.need(4, what);
+    const value = this.buf.readUInt32BE(this.at);
+    this.at += 4;
+    return value;
+  }
+
+  u64(what: string): number {
+    this.need(8, what);
+    const high = this.buf.readUInt32BE(this.at);
+    const low = this.buf.readUInt32BE(this.at + 4);
+    this.at += 8;
+    if (high > u64HighMax) throw bad(`${what} beyond 2^53`);
+    return high * twoTo32 + low;
+  }
+
+  name(): string {
+    const length = this.u8('name length');
+    if (length < 1 || length > commandLimits.volumeNameBytesMax) throw bad('volume name must be 1..64 bytes');
+    this.need(length, 'name');
+    const text = this.buf.toString('latin1', this.at, this.at + length);
+    this.at += length;
+    if (!isValidVolumeName(text)) throw bad(`invalid volume name ${JSON.stringify(text)}`);
+    return text;
+  }
+
+  /** sessionId: `length` bytes of canonical UTF-8 (ids that are not valid UTF-8 would decode to U+FFFD and collide). */
+  sessionId(length: number): string {
+    this.need(length, 'session id');
+    const { buf, at } = this;
+    let ascii = true;
+    for (let i = at; i < at + length; i++) {
+      if (buf[i]! >= 0x80) {
+        ascii = false;
+        break;
+      }
+    }
+    const id = buf.toString(ascii ? 'latin1' : 'utf8', at, at + length);
+    if (!ascii && (Buffer.byteLength(id, 'utf8') !== length || !Buffer.from(id, 'utf8').equals(buf.subarray(at, at + length)))) {
+      throw bad('session id is not valid UTF-8');
+    }
+    this.at += length;
+    return id;
+  }
+}
+
 /** decodeCommand: parses and validates entry data; throws UsageError(InvalidArgument) when malformed. */
 export function decodeCommand(data: Uint8Array): Command {
   if (data.length === 0) return { kind: 'noop' };
   if (data.length > commandLimits.commandBytesMax) throw bad(`command of ${data.length} bytes exceeds commandBytesMax`);
   const buf = Buffer.from(data.buffer, data.byteOffset, data.length);
-  let at = 0;
-  const need = (n: number, what: string) => {
-    if (at + n > buf.length) throw bad(`truncated ${what}`);
-  };
-  const u8 = (what: string) => {
-    need(1, what);
-    return buf[at++]!;
-  };
-  const u64 = (what: string) => {
-    need(8, what);
-    const value = buf.readBigUInt64BE(at);
-    at += 8;
-    if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`${what} beyond 2^53`);
-    return Number(value);
-  };
-  const name = () => {
-    const length = u8('name length');
-    if (length < 1 || length > commandLimits.volumeNameBytesMax) throw bad('volume name must be 1..64 bytes');
-    need(length, 'name');
-    const text = buf.toString('latin1', at, at + length);
-    at += length;
-    if (!isValidVolumeName(text)) throw bad(`invalid volume name ${JSON.stringify(text)}`);
-    return text;
-  };
-  const version = u8('version');
+  const c = new Cursor(buf);
+  const version = c.u8('version');
   if (version !== VERSION) throw bad(`unknown command version ${version}`);
-  const kind = u8('kind');
-  const flags = u8('flags');
+  const kind = c.u8('kind');
+  const flags = c.u8('flags');
   if ((flags & ~FLAG_SESSION) !== 0) throw bad(`unknown flags ${flags}`);
   let session: Session | undefined;
   if ((flags & FLAG_SESSION) !== 0) {
-    const length = u8('session id length');
+    const length = c.u8('session id length');
     if (length < 1 || length > commandLimits.sessionIdBytesMax) throw bad('session id must be 1..64 bytes');
-    need(length, 'session id');
-    const sessionId = buf.toString('utf8', at, at + length);
-    // Canonical: ids that are not valid UTF-8 would decode to U+FFFD and collide.
-    if (Buffer.byteLength(sessionId, 'utf8') !== length || !Buffer.from(sessionId, 'utf8').equals(buf.subarray(at, at + length))) {
-      throw bad('session id is not valid UTF-8');
-    }
-    at += length;
-    const sequence = u64('sequence');
+    const id = c.sessionId(length);
+    const sequence = c.u64('sequence');
     if (sequence < 1) throw bad('session sequence must be positive');
-    const ackedBelow = u64('ackedBelow');
+    const ackedBelow = c.u64('ackedBelow');
     if (ackedBelow > sequence) throw bad('session ackedBelow beyond its sequence');
-    session = { id: sessionId, sequence, ackedBelow };
+    session = { id, sequence, ackedBelow };
   }
   let command: Command;
   switch (kind) {
     case CommandKind.Write: {
-      const volume = name();
-      const offset = u64('offset');
-      need(4, 'data length');
-      const length = buf.readUInt32BE(at);
-      at += 4;
+      const volume = c.name();
+      const offset = c.u64('offset');
+      const length = c.u32('data length');
       if (length > commandLimits.writeBytesMax) throw bad(`write of ${length} bytes exceeds writeBytesMax`);
-      need(length, 'data');
-      const payload = new Uint8Array(buf.buffer, buf.byteOffset + at, length);
-      at += length;
+      c.need(length, 'data');
+      const payload = new Uint8Array(buf.buffer, buf.byteOffset + c.at, length);
+      c.at += length;
       command = { kind: 'write', volume, offset, data: payload };
       break;
     }
     case CommandKind.Trim:
     case CommandKind.WriteZeroes: {
-      const volume = name();
-      const offset = u64('offset');
-      const length = u64('length');
+      const volume = c.name();
+      const offset = c.u64('offset');
+      const length = c.u64('length');
       command = { kind: kind === CommandKind.Trim ? 'trim' : 'writeZeroes', volume, offset, length };
       break;
     }
     case CommandKind.CreateVolume:
     case CommandKind.ResizeVolume: {
-      const volumeName = name();
-      const sizeBytes = u64('sizeBytes');
+      const volumeName = c.name();
+      const sizeBytes = c.u64('sizeBytes');
       command = { kind: kind === CommandKind.CreateVolume ? 'createVolume' : 'resizeVolume', name: volumeName, sizeBytes };
       break;
     }
     case CommandKind.DeleteVolume:
-      command = { kind: 'deleteVolume', name: name() };
+      command = { kind: 'deleteVolume', name: c.name() };
       break;
     case CommandKind.Noop:
       command = { kind: 'noop' };
@@ -327,7 +366,7 @@ export function decodeCommand(data: Uint8Array): Command {
     default:
       throw bad(`unknown command kind ${kind}`);
   }
-  if (at !== buf.length) throw bad(`${buf.length - at} trailing bytes`);
+  if (c.at !== buf.length) throw bad(`${buf.length - c.at} trailing bytes`);
   if (session !== undefined) command.session = session;
   return command;
 }
