@@ -176,6 +176,8 @@ export const slowRequestMs = 1_000;
 export interface RequestLogger {
   debug(o: object, m?: string): void;
   warn(o: object, m?: string): void;
+  /** isLevelEnabled: pino's; without it, debug is taken as enabled. */
+  isLevelEnabled?(level: string): boolean;
 }
 
 /**
@@ -192,13 +194,15 @@ export function meteredBackend(backend: BlockBackend, counters: Counters, logger
   const timed = <T>(conn: number, seq: () => number, command: NbdCommandName, offset: number, length: number, call: () => Promise<T>): Promise<T> => {
     const started = performance.now();
     counters.set('nbd.inflight', ++inflight);
-    const req = logger === undefined ? '' : `c${conn}.${seq()}`;
+    const request = logger === undefined ? 0 : seq(); // numbered whether or not it is logged
     const settle = (error?: unknown) => {
       counters.set('nbd.inflight', --inflight);
       const ms = performance.now() - started;
       counters.observe(`nbd.${command}_ms`, ms);
       if (logger === undefined) return;
-      const fields = { req, command, offset, length, ms: Math.round(ms * 100) / 100 };
+      // The fields of a request that went well are built only when debug logging is on.
+      if (error === undefined && ms <= slowRequestMs && logger.isLevelEnabled?.('debug') === false) return;
+      const fields = { req: `c${conn}.${request}`, command, offset, length, ms: Math.round(ms * 100) / 100 };
       if (error !== undefined) logger.warn({ ...fields, err: String(error) }, 'nbd request failed');
       else if (ms > slowRequestMs) logger.warn(fields, 'slow nbd request');
       else logger.debug(fields, 'nbd request');
