@@ -119,8 +119,8 @@ test('leader transfers and a SIGTERM hand-over under load: no client error, noth
     const clients = running();
     const base = new Map(clients.map((l) => [l, l.acked]));
     const moved = new Map(clients.map((l) => [l, { acked: l.acked, at: performance.now() }]));
-    for (;;) {
-      if (errors().length > 0) return;
+    /** stalled: a client whose last acknowledgement is conditionTimeoutMs old fails the wait (the only deadline). */
+    const stalled = () => {
       const now = performance.now();
       for (const l of clients) {
         const last = moved.get(l)!;
@@ -130,9 +130,12 @@ test('leader transfers and a SIGTERM hand-over under load: no client error, noth
           throw new Error(`${l.name} acknowledged no write for ${conditionTimeoutMs} ms while every client was to make progress ${what} (${state} of ${progressWrites})`);
         }
       }
-      if (clients.every((l) => l.acked >= base.get(l)! + progressWrites)) return;
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
+    };
+    await until(
+      `every client to make progress ${what}`,
+      () => errors().length > 0 || (stalled(), clients.every((l) => l.acked >= base.get(l)! + progressWrites)),
+      Number.POSITIVE_INFINITY,
+    );
   };
 
   /** leaderEverywhere: `target` reports itself leader and every other live node names it. */
