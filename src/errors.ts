@@ -31,6 +31,8 @@ export const ErrorCode = {
   ProposalDropped: 'PROPOSAL_DROPPED',
   WrongCluster: 'WRONG_CLUSTER',
   Closed: 'CLOSED',
+  // the request ended (deadline or client gone) before it was proposed
+  Cancelled: 'CANCELLED',
   // internal
   Corrupt: 'CORRUPT',
   Internal: 'INTERNAL',

@@ -74,12 +74,20 @@ function optionalSession(value: unknown): Session | undefined {
   return value === undefined || value === null ? undefined : sessionStamp(value);
 }
 
-type Handler = (request: Record<string, any>, metadata: grpc.Metadata) => Promise<object> | object;
+/**
+ * Handler: one RPC. `signal` aborts when the call ends before its answer (the client's deadline
+ * passed, it cancelled, its connection closed): a write still waiting for the in-flight budget
+ * then leaves the queue instead of being proposed for a client that is no longer there (which
+ * would retry it, so each abandoned attempt would otherwise cost the leader a duplicate).
+ */
+type Handler = (request: Record<string, any>, metadata: grpc.Metadata, signal: AbortSignal) => Promise<object> | object;
 
 function unary(handler: Handler): grpc.handleUnaryCall<Record<string, any>, object> {
   return (call, callback) => {
+    const ended = new AbortController();
+    call.once('cancelled', () => ended.abort());
     Promise.resolve()
-      .then(() => handler(call.request, call.metadata))
+      .then(() => handler(call.request, call.metadata, ended.signal))
       .then(
         (response) => callback(null, response),
         (error: unknown) => callback(errorToStatus(error) as grpc.ServiceError),
@@ -114,9 +122,9 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
     }
   };
   const guarded = (handler: Handler): grpc.handleUnaryCall<Record<string, any>, object> =>
-    unary((request, metadata) => {
+    unary((request, metadata, signal) => {
       checkCluster(metadata);
-      return handler(request, metadata);
+      return handler(request, metadata, signal);
     });
 
   const server = new grpc.Server({
@@ -237,26 +245,26 @@ export async function startNodeRpcServer(options: RpcServerOptions): Promise<Rpc
       const chunks = await volumes.read(volumeName(r.volume), offset, length, { local: r.local === true });
       return { chunks: chunks.map((c) => ({ offset: c.offset, length: c.length, data: c.data ?? Buffer.alloc(0), zero: c.data === undefined })) };
     }),
-    Write: guarded(async (r) => {
+    Write: guarded(async (r, _metadata, signal) => {
       const data: Buffer = r.data ?? Buffer.alloc(0);
       if (data.length > commandLimits.writeBytesMax) throw new UsageError(ErrorCode.TooLarge, `write of ${data.length} bytes exceeds ${commandLimits.writeBytesMax}`);
       const command: BlockCommand = { kind: 'write', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), data, session: sessionStamp(r.session) };
-      await volumes.submitLocal(command);
+      await volumes.submitLocal(command, signal);
       return { applied_index: 0 };
     }),
-    Trim: guarded(async (r) => {
+    Trim: guarded(async (r, _metadata, signal) => {
       const command: BlockCommand = { kind: 'trim', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), length: zeroLength(r.length), session: sessionStamp(r.session) };
-      await volumes.submitLocal(command);
+      await volumes.submitLocal(command, signal);
       return { applied_index: 0 };
     }),
-    WriteZeroes: guarded(async (r) => {
+    WriteZeroes: guarded(async (r, _metadata, signal) => {
       const command: BlockCommand = { kind: 'writeZeroes', volume: volumeName(r.volume), offset: uint(r.offset, 'offset'), length: zeroLength(r.length), session: sessionStamp(r.session) };
-      await volumes.submitLocal(command);
+      await volumes.submitLocal(command, signal);
       return { applied_index: 0 };
     }),
     Flush: guarded(() => ({})),
-    CloseSession: guarded(async (r) => {
-      await volumes.submitLocal({ kind: 'closeSession', session: sessionStamp(r.session) });
+    CloseSession: guarded(async (r, _metadata, signal) => {
+      await volumes.submitLocal({ kind: 'closeSession', session: sessionStamp(r.session) }, signal);
       return {};
     }),
     BlockStatus: guarded(async (r) => {

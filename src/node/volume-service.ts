@@ -116,10 +116,16 @@ function commandCost(command: SessionCommand): number {
  * InflightGate: a FIFO budget of bytes and commands. A request larger than the whole budget
  * runs alone. Waiters are served in arrival order, so a large request is not starved.
  */
+function cancelled(): RemoteError {
+  return new RemoteError(ErrorCode.Cancelled, 'the request ended (deadline passed or client gone) before it could be proposed');
+}
+
 export class InflightGate {
   private bytes = 0;
   private commands = 0;
   private readonly waiting: Array<{ cost: number; grant: (release: () => void) => void }> = [];
+  /** abandoned: waiters that left the queue because their request's signal aborted. */
+  abandoned = 0;
   constructor(
     private readonly bytesMax: number,
     private readonly commandsMax: number,
@@ -134,13 +140,44 @@ export class InflightGate {
     return this.commands < this.commandsMax && (this.bytes === 0 || this.bytes + cost <= this.bytesMax);
   }
 
-  /** acquire: resolves with a release function once `cost` bytes fit (the budget is taken on its behalf). */
-  acquire(cost: number): Promise<() => void> {
+  /**
+   * acquire: resolves with a release function once `cost` bytes fit (the budget is taken on its
+   * behalf). If `signal` aborts first (the request's caller is gone) the waiter leaves the queue
+   * and the promise rejects with CANCELLED: the budget goes to requests someone still waits for.
+   */
+  acquire(cost: number, signal?: AbortSignal): Promise<() => void> {
+    if (signal?.aborted === true) return Promise.reject(cancelled());
     if (this.waiting.length === 0 && this.fits(cost)) return Promise.resolve(this.take(cost));
     if (this.waiting.length >= this.waitersMax) {
       return Promise.reject(new RemoteError(ErrorCode.Busy, `${this.waitersMax} commands already wait for this node's in-flight budget`));
     }
-    return new Promise((grant) => this.waiting.push({ cost, grant }));
+    return new Promise((grant, reject) => {
+      const waiter = {
+        cost,
+        grant: (release: () => void) => {
+          signal?.removeEventListener('abort', onAbort);
+          grant(release);
+        },
+      };
+      const onAbort = () => {
+        const at = this.waiting.indexOf(waiter);
+        if (at < 0) return;
+        this.waiting.splice(at, 1);
+        this.abandoned++;
+        reject(cancelled());
+        // The head may have been what held smaller requests back.
+        if (at === 0) this.grantWaiting();
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.waiting.push(waiter);
+    });
+  }
+
+  private grantWaiting(): void {
+    while (this.waiting.length > 0 && this.fits(this.waiting[0]!.cost)) {
+      const next = this.waiting.shift()!;
+      next.grant(this.take(next.cost));
+    }
   }
 
   private take(cost: number): () => void {
@@ -152,10 +189,7 @@ export class InflightGate {
       released = true;
       this.bytes -= cost;
       this.commands--;
-      while (this.waiting.length > 0 && this.fits(this.waiting[0]!.cost)) {
-        const next = this.waiting.shift()!;
-        next.grant(this.take(next.cost));
-      }
+      this.grantWaiting();
     };
   }
 }
@@ -312,10 +346,20 @@ export class LocalVolumeService implements VolumeService {
     });
   }
 
-  /** submitLocal: a command forwarded from another node: propose here only if leading. */
-  async submitLocal(command: SessionCommand): Promise<void> {
-    const release = await this.gate.acquire(commandCost(command));
+  /**
+   * submitLocal: a command forwarded from another node (or sent by the attach agent): propose here
+   * only if leading. `signal`: the RPC ended; a command still queued for the budget is dropped.
+   */
+  async submitLocal(command: SessionCommand, signal?: AbortSignal): Promise<void> {
+    const release = await this.gate.acquire(commandCost(command), signal).catch((error: unknown) => {
+      if (error instanceof ChardError && error.code === ErrorCode.Cancelled) this.counters?.inc('volume.write.abandoned');
+      throw error;
+    });
     try {
+      if (signal?.aborted === true) {
+        this.counters?.inc('volume.write.abandoned');
+        throw cancelled();
+      }
       await this.replica.propose(this.encode(command));
     } finally {
       release();

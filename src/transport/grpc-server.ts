@@ -101,6 +101,7 @@ export const statusOfCode: Partial<Record<ErrorCode, grpc.status>> = {
   [ErrorCode.ProposalDropped]: grpc.status.UNAVAILABLE,
   [ErrorCode.WrongCluster]: grpc.status.FAILED_PRECONDITION,
   [ErrorCode.Closed]: grpc.status.UNAVAILABLE,
+  [ErrorCode.Cancelled]: grpc.status.CANCELLED,
   [ErrorCode.Corrupt]: grpc.status.DATA_LOSS,
   [ErrorCode.Internal]: grpc.status.INTERNAL,
   [ErrorCode.Compacted]: grpc.status.INTERNAL,
@@ -136,6 +137,7 @@ const remoteCodes: ReadonlySet<string> = new Set([
   ErrorCode.ProposalDropped,
   ErrorCode.WrongCluster,
   ErrorCode.Closed,
+  ErrorCode.Cancelled,
 ]);
 const internalCodes: ReadonlySet<string> = new Set([
   ErrorCode.Corrupt,

@@ -11,6 +11,7 @@
 import test from 'ava';
 import { Command } from '../../src/nbd/protocol.js';
 import type { RawClient } from '../helpers/nbd-raw-client.js';
+import { InflightGate } from '../../src/node/volume-service.js';
 import { startFakeNode } from './fake-leader.js';
 
 const MiB = 1024 * 1024;
@@ -98,3 +99,52 @@ test('a leadership transfer (PROPOSAL_DROPPED) during writes is a pause, never a
 });
 
 export { readBack };
+
+test('a request whose call ended leaves the in-flight queue: it is never granted, the next one is', async (t) => {
+  const gate = new InflightGate(4 * MiB, 1024, 16);
+  const first = await gate.acquire(4 * MiB);
+  const gone = new AbortController();
+  const granted: string[] = [];
+  const abandoned = gate.acquire(4 * MiB, gone.signal).then(
+    (release) => {
+      granted.push('abandoned');
+      release();
+    },
+    (error: unknown) => error,
+  );
+  const next = gate.acquire(MiB).then((release) => {
+    granted.push('next');
+    return release;
+  });
+  t.is(gate.inflight().waiting, 2);
+  gone.abort();
+  const error = await abandoned;
+  t.is((error as { code?: string }).code, 'CANCELLED');
+  t.is(gate.inflight().waiting, 1);
+  t.is(gate.abandoned, 1);
+  first();
+  (await next)();
+  t.deepEqual(granted, ['next'], 'the abandoned request never held the budget');
+  t.deepEqual(gate.inflight(), { bytes: 0, commands: 0, waiting: 0 });
+  // An already-ended call does not queue at all.
+  await t.throwsAsync(gate.acquire(MiB, gone.signal), { message: /request ended/ });
+});
+
+test('the head of the queue leaving lets smaller requests behind it in', async (t) => {
+  const gate = new InflightGate(4 * MiB, 1024, 16);
+  const held = await gate.acquire(2 * MiB);
+  const gone = new AbortController();
+  const big = gate.acquire(4 * MiB, gone.signal).catch((error: unknown) => error);
+  let smallIn = false;
+  const small = gate.acquire(MiB).then((release) => {
+    smallIn = true;
+    return release;
+  });
+  await Promise.resolve();
+  t.false(smallIn, 'FIFO: the small request waits behind the big one');
+  gone.abort();
+  (await small)();
+  t.true(smallIn);
+  t.is(((await big) as { code?: string }).code, 'CANCELLED');
+  held();
+});
