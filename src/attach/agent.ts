@@ -26,13 +26,28 @@ import { setTimeout as sleep } from 'node:timers/promises';
 export interface AgentLimits {
   /** unavailableTimeoutMs: how long a request waits for the cluster before it fails with EIO. */
   unavailableTimeoutMs: number;
-  /** callTimeoutMs: one RPC's deadline (a dead node costs at most this before the next is tried). */
+  /**
+   * callTimeoutMs: the deadline of a call that is not a request to the leader (a volume list),
+   * and how long a leader may leave every status poll unanswered while a request waits on it
+   * before the request is tried elsewhere (a dead or paused node costs at most this).
+   */
   callTimeoutMs: number;
+  /**
+   * leaderCallTimeoutMs: the deadline of a request to the leader (write, read, block status),
+   * capped by unavailableTimeoutMs. A healthy leader under load can queue a request behind others
+   * for seconds (a node's own write retry bound is 30 s). Abandoning it at a short deadline would
+   * re-send it to the back of the same queue — while the abandoned copy, already proposed, still
+   * costs the leader its work — so under load an agent with a short deadline acknowledged nothing.
+   * The leader watch, not this deadline, tells a slow leader (it answers its status polls) from a
+   * deposed one (a majority names another) or a dead or paused one (no answer for callTimeoutMs).
+   */
+  leaderCallTimeoutMs: number;
   /**
    * leaderCheckAfterMs: a request to the leader unanswered for this long makes the agent ask every
    * node who leads (every `leaderPollMs`, each status call bounded by `leaderPollTimeoutMs`); once
-   * a majority names another leader the request is retried there at once. A paused or cut-off
-   * leader neither answers nor hangs up, so without this it would cost a whole `callTimeoutMs`.
+   * a majority names another leader the request is retried there at once, and when the leader
+   * itself answers no poll for `callTimeoutMs` the request is retried on the next node (which
+   * forwards it to the leader if that is only cut off from the agent).
    */
   leaderCheckAfterMs: number;
   leaderPollMs: number;
@@ -42,6 +57,7 @@ export interface AgentLimits {
 export const defaultAgentLimits: AgentLimits = {
   unavailableTimeoutMs: 120_000,
   callTimeoutMs: 2_000,
+  leaderCallTimeoutMs: 30_000,
   leaderCheckAfterMs: 300,
   leaderPollMs: 150,
   leaderPollTimeoutMs: 500,
@@ -50,6 +66,8 @@ export const defaultAgentLimits: AgentLimits = {
 
 interface LeaderWaiter {
   address: string;
+  /** since: when the request began to wait on `address` (performance.now()). */
+  since: number;
   reject: (error: Error) => void;
 }
 
@@ -63,6 +81,8 @@ interface LeaderWaiter {
 class LeaderWatch {
   private readonly waiters = new Set<LeaderWaiter>();
   private running = false;
+  /** heard: when each address last answered a status poll. */
+  private readonly heard = new Map<string, number>();
 
   constructor(
     private readonly client: ClusterClient,
@@ -75,7 +95,7 @@ class LeaderWatch {
     let waiter: LeaderWaiter | undefined;
     let timer: NodeJS.Timeout | undefined;
     const promise = new Promise<never>((_, reject) => {
-      waiter = { address, reject };
+      waiter = { address, since: performance.now(), reject };
       timer = setTimeout(() => {
         this.waiters.add(waiter!);
         this.start();
@@ -105,21 +125,43 @@ class LeaderWatch {
     })();
   }
 
-  /** round: one status call per node; acts on each answer as it arrives (a paused node never answers). */
+  /**
+   * round: one status call per node (and per awaited address that is not a listed node, for its
+   * liveness only); acts on each answer as it arrives (a paused node never answers), then fails
+   * the waits on a leader that has answered no poll for callTimeoutMs.
+   */
   private round(): Promise<void> {
     const targets = this.client.targets;
     const majority = Math.floor(targets.length / 2) + 1;
     const votes = new Map<string, number>();
     const addressOf = new Map<number, string>();
+    const listed = new Set(targets.map((t) => t.admin));
+    const unlisted = [...new Set([...this.waiters].map((w) => w.address))].filter((a) => !listed.has(a));
     this.counters.inc('agent.leader_polls');
     return new Promise<void>((resolve) => {
-      let pending = targets.length;
+      let pending = targets.length + unlisted.length;
+      const done = () => {
+        if (--pending > 0) return;
+        this.failSilent();
+        resolve();
+      };
+      for (const address of unlisted) {
+        this.client
+          .api(address)
+          .status(this.limits.leaderPollTimeoutMs)
+          .then(
+            () => void this.heard.set(address, performance.now()),
+            () => undefined,
+          )
+          .finally(done);
+      }
       for (const target of targets) {
         this.client
           .api(target.admin)
           .status(this.limits.leaderPollTimeoutMs)
           .then(
             (s) => {
+              this.heard.set(target.admin, performance.now());
               addressOf.set(s.id, target.admin);
               if (s.leader === 0) return;
               const key = `${s.leader}@${s.term}`;
@@ -133,11 +175,21 @@ class LeaderWatch {
             },
             () => undefined,
           )
-          .finally(() => {
-            if (--pending === 0) resolve();
-          });
+          .finally(done);
       }
     });
+  }
+
+  /** failSilent: a wait on a node that answered no status poll for callTimeoutMs is tried elsewhere. */
+  private failSilent(): void {
+    const now = performance.now();
+    for (const waiter of this.waiters) {
+      const last = Math.max(waiter.since, this.heard.get(waiter.address) ?? Number.NEGATIVE_INFINITY);
+      if (now - last < this.limits.callTimeoutMs) continue;
+      this.waiters.delete(waiter);
+      this.counters.inc('agent.leader_silent');
+      waiter.reject(new RemoteError(ErrorCode.Unavailable, `${waiter.address} answered no status poll for ${Math.round(now - last)} ms`));
+    }
   }
 
   private redirect(id: number, address: string): void {
@@ -160,6 +212,8 @@ export interface AgentStatus {
   lastFailoverStallMs: number;
   longestStallMs: number;
   stalledSinceMs: number | undefined;
+  /** lastAttemptError: the most recent failed attempt (node, error code, message, ms ago); a retry may have succeeded since. */
+  lastAttemptError: { address: string; code: string; message: string; agoMs: number } | undefined;
   unavailableTimeoutMs: number;
   counters: Record<string, number>;
 }
@@ -173,6 +227,7 @@ export class RemoteVolumeService implements VolumeService {
   longestStallMs = 0;
   /** stalledSince: when the current run of failed attempts began (undefined when healthy). */
   stalledSince: number | undefined;
+  lastAttemptError: { address: string; code: string; message: string; at: number } | undefined;
   private lastLeader: string | undefined;
   private readonly sessionPrefix = `a-${randomBytes(6).toString('hex')}`;
   private sessions = 0;
@@ -199,7 +254,7 @@ export class RemoteVolumeService implements VolumeService {
   }
 
   /** run: one operation, retried across nodes and leader changes until unavailableTimeoutMs. */
-  private async run<T>(what: string, leaderOnly: boolean, fn: (api: import('../cli/client.js').NodeApi) => Promise<T>): Promise<T> {
+  private async run<T>(what: string, leaderOnly: boolean, fn: (api: import('../cli/client.js').NodeApi, timeoutMs: number) => Promise<T>): Promise<T> {
     this.inflight++;
     const started = performance.now();
     let attempts = 0;
@@ -211,7 +266,7 @@ export class RemoteVolumeService implements VolumeService {
         // call's late outcome is ignored.
         const watch = leaderOnly ? this.watch.after(api.address) : undefined;
         try {
-          const call = fn(api);
+          const call = fn(api, leaderOnly ? this.leaderCallTimeoutMs() : this.limits.callTimeoutMs);
           if (watch !== undefined) call.catch(() => undefined);
           const result = watch === undefined ? await call : await Promise.race([call, watch.promise]);
           if (leaderOnly && what !== 'read' && what !== 'block_status' && api.address !== this.lastLeader) {
@@ -221,6 +276,9 @@ export class RemoteVolumeService implements VolumeService {
           return result;
         } catch (error) {
           if (error instanceof RemoteError) this.noteStall();
+          const code = error instanceof ChardError ? error.code : 'UNKNOWN';
+          this.counters.inc(`agent.attempt_failed.${code}`);
+          this.lastAttemptError = { address: api.address, code, message: (error as Error).message, at: performance.now() };
           throw error;
         } finally {
           watch?.cancel();
@@ -243,6 +301,10 @@ export class RemoteVolumeService implements VolumeService {
     }
   }
 
+  private leaderCallTimeoutMs(): number {
+    return Math.min(this.limits.leaderCallTimeoutMs, this.limits.unavailableTimeoutMs);
+  }
+
   private noteStall(): void {
     if (this.stalledSince === undefined) this.stalledSince = performance.now();
   }
@@ -258,7 +320,7 @@ export class RemoteVolumeService implements VolumeService {
   }
 
   async listVolumes(): Promise<VolumeInfo[]> {
-    return this.run('list', false, (api) => api.volumeList());
+    return this.run('list', false, (api, timeoutMs) => api.volumeList(timeoutMs));
   }
 
   /**
@@ -269,13 +331,13 @@ export class RemoteVolumeService implements VolumeService {
   async read(volume: string, offset: number, length: number): Promise<ReadChunk[]> {
     const pieces = splitRange(offset, length, requestLimits.readPieceBytes);
     return Promise.all(
-      pieces.map(async (p) => ({ offset: p.offset, length: p.length, data: await this.run('read', true, (api) => api.read(volume, p.offset, p.length)) })),
+      pieces.map(async (p) => ({ offset: p.offset, length: p.length, data: await this.run('read', true, (api, timeoutMs) => api.read(volume, p.offset, p.length, { timeoutMs })) })),
     );
   }
 
   async blockStatus(volume: string, offset: number, length: number): Promise<Extent[]> {
-    return this.run('block_status', true, async (api) => {
-      const r = await api.call<{ extents: Extent[] }>('block', 'BlockStatus', { volume, offset, length });
+    return this.run('block_status', true, async (api, timeoutMs) => {
+      const r = await api.call<{ extents: Extent[] }>('block', 'BlockStatus', { volume, offset, length }, timeoutMs);
       return r.extents.map((e) => ({ length: e.length, hole: e.hole, zero: e.zero }));
     });
   }
@@ -283,9 +345,9 @@ export class RemoteVolumeService implements VolumeService {
   async submit(command: SessionCommand): Promise<void> {
     let attempts = 0;
     try {
-      await this.run(command.kind, true, (api) => {
+      await this.run(command.kind, true, (api, timeoutMs) => {
         attempts++;
-        return api.submit(command);
+        return api.submit(command, timeoutMs);
       });
     } catch (error) {
       throw renewableIfFirst(error, attempts);
@@ -367,6 +429,10 @@ export class AttachAgent {
       lastFailoverStallMs: Math.round(s.lastFailoverStallMs),
       longestStallMs: Math.round(s.longestStallMs),
       stalledSinceMs: s.stalledSince === undefined ? undefined : Math.round(performance.now() - s.stalledSince),
+      lastAttemptError:
+        s.lastAttemptError === undefined
+          ? undefined
+          : { address: s.lastAttemptError.address, code: s.lastAttemptError.code, message: s.lastAttemptError.message, agoMs: Math.round(performance.now() - s.lastAttemptError.at) },
       unavailableTimeoutMs: s.limits.unavailableTimeoutMs,
       counters: s.counters.snapshot().counts,
     };

@@ -116,8 +116,8 @@ export class NodeApi {
     return { name: r.volume.name, sizeBytes: r.volume.size_bytes };
   }
 
-  async volumeList(): Promise<VolumeInfo[]> {
-    const r = await this.call<{ volumes: { name: string; size_bytes: number }[] }>('admin', 'VolumeList', {});
+  async volumeList(timeoutMs?: number): Promise<VolumeInfo[]> {
+    const r = await this.call<{ volumes: { name: string; size_bytes: number }[] }>('admin', 'VolumeList', {}, timeoutMs);
     return r.volumes.map((v) => ({ name: v.name, sizeBytes: v.size_bytes }));
   }
 
@@ -186,21 +186,21 @@ export class NodeApi {
     return out;
   }
 
-  /** submit: one write-like block command (or a session's close) on this node (it must lead). */
-  async submit(command: SessionCommand): Promise<void> {
+  /** submit: one write-like block command (or a session's close) on this node (it must lead); `timeoutMs`: its deadline (default callTimeoutMs). */
+  async submit(command: SessionCommand, timeoutMs?: number): Promise<void> {
     const session = wireSession(command.session);
     switch (command.kind) {
       case 'write':
-        await this.call('block', 'Write', { volume: command.volume, session, offset: command.offset, data: command.data });
+        await this.call('block', 'Write', { volume: command.volume, session, offset: command.offset, data: command.data }, timeoutMs);
         return;
       case 'trim':
-        await this.call('block', 'Trim', { volume: command.volume, session, offset: command.offset, length: command.length });
+        await this.call('block', 'Trim', { volume: command.volume, session, offset: command.offset, length: command.length }, timeoutMs);
         return;
       case 'writeZeroes':
-        await this.call('block', 'WriteZeroes', { volume: command.volume, session, offset: command.offset, length: command.length });
+        await this.call('block', 'WriteZeroes', { volume: command.volume, session, offset: command.offset, length: command.length }, timeoutMs);
         return;
       case 'closeSession':
-        await this.call('block', 'CloseSession', { session });
+        await this.call('block', 'CloseSession', { session }, timeoutMs);
         return;
     }
   }

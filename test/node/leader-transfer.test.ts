@@ -224,6 +224,7 @@ test('leader transfers and a SIGTERM hand-over under load: no client error, noth
     t.is(verify.code, 0, verify.stderr + verify.stdout);
   } catch (error) {
     t.log(cluster.warnings());
+    t.log(`agent: ${JSON.stringify(agent.status())}`);
     throw error;
   }
 });
