@@ -451,8 +451,20 @@ program
         statuses.length === 0
           ? 'no attach agent is running'
           : table(
-              ['pid', 'volume', 'listen', 'device', 'leader', 'inflight', 'retries', 'failovers', 'last stall ms', 'waiting ms'],
-              statuses.map((s) => [s.pid, s.volume, s.listen, s.device ?? '', s.leader ?? '', s.inflight, s.retries, s.failovers, s.lastFailoverStallMs, s.stalledSinceMs ?? '']),
+              ['pid', 'volume', 'listen', 'device', 'leader', 'inflight', 'retries', 'failovers', 'last stall ms', 'waiting ms', 'last failed attempt'],
+              statuses.map((s) => [
+                s.pid,
+                s.volume,
+                s.listen,
+                s.device ?? '',
+                s.leader ?? '',
+                s.inflight,
+                s.retries,
+                s.failovers,
+                s.lastFailoverStallMs,
+                s.stalledSinceMs ?? '',
+                s.lastAttemptError === undefined ? '' : `${s.lastAttemptError.code} at ${s.lastAttemptError.address}, ${Math.round(s.lastAttemptError.agoMs / 1000)} s ago`,
+              ]),
             ),
       );
       return;

@@ -337,11 +337,11 @@ export class PromExporter implements CounterSink {
     for (const command of nbdCommands) this.histogram('chard_nbd_request_duration_seconds', nbdLatencyHelp, latencyBuckets, ['command']).zero({ command });
     this.counter('chard_refused_connections_total', refusedHelp, ['listener', 'reason']);
     if (!node) {
-      for (const name of ['agent.retries', 'agent.leader_moved']) this.inc(name, 0);
+      for (const name of ['agent.retries', 'agent.leader_moved', 'agent.leader_silent']) this.inc(name, 0);
       this.histogram('chard_agent_stall_duration_seconds', agentStallHelp, latencyBuckets);
       return;
     }
-    for (const name of ['raft.proposed', 'raft.applied', 'raft.became_leader', 'store.fsync', 'volume.forwarded', 'volume.forward.abandoned', 'volume.read_from_peer.served', 'volume.read_from_peer.failed']) this.inc(name, 0);
+    for (const name of ['raft.proposed', 'raft.applied', 'raft.became_leader', 'store.fsync', 'volume.forwarded', 'volume.forward.abandoned', 'volume.write.abandoned', 'volume.read_from_peer.served', 'volume.read_from_peer.failed']) this.inc(name, 0);
         this.counter('chard_raft_leader_changes_total', leaderChangesHelp);
     for (const event of ['created', 'installed', 'failed', 'wanted']) this.inc(`snapshot.${event}`, 0);
     for (const name of ['log.compacted', 'log.compact_failed']) this.inc(name, 0);
@@ -540,6 +540,10 @@ export class PromExporter implements CounterSink {
         return [countTo(this.counter('chard_agent_retried_requests_total', 'extra attempts the attach agent made (other node, new leader)'))];
       case 'agent.leader_moved':
         return [countTo(this.counter('chard_agent_leader_changes_total', 'waiting requests redirected to a new leader'))];
+      case 'agent.leader_silent':
+        return [countTo(this.counter('chard_agent_silent_leader_total', 'waiting requests moved to the next node because the leader answered no status poll for callTimeoutMs'))];
+      case 'volume.write.abandoned':
+        return [countTo(this.counter('chard_abandoned_writes_total', 'write-like RPCs dropped from the in-flight queue because their call had ended before they were proposed'))];
       default:
         break;
     }
@@ -551,6 +555,9 @@ export class PromExporter implements CounterSink {
       if (parts[2] === 'retried_ok' || parts[2] === 'gave_up') {
         return [countTo(this.counter('chard_retry_outcomes_total', 'operations that needed retries, by outcome', ['op', 'outcome']), { op, outcome: parts[2] })];
       }
+    }
+    if (parts[0] === 'agent' && parts[1] === 'attempt_failed' && parts.length === 3) {
+      return [countTo(this.counter('chard_agent_failed_attempts_total', 'attach agent attempts that failed and were retried (or gave up), by error code', ['code']), { code: parts[2]! })];
     }
     if (parts[0] === 'agent' && parts[2] === 'failed' && parts.length === 3) {
       return [countTo(this.counter('chard_agent_failed_requests_total', 'attach agent requests failed after unavailableTimeoutMs', ['op']), { op: parts[1]! })];
