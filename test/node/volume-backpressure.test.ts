@@ -9,9 +9,14 @@
  */
 
 import test from 'ava';
+import * as grpc from '@grpc/grpc-js';
+import type { NodeAdmin } from '../../src/node/admin.js';
+import { NodeApi, defaultClientLimits } from '../../src/node/api-client.js';
+import { startNodeRpcServer } from '../../src/node/rpc.js';
 import { Command } from '../../src/nbd/protocol.js';
 import type { RawClient } from '../helpers/nbd-raw-client.js';
 import { InflightGate } from '../../src/node/volume-service.js';
+import { until } from '../helpers/until.js';
 import { startFakeNode } from './fake-leader.js';
 
 const MiB = 1024 * 1024;
@@ -148,3 +153,32 @@ test('the head of the queue leaving lets smaller requests behind it in', async (
   t.is(((await big) as { code?: string }).code, 'CANCELLED');
   held();
 });
+
+test('a Write RPC whose deadline passes while it waits for the budget is never proposed', async (t) => {
+  const node = await startFakeNode({ service: { inflightCommandsMax: 1 } });
+  t.teardown(() => node.close());
+  const rpc = await startNodeRpcServer({ listen: '127.0.0.1:0', clusterId: 'c', admin: {} as NodeAdmin, volumes: node.service });
+  t.teardown(() => rpc.close());
+  const api = new NodeApi(rpc.address, grpc.credentials.createInsecure(), defaultClientLimits);
+  t.teardown(() => api.close());
+  const leader = node.leader as unknown as { nextIndex: number; releaseCommits?: () => void };
+  node.leader.holdCommitsUntilBusy();
+  const proposedBefore = leader.nextIndex;
+  const write = (sequence: number, timeoutMs: number) =>
+    api.submit({ kind: 'write', volume: 'v', offset: sequence * 4096, data: pattern(sequence, 4096), session: { id: 's', sequence, ackedBelow: 1 } }, timeoutMs);
+  // The first holds the one command slot (its commit is held); the second waits for it.
+  const first = write(1, 60_000);
+  await until(t, 'the first write to be proposed', () => leader.nextIndex === proposedBefore + 1);
+  const second = write(2, 300);
+  const error = await second.catch((e: unknown) => e);
+  t.is((error as { code?: string }).code, 'TIMEOUT', 'the client gave up');
+  await until(t, 'the abandoned write to leave the queue', () => node.service.gate.inflight().waiting === 0);
+  t.is(node.service.gate.abandoned, 1, 'it left the queue');
+  leader.releaseCommits?.();
+  await first;
+  // Give an (erroneous) grant of the abandoned write every chance to propose it.
+  await new Promise((resolve) => setImmediate(resolve));
+  t.is(leader.nextIndex, proposedBefore + 1, 'only the first write was proposed');
+  t.deepEqual(node.service.gate.inflight(), { bytes: 0, commands: 0, waiting: 0 });
+});
+
