@@ -202,6 +202,13 @@ class LeaderWatch {
   }
 }
 
+/** FailedAttempt: one attempt of a request that failed: the node, the chard error code, its message. */
+export interface FailedAttempt {
+  address: string;
+  code: string;
+  message: string;
+}
+
 export interface AgentStatus {
   volume: string;
   listen: string;
@@ -212,8 +219,8 @@ export interface AgentStatus {
   lastFailoverStallMs: number;
   longestStallMs: number;
   stalledSinceMs: number | undefined;
-  /** lastAttemptError: the most recent failed attempt (node, error code, message, ms ago); a retry may have succeeded since. */
-  lastAttemptError: { address: string; code: string; message: string; agoMs: number } | undefined;
+  /** lastAttemptError: the most recent failed attempt and how long ago; a retry may have succeeded since. */
+  lastAttemptError: (FailedAttempt & { agoMs: number }) | undefined;
   unavailableTimeoutMs: number;
   counters: Record<string, number>;
 }
@@ -227,7 +234,7 @@ export class RemoteVolumeService implements VolumeService {
   longestStallMs = 0;
   /** stalledSince: when the current run of failed attempts began (undefined when healthy). */
   stalledSince: number | undefined;
-  lastAttemptError: { address: string; code: string; message: string; at: number } | undefined;
+  lastAttemptError: (FailedAttempt & { at: number }) | undefined;
   private lastLeader: string | undefined;
   private readonly sessionPrefix = `a-${randomBytes(6).toString('hex')}`;
   private sessions = 0;
@@ -429,10 +436,7 @@ export class AttachAgent {
       lastFailoverStallMs: Math.round(s.lastFailoverStallMs),
       longestStallMs: Math.round(s.longestStallMs),
       stalledSinceMs: s.stalledSince === undefined ? undefined : Math.round(performance.now() - s.stalledSince),
-      lastAttemptError:
-        s.lastAttemptError === undefined
-          ? undefined
-          : { address: s.lastAttemptError.address, code: s.lastAttemptError.code, message: s.lastAttemptError.message, agoMs: Math.round(performance.now() - s.lastAttemptError.at) },
+      lastAttemptError: s.lastAttemptError === undefined ? undefined : (({ at, ...attempt }) => ({ ...attempt, agoMs: Math.round(performance.now() - at) }))(s.lastAttemptError),
       unavailableTimeoutMs: s.limits.unavailableTimeoutMs,
       counters: s.counters.snapshot().counts,
     };

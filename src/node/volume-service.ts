@@ -351,15 +351,12 @@ export class LocalVolumeService implements VolumeService {
    * only if leading. `signal`: the RPC ended; a command still queued for the budget is dropped.
    */
   async submitLocal(command: SessionCommand, signal?: AbortSignal): Promise<void> {
+    // A grant resolves before any later I/O event can abort the call, so only the queue wait needs the signal.
     const release = await this.gate.acquire(commandCost(command), signal).catch((error: unknown) => {
       if (error instanceof ChardError && error.code === ErrorCode.Cancelled) this.counters?.inc('volume.write.abandoned');
       throw error;
     });
     try {
-      if (signal?.aborted === true) {
-        this.counters?.inc('volume.write.abandoned');
-        throw cancelled();
-      }
       await this.replica.propose(this.encode(command));
     } finally {
       release();

@@ -3,7 +3,7 @@
  * VolumeList and Write as a chard node does), so that how long a node takes is the test's choice.
  *
  * Proves: (1) a leader that answers its status polls but takes longer than the agent's
- * callTimeoutMs to answer a write is waited for — the write is sent once and acknowledged — where
+ * callTimeoutMs to answer a write (it answers after its 9th poll) is waited for — the write is sent once and acknowledged — where
  * an agent that abandoned each attempt at callTimeoutMs re-sent it to the back of the same queue
  * and acknowledged nothing (the stall leader-transfer.test.ts found under load); (2) a leader that
  * stops answering anything (paused, cut off from the agent) while no majority names another is
@@ -22,28 +22,42 @@ const volumeBytes = 1024 * 1024;
 interface FakeNode {
   address: string;
   id: number;
-  /** writeDelayMs: how long a Write takes to answer. */
-  writeDelayMs: number;
+  /**
+   * holdWritesForPolls: a Write is answered only once the node has answered this many status
+   * polls after it arrived — a busy leader that is plainly alive, for as long as the test wants.
+   */
+  holdWritesForPolls: number;
+  polls: number;
   /** silent: the node answers nothing (a paused process): calls hang until their deadline. */
   silent: boolean;
   writes: number;
+  /** answeredAt: when the last Write was answered. */
+  answeredAt: number;
   server: grpc.Server;
 }
 
 /** fakeNode: node `id` that says node `leader` leads term 1. */
 async function fakeNode(id: number, leader: number): Promise<FakeNode> {
-  const node = { id, writeDelayMs: 0, silent: false, writes: 0 } as FakeNode;
+  const node = { id, holdWritesForPolls: 0, polls: 0, silent: false, writes: 0 } as FakeNode;
   const hang = () => new Promise<never>(() => undefined);
+  const polled: Array<() => void> = [];
   node.server = buildChardServer({
     Admin: {
-      Status: () => (node.silent ? hang() : { node_id: id, role: id === leader ? 'leader' : 'follower', term: 1, leader_id: leader }),
+      Status: () => {
+        if (node.silent) return hang();
+        node.polls++;
+        for (const wake of polled.splice(0)) wake();
+        return { node_id: id, role: id === leader ? 'leader' : 'follower', term: 1, leader_id: leader };
+      },
       VolumeList: () => (node.silent ? hang() : { volumes: [{ name: 'v', size_bytes: volumeBytes }] }),
     },
     Block: {
       Write: async () => {
         if (node.silent) return hang();
         node.writes++;
-        await new Promise((resolve) => setTimeout(resolve, node.writeDelayMs));
+        const until = node.polls + node.holdWritesForPolls;
+        while (node.polls < until) await new Promise<void>((resolve) => polled.push(resolve));
+        node.answeredAt = performance.now();
         return { applied_index: 0 };
       },
     },
@@ -52,14 +66,15 @@ async function fakeNode(id: number, leader: number): Promise<FakeNode> {
   return node;
 }
 
-async function writeOnce(agent: AttachAgent): Promise<{ errno: number; ms: number }> {
+async function writeOnce(agent: AttachAgent): Promise<{ errno: number; ms: number; ackedAt: number }> {
   const client = await RawClient.connect('port' in agent.address ? agent.address.port : 0);
   try {
     await client.go('v', { structured: false });
     const started = performance.now();
     client.request({ type: Command.write, handle: 1, offset: 0, payload: Buffer.alloc(4096, 7) });
     const reply = await client.read(16, 60_000);
-    return { errno: reply.readUInt32BE(4), ms: performance.now() - started };
+    const ackedAt = performance.now();
+    return { errno: reply.readUInt32BE(4), ms: ackedAt - started, ackedAt };
   } finally {
     client.stream.destroy();
   }
@@ -68,7 +83,9 @@ async function writeOnce(agent: AttachAgent): Promise<{ errno: number; ms: numbe
 test('a leader slower than callTimeoutMs that answers its polls is waited for: the write is sent once', async (t) => {
   const leader = await fakeNode(1, 1);
   t.teardown(() => leader.server.forceShutdown());
-  leader.writeDelayMs = 1500;
+  // The 9th poll comes at least leaderCheckAfterMs (300) + 8 x leaderPollMs (150) = 1.5 s after
+  // the write: 5x the call timeout.
+  leader.holdWritesForPolls = 9;
   const agent = await AttachAgent.start({
     cluster: [{ id: 1, admin: leader.address }],
     volume: 'v',
@@ -76,12 +93,12 @@ test('a leader slower than callTimeoutMs that answers its polls is waited for: t
     limits: { callTimeoutMs: 300, unavailableTimeoutMs: 10_000 },
   });
   t.teardown(() => agent.close());
-  const { errno, ms } = await writeOnce(agent);
+  const { errno, ms, ackedAt } = await writeOnce(agent);
   const status = agent.status();
-  t.log(`write answered (errno ${errno}) after ${ms.toFixed(0)} ms (leader takes 1500 ms, call timeout 300 ms), ${leader.writes} Write call(s), counters ${JSON.stringify(status.counters)}`);
+  t.log(`write answered (errno ${errno}) after ${ms.toFixed(0)} ms (the leader answers after 9 status polls, call timeout 300 ms), ${leader.writes} Write call(s), counters ${JSON.stringify(status.counters)}`);
   t.is(errno, 0, 'acknowledged, not EIO');
   t.is(leader.writes, 1, 'sent once: no attempt abandoned and re-sent');
-  t.true(ms >= 1400, `answered when the leader answered (${ms.toFixed(0)} ms)`);
+  t.true(ms >= 1400 && ackedAt >= leader.answeredAt, `answered when the leader answered (${ms.toFixed(0)} ms)`);
 });
 
 test('a leader that answers nothing while no majority names another is left after callTimeoutMs for the next node', async (t) => {
